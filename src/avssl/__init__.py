@@ -1,0 +1,3 @@
+"""avssl: self-supervised audio-visual learning (SSL-TIE, EquiAV)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,52 @@
+"""The ``avssl`` command line: ``avssl <command> [options]``.
+
+Each command lives in ``avssl.commands.<name>`` and provides ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``. Heavy imports happen inside ``run``
+so that ``avssl --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from avssl import __version__
+from avssl.commands import prepare, score, synth
+
+COMMANDS = {
+    "synth": synth,
+    "prepare": prepare,
+    "score": score,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avssl",
+        description="Self-supervised audio-visual learning: SSL-TIE sound localisation and "
+        "EquiAV representation learning. Run `avssl <command> --help` for details.",
+    )
+    parser.add_argument("--version", action="version", version=f"avssl {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in COMMANDS.items():
+        doc = (module.__doc__ or module.HELP).strip()
+        p = sub.add_parser(
+            name, help=module.HELP, description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

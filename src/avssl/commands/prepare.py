@@ -1,0 +1,88 @@
+"""Prepare a data set for training: decode frames and audio once, into the layout read fastest.
+
+INPUT is one of:
+  * a directory of videos, searched recursively (mp4 mkv webm avi mov m4v flv mpg); clip ids
+    are the file stems (stems that repeat get their relative path, '/' -> '__');
+  * a text file listing video paths, one per line (relative to its folder, or to --root);
+  * an avssl JSONL manifest (records with 'video'; labels, split and extra fields carry over);
+  * a CAV-MAE / EquiAV JSON manifest ({"data": [{"video_id", "wav", "video_path", "labels"}]});
+  * an SSL-TIE / LVS id list (text or CSV) with --layout and --root.
+
+Raw videos give OUT/frames/<id>/<k>.jpg (--frames frames at the centres of equal segments of
+the clip, JPEG quality 95) and OUT/audio/<id>.wav (mono, 16-bit, --sample-rate). Pre-extracted
+clips are checked (every frame and the audio must decode, audio non-empty): their frames stay
+where they are unless --size/--short-side asks for resizing, and audio that is not already a
+mono wav at --sample-rate is converted into OUT/audio.
+
+A clip is finished when OUT/done/<id>.json is written (atomically, last): a rerun skips finished
+clips and redoes unfinished ones. Clips that cannot be used are listed in OUT/failures.csv (id,
+path, reason); nothing is substituted for them. OUT/manifest.jsonl lists every finished clip.
+
+Exit status: 0 when the run completes (even with failed clips), 1 on a bad input or, with
+--on-error stop, at the first failed clip.
+
+Examples:
+    avssl prepare videos/ data/vggsound --size 224 --workers 8
+    avssl prepare cavmae_train.json data/as20k
+    avssl prepare flickr_test.txt data/flickr_test --layout test --root /data/Flickr
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+HELP = "decode raw videos or check pre-extracted data into frames/, audio/ and a manifest"
+
+log = logging.getLogger(__name__)
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from e
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from avssl.data.manifest import SSLTIE_LAYOUTS
+
+    parser.add_argument("input", metavar="INPUT",
+                        help="video folder, list of video paths, .jsonl/.json manifest or id list")
+    parser.add_argument("out", metavar="OUT", help="output folder")
+    parser.add_argument("--frames", type=_positive, default=10,
+                        help="frames per raw video, evenly spread (default 10)")
+    parser.add_argument("--sample-rate", type=_positive, default=16000,
+                        help="output audio rate in Hz (default 16000)")
+    resize = parser.add_mutually_exclusive_group()
+    resize.add_argument("--size", type=_positive, default=None, metavar="N",
+                        help="resize the short side to N and centre-crop N x N (CAV-MAE: 224)")
+    resize.add_argument("--short-side", type=_positive, default=None, metavar="N",
+                        help="resize the short side to N, keeping the aspect ratio")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes (default: all CPUs; 0 or 1: in this process)")
+    parser.add_argument("--layout", choices=sorted(SSLTIE_LAYOUTS), default=None,
+                        help="folder layout of an SSL-TIE id list")
+    parser.add_argument("--root", default=None,
+                        help="data root of an id list; base of relative paths in lists/manifests")
+    parser.add_argument("--on-error", choices=("skip", "stop"), default="skip",
+                        help="skip: list failed clips in failures.csv and go on (default); "
+                        "stop: abort at the first")
+    parser.add_argument("--limit", type=_positive, default=None, metavar="N",
+                        help="only the first N clips of INPUT")
+
+
+def run(args: argparse.Namespace) -> int:
+    from avssl.data.manifest import ManifestError
+    from avssl.data.prepare import PrepareError, prepare
+
+    try:
+        prepare(args.input, args.out, frames=args.frames, sample_rate=args.sample_rate,
+                size=args.size, short_side=args.short_side, workers=args.workers,
+                layout=args.layout, root=args.root, on_error=args.on_error, limit=args.limit)
+    except (PrepareError, ManifestError) as e:
+        log.error("%s", e)
+        return 1
+    return 0

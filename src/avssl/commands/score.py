@@ -1,0 +1,91 @@
+"""Score sound-localisation heatmaps with the standard protocol (cIoU@0.5, AUC; METHODS 1.5).
+
+PRED.npz maps each sample id (the array name) to a 2-D heatmap of any resolution (14x14,
+224x224, ...). --gt is a VGG-SS ``vggss.json`` or a folder of Flickr-SoundNet ``<id>.xml`` files
+(--format is inferred from it unless given). The result is printed as JSON: cIoU@0.5, AUC and
+mean cIoU under the chosen protocol, plus, always, the adaptive-threshold cIoU@0.5 and the
+pointing accuracy (the median rule caps cIoU at twice the box area for small boxes). Ids that
+could not be scored are listed: missing_pred, missing_gt, invalid (NaN/inf maps, or an error
+with --strict), empty_gt.
+
+Protocol variants: --protocol median (default: strictly above the value at sorted index
+H*W//2), median_ge (>=), adaptive (top-k pixels, k = ground-truth pixels), fixed (>= 0.5 after
+min-max); --upsample bilinear (OpenCV INTER_LINEAR, default) or bicubic.
+
+Examples:
+    avssl score --pred heatmaps.npz --gt data/vggss.json
+    avssl score --pred heatmaps.npz --gt data/flickr/Annotations --format flickr --per-sample out.csv
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+HELP = "score localisation heatmaps (npz) against VGG-SS / Flickr-SoundNet boxes: cIoU@0.5, AUC"
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pred", required=True, metavar="PRED.npz", help="heatmaps: one 2-D array per sample id")
+    parser.add_argument("--gt", required=True, metavar="ANNOTATIONS",
+                        help="VGG-SS vggss.json, or a folder of Flickr-SoundNet <id>.xml files")
+    parser.add_argument("--format", choices=("vggss", "flickr"), default=None,
+                        help="annotation format (default: flickr for a folder, vggss for a file)")
+    parser.add_argument("--protocol", choices=("median", "median_ge", "adaptive", "fixed"), default="median",
+                        help="thresholding rule (default: median, the released protocol)")
+    parser.add_argument("--upsample", choices=("bilinear", "bicubic"), default="bilinear",
+                        help="heatmap upsampling to 224x224 (default: bilinear)")
+    parser.add_argument("--size", type=int, default=224, help="evaluation resolution (default 224)")
+    parser.add_argument("--per-sample", metavar="OUT.csv", default=None,
+                        help="also write id, ciou, adaptive_ciou, pointing_hit, confidence per sample")
+    parser.add_argument("--silent", metavar="IDS.txt", default=None,
+                        help="file listing ids of silent pairs (one per line): adds open-set AP / max-F1")
+    parser.add_argument("--strict", action="store_true", help="fail on a NaN/inf heatmap instead of excluding it")
+
+
+def _load_pred(path: Path) -> dict:
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:  # missing, not a zip, corrupt, pickled objects
+        raise ValueError(f"{path}: cannot read heatmaps npz: {e}") from e
+
+
+def run(args: argparse.Namespace) -> int:
+    from avssl.data.annotations import AnnotationError, load_flickr, load_vggss
+    from avssl.eval.localisation import InvalidHeatmapError, Protocol, evaluate
+
+    gt_path = Path(args.gt)
+    fmt = args.format or ("flickr" if gt_path.is_dir() else "vggss")
+    try:
+        protocol = Protocol(threshold=args.protocol, upsample=args.upsample, size=args.size)
+        pred = _load_pred(Path(args.pred))
+        gt = load_flickr(gt_path) if fmt == "flickr" else load_vggss(gt_path)
+        silent = None
+        if args.silent:
+            try:
+                silent = [s.strip() for s in Path(args.silent).read_text().splitlines() if s.strip()]
+            except OSError as e:
+                raise ValueError(f"{args.silent}: cannot read silent-id list: {e}") from e
+        result = evaluate(pred, gt, fmt, protocol, strict=args.strict, silent=silent)
+    except (AnnotationError, InvalidHeatmapError, ValueError) as e:
+        print(f"avssl score: error: {e}", file=sys.stderr)
+        return 2
+    if args.per_sample:
+        out = Path(args.per_sample)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rows = result.rows()
+        with out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["id", "ciou", "adaptive_ciou", "pointing_hit", "confidence"])
+            writer.writeheader()
+            writer.writerows(rows)
+        log.info("wrote %d per-sample rows to %s", len(rows), out)
+    print(json.dumps(result.summary, indent=2))
+    return 0

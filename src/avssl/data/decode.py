@@ -1,0 +1,505 @@
+"""Decoding real media: video frames at given times, audio tracks, pre-extracted frames and wavs.
+
+Everything goes through PyAV (FFmpeg), so any container/codec FFmpeg reads works; wav/flac/ogg
+files that users extracted beforehand are read with soundfile, and JPEG frames with PIL
+(METHODS.md section 3). Failures raise a :class:`MediaError` subclass naming the file and the
+cause; nothing here ever returns partial or placeholder data.
+
+Conventions:
+* Times are seconds from the start of the stream (its first timestamp is 0), so the clip spans
+  ``[0, duration]``. The frame "at" time ``t`` is the one displayed then: the last frame whose
+  presentation time is ``<= t``; ``t`` is clamped into the clip.
+* Frames are ``uint8`` RGB ``(N, H, W, 3)``; audio is ``float32`` in ``[-1, 1]``, shape ``(N,)``
+  (mono, the average of all channels) or ``(C, N)`` with ``mono=False``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import av
+import numpy as np
+
+__all__ = [
+    "MediaError", "MediaNotFoundError", "CorruptMediaError", "NoAudioStreamError",
+    "NoVideoStreamError", "EmptyAudioError", "SampleRateError", "MediaInfo", "Clip", "probe",
+    "read_frames", "evenly_spaced_times", "read_audio", "read_wav", "resample", "read_image",
+    "read_clip", "read_extracted",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+_EPS = 1e-6  # seconds; slack when comparing a requested time with a frame's timestamp
+
+
+# ----------------------------------------------------------------------------- errors
+class MediaError(Exception):
+    """A media file could not be used. ``path`` names the file, ``reason`` the cause."""
+
+    def __init__(self, path: PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # keep picklable for multiprocessing pools
+        return (type(self), (self.path, self.reason))
+
+
+class MediaNotFoundError(MediaError, FileNotFoundError):
+    """The path does not exist (also a ``FileNotFoundError``)."""
+
+
+class CorruptMediaError(MediaError):
+    """Unreadable, truncated, zero-byte or not a media file at all."""
+
+
+class NoAudioStreamError(MediaError):
+    """Audio was requested from a file without an audio stream."""
+
+
+class NoVideoStreamError(MediaError):
+    """Frames were requested from a file without a video stream."""
+
+
+class EmptyAudioError(MediaError):
+    """The audio stream decodes to zero samples."""
+
+
+class SampleRateError(MediaError):
+    """The file's sample rate differs from the one demanded and resampling was refused."""
+
+
+# ----------------------------------------------------------------------------- records
+@dataclass
+class MediaInfo:
+    """What :func:`probe` learns from the container headers (nothing is decoded)."""
+
+    path: str
+    duration: float
+    has_video: bool
+    has_audio: bool
+    width: int | None
+    height: int | None
+    fps: float | None
+    num_frames: int | None
+    sample_rate: int | None
+    channels: int | None
+
+
+@dataclass
+class Clip:
+    """Frames ``(N, H, W, 3)`` uint8 at ``frame_times`` (s) and audio ``(L,)`` float32 (or None)."""
+
+    frames: np.ndarray
+    frame_times: list[float]
+    audio: np.ndarray | None
+    sample_rate: int
+    duration: float
+
+
+# ----------------------------------------------------------------------------- opening
+def _check_path(path: PathLike) -> str:
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise MediaNotFoundError(p, "no such file")
+    if os.path.isdir(p):
+        raise CorruptMediaError(p, "is a directory, not a media file")
+    if os.path.getsize(p) == 0:
+        raise CorruptMediaError(p, "zero-byte file")
+    return p
+
+
+@contextmanager
+def _open(path: PathLike) -> Iterator[tuple[av.container.InputContainer, str]]:
+    p = _check_path(path)
+    try:
+        container = av.open(p, mode="r", metadata_errors="replace")
+    except PermissionError as e:
+        raise MediaError(p, f"permission denied ({e})") from e
+    except av.error.FFmpegError as e:
+        raise CorruptMediaError(p, f"not a readable media file ({e.strerror or e})") from e
+    try:
+        yield container, p
+    finally:
+        container.close()
+
+
+def _video_stream(c: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    for s in c.streams.video:  # skip cover art (mp3/m4a attached pictures)
+        if not (int(s.disposition) & int(av.stream.Disposition.attached_pic)):
+            return s
+    return None
+
+
+def _audio_stream(c: av.container.InputContainer) -> av.audio.stream.AudioStream | None:
+    return c.streams.audio[0] if c.streams.audio else None
+
+
+def _start(stream: av.stream.Stream) -> float:
+    return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+
+
+def _parse_clock(text: str) -> float | None:
+    try:
+        h, m, s = text.strip().split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+    except ValueError:
+        return None
+
+
+def _stream_duration(stream: av.stream.Stream, c: av.container.InputContainer) -> tuple[float | None, str]:
+    """Declared duration of ``stream`` in seconds and where it came from.
+
+    Sources, most to least precise: the stream header (mp4/mov/avi), the matroska per-stream
+    ``DURATION`` tag, the container header (covers all streams; may be estimated)."""
+    if stream.duration is not None and stream.duration > 0:
+        return float(stream.duration * stream.time_base), "stream"
+    for key, value in stream.metadata.items():
+        if key.upper() == "DURATION" and (d := _parse_clock(value)) is not None and d > 0:
+            return d, "tag"
+    if c.duration is not None and c.duration > 0:
+        return c.duration / av.time_base, "container"
+    return None, "unknown"
+
+
+def _check_complete(p: str, what: str, decoded: float, declared: float | None, source: str,
+                    step: float) -> None:
+    """Raise if decoding ended well before the declared duration (a truncated file)."""
+    if declared is None:
+        return
+    tol = max(0.25, 3 * step, 0.02 * declared)
+    if source == "container":  # may be the longest stream or a bitrate estimate
+        tol = max(tol, 1.0, 0.05 * declared)
+    if declared - decoded > tol:
+        raise CorruptMediaError(
+            p, f"{what} ends at {decoded:.3f} s but the file declares {declared:.3f} s "
+               f"({source} header): truncated or corrupt")
+
+
+def probe(path: PathLike) -> MediaInfo:
+    """Read the headers of ``path``. ``num_frames`` is the container's count, else
+    ``round(duration * fps)``; ``duration`` is NaN only when no header states it."""
+    with _open(path) as (c, p):
+        v, a = _video_stream(c), _audio_stream(c)
+        durs = [d for s in (v, a) if s is not None if (d := _stream_duration(s, c)[0]) is not None]
+        duration = c.duration / av.time_base if c.duration else (max(durs) if durs else math.nan)
+        fps = n = None
+        if v is not None:
+            rate = v.average_rate or v.guessed_rate
+            fps = float(rate) if rate else None
+            vd = _stream_duration(v, c)[0]
+            n = v.frames or (round(vd * fps) if vd and fps else None)
+        return MediaInfo(
+            path=p, duration=float(duration), has_video=v is not None, has_audio=a is not None,
+            width=v.codec_context.width if v else None, height=v.codec_context.height if v else None,
+            fps=fps, num_frames=n, sample_rate=a.codec_context.sample_rate if a else None,
+            channels=a.codec_context.channels if a else None)
+
+
+def evenly_spaced_times(duration: float, n: int) -> list[float]:
+    """Centres of ``n`` equal segments of ``[0, duration]`` (the "10 frames per clip" rule)."""
+    if not (duration > 0 and math.isfinite(duration)):
+        raise ValueError(f"duration must be positive and finite, got {duration}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return [(i + 0.5) * duration / n for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- frames
+def read_frames(path: PathLike, times: Sequence[float], size: tuple[int, int] | None = None,
+                seek_threshold: float = 1.0) -> np.ndarray:
+    """Frames displayed at ``times`` (s, any order, repeats allowed) -> uint8 ``(N, H, W, 3)`` RGB.
+
+    ``size=(width, height)`` rescales (libswscale). Times are sorted and decoded in one
+    sequential pass; the decoder seeks forward (to the keyframe before the next time) only when
+    the gap exceeds ``seek_threshold`` seconds and the longest keyframe interval seen so far."""
+    t = np.asarray(times, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(t)):
+        raise ValueError(f"times must be finite, got {times}")
+    with _open(path) as (c, p):
+        vs = _video_stream(c)
+        if vs is None:
+            raise NoVideoStreamError(p, "no video stream (frames requested)")
+        return _decode_frames(c, vs, p, t, size, seek_threshold)
+
+
+def _decode_frames(c: av.container.InputContainer, vs: av.video.stream.VideoStream, p: str,
+                   times: np.ndarray, size: tuple[int, int] | None, seek_threshold: float) -> np.ndarray:
+    if times.size == 0:
+        w, h = size or (vs.codec_context.width, vs.codec_context.height)
+        return np.empty((0, h, w, 3), np.uint8)
+    start = _start(vs)
+    duration, source = _stream_duration(vs, c)
+    rate = vs.average_rate or vs.guessed_rate
+    step = 1.0 / float(rate) if rate else 0.04
+    uniq, inverse = np.unique(times, return_inverse=True)
+    targets = start + np.clip(uniq, 0.0, duration if duration is not None else np.inf)
+    vs.thread_type = "AUTO"
+    out: np.ndarray | None = None
+    reformat: dict = {"format": "rgb24"} | ({"width": size[0], "height": size[1]} if size else {})
+
+    def convert(frame: av.VideoFrame) -> np.ndarray:
+        nonlocal out
+        arr = frame.to_ndarray(**reformat)
+        if out is None:  # later frames are scaled to the first one's size should it change
+            out = np.empty((len(targets), *arr.shape), np.uint8)
+            reformat.update(width=arr.shape[1], height=arr.shape[0])
+        return arr
+
+    def decode_from(t_seek: float | None) -> Iterator[av.VideoFrame]:
+        if t_seek is not None:
+            c.seek(int(t_seek / vs.time_base), stream=vs, backward=True, any_frame=False)
+        return c.decode(vs)
+
+    i, prev, prev_t = 0, None, -math.inf  # next target; last frame shown at or before it
+    last_key, gop = None, 0.0  # last keyframe time and longest keyframe interval seen
+    seeked = targets[0] - start > seek_threshold
+    frames = decode_from(targets[0] if seeked else None)
+    while i < len(targets):
+        try:
+            frame = next(frames, None)
+        except av.error.FFmpegError as e:
+            raise CorruptMediaError(p, f"video decoding failed after {max(prev_t - start, 0):.3f} s: {e}") from e
+        if frame is None:  # end of stream: the remaining times show the last frame
+            if prev is None:
+                raise CorruptMediaError(p, "video stream has no decodable frames")
+            _check_complete(p, "video stream", prev_t + step - start, duration, source, step)
+            out[i:] = convert(prev)
+            break
+        ft = frame.time if frame.time is not None else (prev_t + step if prev is not None else start)
+        if frame.key_frame:
+            if last_key is not None and ft > last_key:
+                gop = max(gop, ft - last_key)
+            last_key = ft
+        if ft > targets[i] + _EPS:  # ``prev`` is the frame displayed at targets[i]
+            if prev is None:
+                if seeked:  # the seek overshot; decode from the beginning instead
+                    logger.debug("%s: seek to %.3f s landed at %.3f s; decoding from start", p, targets[i], ft)
+                    frames, seeked = decode_from(start), False
+                    continue
+                prev = frame  # a time before the first frame: clamp to it
+            arr = convert(prev)
+            while i < len(targets) and targets[i] + _EPS < ft:
+                out[i] = arr
+                i += 1
+            since_key = ft - last_key if last_key is not None else 0.0
+            if i < len(targets) and targets[i] - ft > max(seek_threshold, gop, since_key):
+                frames, seeked, prev = decode_from(targets[i]), True, None
+                prev_t, last_key = ft, None  # keyframe intervals are measured within one run
+                continue
+        prev, prev_t = frame, ft
+    return out[inverse]
+
+
+# ----------------------------------------------------------------------------- resampling
+@lru_cache(maxsize=16)
+def _polyphase_filters(up: int, down: int, zero_crossings: int, rolloff: float,
+                       beta: float) -> tuple[np.ndarray, int]:
+    """Kaiser-windowed sinc filters ``(up, 2r+2)``: row ``p`` holds the weights of input samples
+    ``floor(x) - r ... floor(x) + r + 1`` for an output at input position ``x`` with
+    ``frac(x) = p / up``. Cutoff ``rolloff * min(1, up/down) / 2`` cycles per input sample."""
+    fc = 0.5 * rolloff * min(1.0, up / down)
+    radius = zero_crossings / (2.0 * fc)  # filter half-length in input samples
+    r = math.ceil(radius)
+    t = np.arange(-r, r + 2)[None, :] - (np.arange(up) / up)[:, None]  # input minus output position
+    inside = np.abs(t) < radius
+    window = np.i0(beta * np.sqrt(np.clip(1.0 - (t / radius) ** 2, 0.0, None))) / np.i0(beta)
+    h = np.where(inside, 2.0 * fc * np.sinc(2.0 * fc * t) * window, 0.0).astype(np.float32)
+    h.setflags(write=False)
+    return h, r
+
+
+def resample(wave: np.ndarray, orig_sr: int, new_sr: int, *, zero_crossings: int = 24,
+             rolloff: float = 0.92, beta: float = 9.0) -> np.ndarray:
+    """Band-limited resampling along the last axis: ``(..., N)`` -> ``(..., ceil(N*new/orig))`` float32.
+
+    Polyphase windowed sinc: with ``g = gcd(orig, new)``, ``up = new/g``, ``down = orig/g``, output
+    ``m = q*up + j`` lies at input position ``q*down + j*down/up``; all outputs of one residue
+    ``j`` share a filter (one of ``up``, Kaiser-windowed, ``beta`` 9 gives about 90 dB stopband,
+    ``zero_crossings`` a side) and read input with stride ``down``: one strided matrix-vector
+    product per residue. The cutoff is ``rolloff`` times the lower Nyquist frequency, so
+    downsampling rejects what would alias. Samples beyond the ends count as 0."""
+    x = np.asarray(wave, dtype=np.float32)
+    orig_sr, new_sr = int(orig_sr), int(new_sr)
+    if orig_sr <= 0 or new_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
+    if orig_sr == new_sr:
+        return x.copy()
+    g = math.gcd(orig_sr, new_sr)
+    up, down = new_sr // g, orig_sr // g
+    h, r = _polyphase_filters(up, down, zero_crossings, float(rolloff), float(beta))
+    k = h.shape[1]
+    n = x.shape[-1]
+    total = -(-n * up // down)
+    q = -(-total // up)  # outputs per residue
+    rows = x.reshape(-1, n)
+    out = np.empty((rows.shape[0], q * up), dtype=np.float32)
+    padded = np.zeros(q * down + down + k, dtype=np.float32)
+    step = padded.strides[0]
+    for b, row in enumerate(rows):
+        padded[r:r + n] = row
+        for j in range(up):
+            first = j * down // up  # floor of the input position of output j, minus r, in padded
+            taps = np.lib.stride_tricks.as_strided(padded[first:], (q, k), (down * step, step), writeable=False)
+            out[b, j::up] = taps @ h[j * down % up]
+    return out[:, :total].reshape(*x.shape[:-1], total)
+
+
+_resample = resample  # read_wav's argument ``resample`` shadows the function name
+
+
+# ----------------------------------------------------------------------------- audio
+def read_audio(path: PathLike, sample_rate: int | None = None, mono: bool = True) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream of any container -> (float32 wave, rate).
+
+    Shape ``(N,)`` (channel average) or ``(C, N)`` with ``mono=False``. With ``sample_rate`` the
+    stream is resampled by libswresample while decoding. Codec padding past the duration the
+    stream header declares is trimmed; a stream ending well before it raises CorruptMediaError."""
+    with _open(path) as (c, p):
+        a = _audio_stream(c)
+        if a is None:
+            raise NoAudioStreamError(p, "no audio stream")
+        declared, source = _stream_duration(a, c)
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
+        chunks: list[np.ndarray] = []
+        n, rate = 0, sample_rate or a.codec_context.sample_rate
+        try:
+            for frame in c.decode(a):
+                for r in resampler.resample(frame):
+                    chunks.append(r.to_ndarray())
+                    n, rate = n + r.samples, r.sample_rate
+            for r in resampler.resample(None):
+                chunks.append(r.to_ndarray())
+                n, rate = n + r.samples, r.sample_rate
+        except (av.error.FFmpegError, ValueError) as e:
+            at = f" of {declared:.3f} s" if declared else ""
+            raise CorruptMediaError(p, f"audio decoding failed after {n / rate:.3f} s{at}: {e}") from e
+    if n == 0:
+        raise EmptyAudioError(p, "audio stream decodes to zero samples")
+    wave = np.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
+    _check_complete(p, "audio stream", n / rate, declared, source, 0.0)
+    if declared is not None and source in ("stream", "tag"):
+        wave = wave[:, : max(1, round(declared * rate))]
+    wave = wave.mean(axis=0) if mono else wave
+    return np.ascontiguousarray(wave, dtype=np.float32), int(rate)
+
+
+def _check_wav_size(p: str) -> None:
+    """Raise if a RIFF/WAVE file's data chunk is shorter than its header declares.
+
+    (libsndfile silently reads a truncated wav.) Unknown sizes (0 or 0xFFFFFFFF, written by
+    streaming encoders) are accepted."""
+    size = os.path.getsize(p)
+    with open(p, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            cid, clen = struct.unpack("<4sI", f.read(8))
+            if cid == b"data":
+                have = size - pos - 8
+                if clen not in (0, 0xFFFFFFFF) and have < clen:
+                    raise CorruptMediaError(
+                        p, f"truncated wav: data chunk declares {clen} bytes, file holds {have}")
+                return
+            pos += 8 + clen + (clen & 1)
+
+
+def read_wav(path: PathLike, sample_rate: int | None = None, resample: bool = True) -> tuple[np.ndarray, int]:
+    """Read a pre-extracted audio file (wav/flac/ogg/mp3) -> (mono float32 ``(N,)``, rate).
+
+    soundfile first, PyAV for what libsndfile cannot read. If ``sample_rate`` differs from the
+    file's rate: resample with :func:`resample` when ``resample`` is True, else SampleRateError."""
+    import soundfile as sf
+
+    do_resample = resample
+    p = _check_path(path)
+    _check_wav_size(p)
+    try:
+        data, sr = sf.read(p, dtype="float32", always_2d=True)
+        wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    except (sf.SoundFileError, RuntimeError) as e:
+        logger.debug("%s: soundfile failed (%s); trying PyAV", p, e)
+        try:
+            wave, sr = read_audio(p)
+        except CorruptMediaError as e2:
+            raise CorruptMediaError(p, f"soundfile: {e}; PyAV: {e2.reason}") from e2
+    if wave.size == 0:
+        raise EmptyAudioError(p, "audio file holds zero samples")
+    if sample_rate is not None and sr != sample_rate:
+        if not do_resample:
+            raise SampleRateError(p, f"sample rate is {sr} Hz, {sample_rate} Hz required (resample=False)")
+        wave, sr = _resample(wave, sr, sample_rate), sample_rate
+    return np.ascontiguousarray(wave, dtype=np.float32), int(sr)
+
+
+
+# ----------------------------------------------------------------------------- images, clips
+def read_image(path: PathLike) -> np.ndarray:
+    """A JPEG/PNG/... image -> uint8 ``(H, W, 3)`` RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = _check_path(path)
+    try:
+        with Image.open(p) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise CorruptMediaError(p, f"cannot decode image: {e}") from e
+
+
+def read_clip(path: PathLike, num_frames: int | None = None, frame_times: Sequence[float] | None = None,
+              sample_rate: int | None = 16000, require_audio: bool = True,
+              size: tuple[int, int] | None = None) -> Clip:
+    """Frames and audio of one video file.
+
+    Frames at ``frame_times`` or at ``num_frames`` evenly spaced times (neither: 10, the CAV-MAE
+    convention). Audio at ``sample_rate`` (None: native). Without an audio stream, raises
+    NoAudioStreamError unless ``require_audio`` is False, in which case ``Clip.audio`` is None."""
+    if num_frames is not None and frame_times is not None:
+        raise ValueError("give num_frames or frame_times, not both")
+    with _open(path) as (c, p):
+        vs = _video_stream(c)
+        if vs is None:
+            raise NoVideoStreamError(p, "no video stream (frames requested)")
+        has_audio = _audio_stream(c) is not None
+        if not has_audio and require_audio:
+            raise NoAudioStreamError(p, "no audio stream (require_audio=True)")
+        vdur = _stream_duration(vs, c)[0]
+        duration = c.duration / av.time_base if c.duration else vdur
+        if duration is None:
+            raise CorruptMediaError(p, "no duration in the headers; pass frame_times")
+        if frame_times is None:
+            frame_times = evenly_spaced_times(vdur or duration, 10 if num_frames is None else num_frames)
+        times = [min(max(float(t), 0.0), vdur or duration) for t in frame_times]
+        frames = _decode_frames(c, vs, p, np.asarray(times, np.float64), size, 1.0)
+    audio, sr = read_audio(p, sample_rate) if has_audio else (None, sample_rate or 0)
+    return Clip(frames=frames, frame_times=times, audio=audio, sample_rate=sr, duration=float(duration))
+
+
+def read_extracted(frame_paths: Sequence[PathLike], audio_path: PathLike, sample_rate: int | None = None,
+                   frame_times: Sequence[float] | None = None) -> Clip:
+    """Pre-extracted layouts (frame images + wav/mp3, METHODS.md section 3) -> :class:`Clip`.
+
+    ``frame_times`` default to evenly spaced over the audio's duration (the CAV-MAE layout);
+    all frames must have one size."""
+    audio, sr = read_wav(audio_path, sample_rate)
+    frames = [read_image(f) for f in frame_paths]
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise MediaError(os.fspath(Path(frame_paths[0]).parent), f"frames differ in size: {sorted(shapes)}")
+    duration = len(audio) / sr
+    if frame_times is None:
+        frame_times = evenly_spaced_times(duration, len(frames))
+    stacked = np.stack(frames) if frames else np.empty((0, 0, 0, 3), np.uint8)
+    return Clip(frames=stacked, frame_times=list(map(float, frame_times)), audio=audio,
+                sample_rate=sr, duration=duration)

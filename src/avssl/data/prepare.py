@@ -1,0 +1,393 @@
+"""``avssl prepare``: turn a raw or pre-extracted data set into the layout the trainers read fastest.
+
+Output under ``OUT``:
+
+* ``frames/<id>/<k>.jpg`` -- ``frames`` frames evenly spread over each raw video (JPEG quality 95),
+  optionally resized (``short_side``) or resized and centre-cropped (``size``, as CAV-MAE);
+* ``audio/<id>.wav`` -- mono 16-bit PCM at ``sample_rate``;
+* ``done/<id>.json`` -- the clip's :class:`~avssl.data.manifest.Record`, written atomically and
+  last: a clip is finished exactly when its sidecar exists, so a rerun skips it;
+* ``failures.csv`` (id, path, reason) -- clips that could not be used, never replaced by anything;
+* ``manifest.jsonl`` -- every finished clip, sorted by id (paths relative to ``OUT``);
+* ``prepare.json`` -- the options the folder was prepared with (a rerun must use the same ones).
+
+Inputs: a directory of videos (searched recursively), a text file of video paths, an avssl JSONL
+manifest, a CAV-MAE JSON manifest, or an SSL-TIE id list (with ``layout`` and ``root``).
+Pre-extracted clips (frames + audio) are checked (every frame and the audio decode, audio
+non-empty); their frames stay where they are unless a resize is asked for, and their audio is
+converted into ``OUT/audio`` unless it already is a mono wav at ``sample_rate``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from avssl.data.manifest import Record, read_manifest, write_manifest
+
+log = logging.getLogger(__name__)
+
+#: Extensions (lower case) of the media files a directory input is searched for.
+MEDIA_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg")
+JPEG_QUALITY = 95
+_OPTION_KEYS = ("frames", "sample_rate", "size", "short_side")
+
+
+class PrepareError(RuntimeError):
+    """An input that cannot be prepared, or a failed clip under ``on_error="stop"``."""
+
+
+@dataclass
+class PrepareReport:
+    """What one :func:`prepare` call did. ``done`` counts clips finished by this call."""
+
+    done: int
+    skipped: int
+    failed: int
+    total: int
+    seconds: float
+    out_dir: Path
+    manifest: Path
+    failures: Path
+    failed_ids: list[str] = field(default_factory=list)
+
+    @property
+    def clips_per_second(self) -> float:
+        """Clips processed (done or failed) per wall-clock second of this call."""
+        return (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"prepare: {self.done} done, {self.skipped} skipped as already done, "
+                f"{self.failed} failed, of {self.total} clips in {self.seconds:.1f} s "
+                f"({self.clips_per_second:.2f} clips/s); manifest {self.manifest}")
+
+
+@dataclass(frozen=True)
+class _Options:
+    out_dir: str
+    frames: int
+    sample_rate: int
+    size: int | None
+    short_side: int | None
+
+
+@dataclass
+class _Result:
+    id: str
+    ok: bool
+    path: str = ""
+    reason: str = ""
+
+
+# ----------------------------------------------------------------------------- inputs
+def collect_inputs(input: str | os.PathLike, layout: str | None = None,
+                   root: str | os.PathLike | None = None) -> list[Record]:
+    """Records of the clips ``input`` names (see the module docstring for the kinds of input).
+
+    Records with ``video`` are raw videos; the others are pre-extracted (``frames`` + ``audio``).
+    Raises PrepareError (nothing found, unreadable list) or ManifestError (bad manifest)."""
+    src = Path(input).expanduser().absolute()  # records must not hold paths relative to the cwd
+    root = Path(root).expanduser().absolute() if root is not None else None
+    if src.is_dir():
+        paths = sorted((p for p in src.rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS
+                        and p.is_file()), key=lambda p: p.relative_to(src).as_posix())
+        if not paths:
+            raise PrepareError(f"no media files ({', '.join(MEDIA_EXTENSIONS)}) under {src}")
+        return [Record(id=i, video=str(p)) for i, p in zip(_ids_from_paths(paths, src), paths, strict=True)]
+    if not src.is_file():
+        raise PrepareError(f"input {src}: no such file or directory")
+    suffix = src.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        if layout is not None:
+            log.warning("--layout %s is ignored for a %s manifest", layout, suffix)
+        return read_manifest(src, root=root)
+    if layout is not None or suffix == ".csv":
+        return read_manifest(src, root=root, layout=layout)
+    base = root if root is not None else src.parent
+    with open(src, encoding="utf-8") as f:
+        lines = [s for s in (line.strip() for line in f) if s and not s.startswith("#")]
+    if not lines:
+        raise PrepareError(f"input list {src} names no files")
+    paths = [p if p.is_absolute() else base / p for p in (Path(s).expanduser() for s in lines)]
+    return [Record(id=i, video=str(p)) for i, p in zip(_ids_from_paths(paths, base), paths, strict=True)]
+
+
+def _ids_from_paths(paths: list[Path], base: Path) -> list[str]:
+    """File stems; stems that occur more than once become the path relative to ``base`` with
+    ``/`` replaced by ``__`` (plus ``_<ext>`` where that still collides). Deterministic."""
+    def rel(p: Path) -> Path:
+        try:
+            return p.relative_to(base)
+        except ValueError:
+            return Path(*p.parts[1:]) if p.is_absolute() else p
+
+    ids = [p.stem for p in paths]
+    stems = Counter(ids)
+    dup = {i for i, n in stems.items() if n > 1}
+    if dup:
+        ids = [rel(p).with_suffix("").as_posix().replace("/", "__") if i in dup else i
+               for i, p in zip(ids, paths, strict=True)]
+        again = {i for i, n in Counter(ids).items() if n > 1}
+        ids = [(i + "_" + p.suffix.lstrip(".").lower()) if i in again else i for i, p in zip(ids, paths, strict=True)]
+        log.warning("%d file stems occur more than once (e.g. %r); those clips are named by their "
+                    "relative path, e.g. %r", len(dup), sorted(dup)[0],
+                    next(i for i, p in zip(ids, paths, strict=True) if p.stem in dup))
+    left = [i for i, n in Counter(ids).items() if n > 1]
+    if left:
+        raise PrepareError(f"cannot give the clips distinct ids: {left[:5]} occur more than once")
+    return ids
+
+
+def _file_name(clip_id: str) -> str:
+    """The id as one safe file name (``/`` and ``\\`` become ``__``)."""
+    name = clip_id.replace("/", "__").replace("\\", "__")
+    if name in ("", ".", "..") or "\0" in name:
+        raise PrepareError(f"clip id {clip_id!r} cannot be used as a file name")
+    return name
+
+
+# ----------------------------------------------------------------------------- per clip
+def _resize(img: np.ndarray, size: int | None, short_side: int | None) -> np.ndarray:
+    """``(H, W, 3)`` uint8 -> short side ``short_side`` (aspect kept), or short side ``size``
+    then a centred ``size x size`` crop (torchvision Resize + CenterCrop, bilinear, on PIL)."""
+    target = size or short_side
+    if not target:
+        return img
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    nw, nh = (target, int(target * h / w)) if w <= h else (int(target * w / h), target)
+    if (nw, nh) != (w, h):
+        img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+    if size:
+        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+        img = img[top:top + size, left:left + size]
+    return img
+
+
+def _write_frames(frames: np.ndarray, folder: Path, opts: _Options) -> list[str]:
+    """Write ``(N, H, W, 3)`` uint8 frames as ``folder/<k>.jpg``, replacing what was there."""
+    from PIL import Image
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    paths = []
+    for k, frame in enumerate(frames):
+        path = folder / f"{k}.jpg"
+        Image.fromarray(_resize(frame, opts.size, opts.short_side)).save(path, quality=JPEG_QUALITY)
+        paths.append(str(path))
+    return paths
+
+
+def _write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> str:
+    """Mono float ``(N,)`` -> 16-bit PCM wav (values clipped to [-1, 1])."""
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    return str(path)
+
+
+def _prepare_video(rec: Record, name: str, opts: _Options) -> Record:
+    from avssl.data.decode import probe, read_clip
+
+    info = probe(rec.video)
+    clip = read_clip(rec.video, num_frames=opts.frames, sample_rate=opts.sample_rate, require_audio=True)
+    out = Path(opts.out_dir)
+    frames = _write_frames(clip.frames, out / "frames" / name, opts)
+    audio = _write_wav(out / "audio" / f"{name}.wav", clip.audio, clip.sample_rate)
+    extra = {**rec.extra, "source": rec.video, "duration": round(clip.duration, 6),
+             "frame_times": [round(t, 6) for t in clip.frame_times], "orig_fps": info.fps,
+             "orig_width": info.width, "orig_height": info.height,
+             "orig_sample_rate": info.sample_rate}
+    return Record(id=rec.id, audio=audio, frames=frames, labels=rec.labels, split=rec.split, extra=extra)
+
+
+def _prepare_extracted(rec: Record, name: str, opts: _Options) -> Record:
+    from avssl.data.decode import MediaError, read_extracted, resample
+
+    if not rec.frames or not rec.audio:
+        raise MediaError(rec.audio or (rec.frames or [rec.id])[0],
+                         "needs a 'video', or both 'frames' and 'audio'")
+    clip = read_extracted(rec.frames, rec.audio, sample_rate=None)  # decodes every frame + audio
+    out = Path(opts.out_dir)
+    frames = rec.frames
+    if opts.size or opts.short_side:
+        frames = _write_frames(clip.frames, out / "frames" / name, opts)
+    audio = rec.audio
+    if not _is_plain_wav(audio, opts.sample_rate):
+        wave = resample(clip.audio, clip.sample_rate, opts.sample_rate)
+        audio = _write_wav(out / "audio" / f"{name}.wav", wave, opts.sample_rate)
+    h, w = clip.frames.shape[1:3]
+    extra = {**rec.extra, "duration": round(clip.duration, 6), "orig_width": int(w),
+             "orig_height": int(h), "orig_sample_rate": clip.sample_rate}
+    if audio != rec.audio:
+        extra["source_audio"] = rec.audio
+    return Record(id=rec.id, audio=audio, frames=frames, labels=rec.labels, split=rec.split, extra=extra)
+
+
+def _is_plain_wav(path: str, sample_rate: int) -> bool:
+    """Whether ``path`` is already a mono wav at ``sample_rate`` (then it is used as it is)."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(path)
+    except (sf.SoundFileError, RuntimeError):
+        return False
+    return info.format == "WAV" and info.samplerate == sample_rate and info.channels == 1
+
+
+def _process(task: tuple[Record, str, _Options]) -> _Result:
+    """Worker: prepare one clip, then write its sidecar atomically. MediaError -> a failure."""
+    from avssl.data.decode import MediaError
+
+    rec, name, opts = task
+    try:
+        done = (_prepare_video if rec.video else _prepare_extracted)(rec, name, opts)
+    except MediaError as e:
+        return _Result(rec.id, False, e.path, e.reason)
+    out = Path(opts.out_dir)
+    _atomic_write(out / "done" / f"{name}.json", json.dumps(done.to_json(out)) + "\n")
+    return _Result(rec.id, True)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- driver
+def _check_options(out: Path, opts: _Options) -> None:
+    """Record the options in ``OUT/prepare.json``; refuse to mix clips made with other ones."""
+    path = out / "prepare.json"
+    mine = {k: getattr(opts, k) for k in _OPTION_KEYS}
+    if path.is_file():
+        theirs = json.loads(path.read_text(encoding="utf-8"))
+        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        if diff:
+            listed = ", ".join(f"{k}={a} (now {b})" for k, (a, b) in diff.items())
+            raise PrepareError(f"{out} was prepared with {listed}: use another output folder, "
+                               f"or delete {out / 'done'} to redo every clip")
+    _atomic_write(path, json.dumps(mine) + "\n")
+
+
+def _load_sidecar(path: Path, out: Path) -> Record:
+    d = json.loads(path.read_text(encoding="utf-8"))
+
+    def absolute(p: str) -> str:
+        return p if Path(p).is_absolute() else str(out / p)
+
+    rec = Record(id=d.pop("id"), labels=d.pop("labels", []), split=d.pop("split", None))
+    rec.audio = absolute(d.pop("audio")) if "audio" in d else None
+    rec.video = absolute(d.pop("video")) if "video" in d else None
+    rec.frames = [absolute(p) for p in d.pop("frames")] if "frames" in d else None
+    rec.extra = d
+    return rec
+
+
+def _write_failures(path: Path, rows: list[_Result]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "path", "reason"])
+        w.writerows([r.id, r.path, r.reason] for r in sorted(rows, key=lambda r: r.id))
+    os.replace(tmp, path)
+
+
+def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int = 10,
+            sample_rate: int = 16000, size: int | None = None, short_side: int | None = None,
+            workers: int | None = None, layout: str | None = None,
+            root: str | os.PathLike | None = None, on_error: str = "skip",
+            limit: int | None = None) -> PrepareReport:
+    """Prepare the clips ``input`` names into ``out_dir`` (layout: module docstring).
+
+    Args:
+        frames: frames per raw video, at the centres of equal segments of the clip.
+        sample_rate: rate of the output wavs (Hz).
+        size: resize the short side to ``size`` and centre-crop ``size x size`` (CAV-MAE: 224).
+        short_side: resize the short side only (exclusive with ``size``).
+        workers: worker processes (default: CPU count); 0 or 1 works in this process.
+        layout, root: for SSL-TIE id lists (:data:`~avssl.data.manifest.SSLTIE_LAYOUTS`);
+            ``root`` is also the base of relative paths in lists and manifests.
+        on_error: ``"skip"`` records failed clips in ``failures.csv`` and goes on; ``"stop"``
+            raises PrepareError at the first.
+        limit: only the first ``limit`` clips of the input.
+
+    Workers are started with ``spawn`` (safe whatever threads this process runs), so a script
+    that calls this must guard its entry point with ``if __name__ == "__main__":``.
+    """
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    t0 = time.perf_counter()
+    if on_error not in ("skip", "stop"):
+        raise ValueError(f"on_error must be 'skip' or 'stop', not {on_error!r}")
+    if size is not None and short_side is not None:
+        raise ValueError("give size or short_side, not both")
+    for key, v in (("frames", frames), ("sample_rate", sample_rate), ("size", size),
+                   ("short_side", short_side), ("limit", limit)):
+        if v is not None and v < 1:
+            raise ValueError(f"{key} must be >= 1, got {v}")
+    out = Path(out_dir).resolve()
+    opts = _Options(str(out), frames, sample_rate, size, short_side)
+    records = collect_inputs(input, layout=layout, root=root)[:limit]
+    names = [_file_name(r.id) for r in records]
+    clash = [n for n, c in Counter(names).items() if c > 1]
+    if clash:
+        raise PrepareError(f"clip ids map to the same file names: {clash[:5]}")
+    for sub in ("done", "frames", "audio"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    _check_options(out, opts)
+    for stale in (out / "done").glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    todo = [(r, n, opts) for r, n in zip(records, names, strict=True)
+            if not (out / "done" / f"{n}.json").is_file()]
+    skipped = len(records) - len(todo)
+    if skipped:
+        log.info("skipping %d of %d clips already done in %s", skipped, len(records), out)
+    nproc = min((os.cpu_count() or 1) if workers is None else workers, len(todo))
+    failures: list[_Result] = []
+    done = 0
+    with logging_redirect_tqdm(), tqdm(total=len(todo), unit="clip", desc="prepare",
+                                       disable=None, dynamic_ncols=True) as bar:
+        pool = multiprocessing.get_context("spawn").Pool(nproc) if nproc > 1 else None
+        try:
+            chunk = max(1, min(8, len(todo) // (16 * max(nproc, 1))))
+            results = pool.imap_unordered(_process, todo, chunk) if pool else map(_process, todo)
+            for res in results:
+                bar.update()
+                if res.ok:
+                    done += 1
+                    continue
+                failures.append(res)
+                log.warning("failed %s: %s: %s", res.id, res.path, res.reason)
+                if on_error == "stop":
+                    _write_failures(out / "failures.csv", failures)
+                    raise PrepareError(f"clip {res.id}: {res.path}: {res.reason}")
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+    _write_failures(out / "failures.csv", failures)
+    finished = sorted((_load_sidecar(p, out) for p in (out / "done").glob("*.json")), key=lambda r: r.id)
+    manifest = write_manifest(out / "manifest.jsonl", finished)
+    report = PrepareReport(done=done, skipped=skipped, failed=len(failures), total=len(records),
+                           seconds=time.perf_counter() - t0, out_dir=out, manifest=manifest,
+                           failures=out / "failures.csv", failed_ids=sorted(r.id for r in failures))
+    log.info("%s", report.summary())
+    if failures:
+        log.warning("%d clips failed; see %s", len(failures), report.failures)
+    return report
+
+
+__all__ = ["MEDIA_EXTENSIONS", "PrepareError", "PrepareReport", "collect_inputs", "prepare"]

@@ -1,0 +1,117 @@
+"""Process-group helpers: rank, world size and all-gathers that are no-ops on one process.
+
+Every function works whether or not ``torch.distributed`` is available or initialised: with
+no process group (or a world of one) ``rank() == 0``, ``world_size() == 1`` and both gathers
+return their input unchanged (same tensor object, so autograd is untouched).
+
+Gathers concatenate along dim 0 in rank order and need the same shape on every rank (use
+``drop_last`` in the sampler; collectives with ragged shapes are not supported).
+
+Gradient convention (``all_gather_with_grad``): each rank computes a loss that is a *mean*
+over its local queries, and DDP averages parameter gradients over ranks. The backward pass
+sums the incoming gradient of the gathered tensor over ranks and returns each rank its own
+slice. Then the DDP-averaged gradient equals the gradient of one process computing the same
+mean loss on the concatenated batch (tested in ``tests/engine/test_distributed.py``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "is_distributed",
+    "rank",
+    "world_size",
+    "local_rank",
+    "is_main_process",
+    "all_gather_no_grad",
+    "all_gather_with_grad",
+    "all_reduce_mean",
+]
+
+
+def is_distributed() -> bool:
+    """True when ``torch.distributed`` is available and a process group is initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """Global rank of this process (0 without a process group)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """Number of processes in the default group (1 without a process group)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def local_rank() -> int:
+    """Rank on this node, from torchrun's ``LOCAL_RANK`` (0 when unset)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (the only rank that should write files)."""
+    return rank() == 0
+
+
+def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (n, ...) from every rank along dim 0 -> (world*n, ...), no autograd.
+
+    At world size 1 returns ``x`` itself (gradients keep flowing, as in the original code).
+    Otherwise the result is detached; callers that want their own slice to keep its gradient
+    substitute it back (see :func:`avssl.losses_equiav.info_nce`).
+    """
+    ws = world_size()
+    if ws == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(ws)]
+    dist.all_gather(out, x.detach().contiguous())
+    return torch.cat(out, dim=0)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward all-reduces (sums) the gradient and keeps this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ws = dist.get_world_size()
+        ctx.n = x.shape[0]
+        ctx.rank = dist.get_rank()
+        out = [torch.empty_like(x) for _ in range(ws)]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = ctx.rank * ctx.n
+        return grad[start:start + ctx.n]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (n, ...) from every rank along dim 0 -> (world*n, ...), with autograd.
+
+    The gradient reaching this rank's ``x`` is the sum over ranks of the gradients of their
+    gathered copies at this rank's slice (see the module docstring for why that is exact
+    under DDP averaging). At world size 1 returns ``x`` itself.
+    """
+    if world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over ranks (a new tensor, no autograd); ``x`` itself at world size 1."""
+    ws = world_size()
+    if ws == 1:
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y / ws

@@ -1,0 +1,443 @@
+"""EquiAV pre-training model and loss wiring (METHODS 2.2-2.5, golden A).
+
+Kim et al., "EquiAV: Leveraging Equivariance for Audio-Visual Contrastive Learning",
+ICML 2024. The model owns two ViT encoders (audio, visual), one augmentation encoder and one
+cross-attention transformation predictor per modality, and intra/inter projection heads.
+It never samples or applies augmentations: the batch brings the augmented views, their
+parameter vectors ``t_a`` (B, 24) / ``t_v`` (B, 18) and, for the invariant centroid, S sampled
+vectors per clip ``t_a_list`` (B, S, 24) / ``t_v_list`` (B, S, 18).
+
+Where no lists are given (retrieval, localisation), :attr:`EquiAV.param_sampler` is called —
+the hook through which ``avssl.augment`` supplies seeded parameter vectors.
+
+Official checkpoints: :func:`convert_official_pretrain` / :func:`load_official_pretrain`;
+ImageNet MAE initialisation: :func:`load_mae_init`.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from avssl.losses_equiav import Gather, info_nce, nt_xent
+from avssl.models.predictor import AugmentationEncoder, CrossAttentionPredictor, ProjectionHead
+from avssl.models.vit import ViTEncoder, init_linear_and_norm, load_mae_into_encoder
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EquiAVConfig", "equiav_vit_b16_config", "equiav_tiny_config", "equiav_vit_b16", "equiav_tiny",
+    "EquiAV", "ParamSampler", "ConversionReport", "official_pretrain_key",
+    "convert_official_pretrain", "load_official_pretrain", "load_mae_init", "convert_state_dict",
+    "strip_prefixes", "BLOCK_DROP_RULES", "build_encoders",
+]
+
+# (batch_size, num_vectors, generator, device) -> (t_a_list (B,S,d_a), t_v_list (B,S,d_v))
+ParamSampler = Callable[[int, int, "torch.Generator | None", torch.device], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class EquiAVConfig:
+    """Sizes and options of the EquiAV pre-training model (defaults: the paper's ViT-B/16)."""
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    img_size: int = 224
+    audio_length: int = 1024  # fbank frames T
+    num_mel_bins: int = 128  # F; the original hard-codes 8 frequency patch rows (=128/16)
+    patch_size: int = 16
+    in_chans: int = 3
+    learnable_pos: bool = False
+    drop_path: float = 0.0
+    aug_dim_a: int = 24
+    aug_dim_v: int = 18
+    aug_emb_dim: int = 256
+    cross_attn_heads: int = 8
+    cross_attn_head_dim: int = 64
+    proj_hidden_dim: int = 2048
+    inter_out_dim: int = 512
+    intra_out_dim: int = 512
+    num_centroid: int = 16  # S
+    centroid: bool = True  # invariant embedding from the centroid (else the token mean)
+    tau_inter: float = 0.07
+    tau_intra: float = 0.07
+    learnable_tau: bool = False  # trainable temperatures initialised to tau_*
+    weight_inter: float = 1 / 3
+    weight_intra_a: float = 1 / 3
+    weight_intra_v: float = 1 / 3
+    gather_inter: Gather = "no_grad"
+    gather_intra: Gather = "with_grad"
+
+    def __post_init__(self) -> None:
+        for name in ("img_size", "audio_length", "num_mel_bins"):
+            if getattr(self, name) % self.patch_size:
+                raise ValueError(f"{name}={getattr(self, name)} is not a multiple of patch_size")
+        if self.embed_dim % self.num_heads or self.embed_dim % 4:
+            raise ValueError(f"embed_dim={self.embed_dim} must divide by num_heads and by 4")
+        if self.num_centroid < 1:
+            raise ValueError("num_centroid must be >= 1")
+
+
+def equiav_vit_b16_config(**overrides) -> EquiAVConfig:
+    """The released recipe: two ViT-B/16, 1024x128 audio, 224 frames, heads 2048->512, S=16."""
+    return replace(EquiAVConfig(), **overrides)
+
+
+def equiav_tiny_config(**overrides) -> EquiAVConfig:
+    """The golden-vector size: width 64, depth 2, 4 heads, 64x64 frames, 256x128 audio."""
+    tiny = EquiAVConfig(
+        embed_dim=64, depth=2, num_heads=4, img_size=64, audio_length=256, aug_emb_dim=32,
+        proj_hidden_dim=128, inter_out_dim=32, intra_out_dim=32,
+    )
+    return replace(tiny, **overrides)
+
+
+def equiav_vit_b16(**overrides) -> EquiAV:
+    """EquiAV with two ViT-B/16 encoders (Kim et al., ICML 2024)."""
+    return EquiAV(equiav_vit_b16_config(**overrides))
+
+
+def equiav_tiny(**overrides) -> EquiAV:
+    """A tiny EquiAV for tests and smoke runs (the golden vectors' size)."""
+    return EquiAV(equiav_tiny_config(**overrides))
+
+
+def build_encoders(cfg: EquiAVConfig, aug_norm: bool, drop_path: float, drop: float = 0.0
+                   ) -> tuple[ViTEncoder, ViTEncoder]:
+    """(audio, visual) encoders for ``cfg``; audio input (B,3,T,F) is transposed to (B,3,F,T)."""
+    common = dict(
+        patch_size=cfg.patch_size, in_chans=cfg.in_chans, embed_dim=cfg.embed_dim, depth=cfg.depth,
+        num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, drop_path=drop_path, drop=drop,
+        aug_norm=aug_norm, learnable_pos=cfg.learnable_pos,
+    )
+    audio = ViTEncoder((cfg.num_mel_bins, cfg.audio_length), transpose_input=True, **common)
+    visual = ViTEncoder((cfg.img_size, cfg.img_size), **common)
+    return audio, visual
+
+
+class EquiAV(nn.Module):
+    """EquiAV pre-training model.
+
+    Inputs everywhere: audio ``a`` (B, 3, T, F) (the normalised fbank repeated 3x), frames
+    ``v`` (B, 3, H, W); parameter vectors ``t_a`` (B, d_a), ``t_v`` (B, d_v); centroid lists
+    ``t_a_list`` (B, S, d_a), ``t_v_list`` (B, S, d_v).
+    """
+
+    def __init__(self, cfg: EquiAVConfig | None = None, param_sampler: ParamSampler | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or EquiAVConfig()
+        self.param_sampler = param_sampler
+        self.audio_encoder, self.visual_encoder = build_encoders(cfg, True, cfg.drop_path)
+        d, e = cfg.embed_dim, cfg.aug_emb_dim
+        self.aug_encoder_a = AugmentationEncoder(cfg.aug_dim_a, e)
+        self.aug_encoder_v = AugmentationEncoder(cfg.aug_dim_v, e)
+        pred = dict(num_heads=cfg.cross_attn_heads, head_dim=cfg.cross_attn_head_dim, mlp_ratio=cfg.mlp_ratio)
+        self.predictor_a = CrossAttentionPredictor(d, e, **pred)
+        self.predictor_v = CrossAttentionPredictor(d, e, **pred)
+        self.head_intra_a = ProjectionHead(d, cfg.proj_hidden_dim, cfg.intra_out_dim)
+        self.head_intra_v = ProjectionHead(d, cfg.proj_hidden_dim, cfg.intra_out_dim)
+        self.head_inter_a = ProjectionHead(d, cfg.proj_hidden_dim, cfg.inter_out_dim)
+        self.head_inter_v = ProjectionHead(d, cfg.proj_hidden_dim, cfg.inter_out_dim)
+        for m in (self.aug_encoder_a, self.aug_encoder_v, self.predictor_a, self.predictor_v,
+                  self.head_intra_a, self.head_intra_v, self.head_inter_a, self.head_inter_v):
+            init_linear_and_norm(m)
+        if cfg.learnable_tau:
+            self.tau_inter = nn.Parameter(torch.tensor(float(cfg.tau_inter)))
+            self.tau_intra = nn.Parameter(torch.tensor(float(cfg.tau_intra)))
+        else:
+            self.tau_inter, self.tau_intra = cfg.tau_inter, cfg.tau_intra
+
+    # ----------------------------------------------------------------------------- helpers
+    def centroid_params(self, batch_size: int, device: torch.device,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """S = ``cfg.num_centroid`` fresh parameter vectors per clip from :attr:`param_sampler`."""
+        if self.param_sampler is None:
+            raise RuntimeError(
+                "EquiAV needs t_a_list/t_v_list (B, S, d) or a param_sampler "
+                "(batch_size, S, generator, device) -> (t_a_list, t_v_list); none was given"
+            )
+        t_a_list, t_v_list = self.param_sampler(batch_size, self.cfg.num_centroid, generator, device)
+        return t_a_list.to(device), t_v_list.to(device)
+
+    def _predict(self, predictor: CrossAttentionPredictor, aug_encoder: AugmentationEncoder,
+                 tokens: torch.Tensor, t_list: torch.Tensor | None, t: torch.Tensor | None
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Centroid over ``t_list`` (B,S,d) and per-vector prediction for ``t`` (B,d), sharing
+        one key/value projection of ``tokens`` (B,N,D). Returns ((B,D) | None, (B,D) | None)."""
+        queries = [q for q in (t_list, None if t is None else t[:, None]) if q is not None]
+        out = predictor(tokens, aug_encoder(torch.cat(queries, dim=1)))  # (B, S+1, D)
+        s = 0 if t_list is None else t_list.shape[1]
+        centroid = out[:, :s].mean(dim=1) if t_list is not None else None
+        equi = out[:, s] if t is not None else None
+        return centroid, equi
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(self, a: torch.Tensor, v: torch.Tensor, a_aug: torch.Tensor, v_aug: torch.Tensor,
+                t_a: torch.Tensor, t_v: torch.Tensor, t_a_list: torch.Tensor | None = None,
+                t_v_list: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The six embeddings, each (B, out_dim): ``z_a_inv, z_v_inv`` (inter heads),
+        ``z_a_equi, z_v_equi`` (intra heads on the prediction for t), ``z_a_aug, z_v_aug``
+        (intra heads on the mean of the augmented view's tokens)."""
+        b = a.shape[0]
+        if self.cfg.centroid and (t_a_list is None or t_v_list is None):
+            t_a_list, t_v_list = self.centroid_params(b, a.device)
+        if not self.cfg.centroid:
+            t_a_list = t_v_list = None
+        tok_a, tok_a_aug = self.audio_encoder.forward_pair(a, a_aug)
+        tok_v, tok_v_aug = self.visual_encoder.forward_pair(v, v_aug)
+        cen_a, equi_a = self._predict(self.predictor_a, self.aug_encoder_a, tok_a, t_a_list, t_a)
+        cen_v, equi_v = self._predict(self.predictor_v, self.aug_encoder_v, tok_v, t_v_list, t_v)
+        if cen_a is None:
+            cen_a, cen_v = tok_a.mean(dim=1), tok_v.mean(dim=1)
+        intra_a = self.head_intra_a(torch.cat([equi_a, tok_a_aug.mean(dim=1)]))
+        intra_v = self.head_intra_v(torch.cat([equi_v, tok_v_aug.mean(dim=1)]))
+        return {
+            "z_a_inv": self.head_inter_a(cen_a), "z_v_inv": self.head_inter_v(cen_v),
+            "z_a_equi": intra_a[:b], "z_v_equi": intra_v[:b],
+            "z_a_aug": intra_a[b:], "z_v_aug": intra_v[b:],
+        }
+
+    def loss(self, a: torch.Tensor, v: torch.Tensor, a_aug: torch.Tensor, v_aug: torch.Tensor,
+             t_a: torch.Tensor, t_v: torch.Tensor, t_a_list: torch.Tensor | None = None,
+             t_v_list: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Pre-training loss: ``w_inter L_inter + w_a L_intra_a + w_v L_intra_v``.
+
+        Returns ``{"loss", "loss/inter", "loss/intra_a", "loss/intra_v", "acc/inv",
+        "acc/intra_a", "acc/intra_v"}``; accuracies are top-1 percentages (detached).
+        """
+        z = self(a, v, a_aug, v_aug, t_a, t_v, t_a_list, t_v_list)
+        c = self.cfg
+        l_inter, acc_inter = info_nce(z["z_a_inv"], z["z_v_inv"], self.tau_inter, c.gather_inter)
+        l_a, acc_a = nt_xent(z["z_a_equi"], z["z_a_aug"], self.tau_intra, c.gather_intra)
+        l_v, acc_v = nt_xent(z["z_v_equi"], z["z_v_aug"], self.tau_intra, c.gather_intra)
+        total = c.weight_inter * l_inter + c.weight_intra_a * l_a + c.weight_intra_v * l_v
+        return {
+            "loss": total, "loss/inter": l_inter, "loss/intra_a": l_a, "loss/intra_v": l_v,
+            "acc/inv": acc_inter, "acc/intra_a": acc_a, "acc/intra_v": acc_v,
+        }
+
+    # ----------------------------------------------------------------------------- downstream
+    def embed(self, a: torch.Tensor, v: torch.Tensor, t_a_list: torch.Tensor | None = None,
+              t_v_list: torch.Tensor | None = None, generator: torch.Generator | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Retrieval embeddings (B, inter_out_dim) each, L2-normalised: the inter heads on the
+        centroid of S parameter vectors of the clean inputs — always the centroid, whatever
+        ``cfg.centroid`` (as the released retrieval code). Without lists, S fresh vectors come
+        from :attr:`param_sampler` with ``generator`` (seed it for deterministic results)."""
+        if t_a_list is None or t_v_list is None:
+            t_a_list, t_v_list = self.centroid_params(a.shape[0], a.device, generator)
+        cen_a, _ = self._predict(self.predictor_a, self.aug_encoder_a, self.audio_encoder(a), t_a_list, None)
+        cen_v, _ = self._predict(self.predictor_v, self.aug_encoder_v, self.visual_encoder(v), t_v_list, None)
+        za = nn.functional.normalize(self.head_inter_a(cen_a), dim=-1)
+        zv = nn.functional.normalize(self.head_inter_v(cen_v), dim=-1)
+        return za, zv
+
+    def localise(self, a: torch.Tensor, v: torch.Tensor, t_a_list: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Zero-shot sound-source map (B, gh, gw) (14x14 at 224): cosine between the audio inter
+        embedding (centroid per ``cfg.centroid``) and every visual patch token passed through
+        the visual inter head."""
+        tok_a = self.audio_encoder(a)
+        if self.cfg.centroid:
+            if t_a_list is None:
+                t_a_list, _ = self.centroid_params(a.shape[0], a.device, generator)
+            feat_a, _ = self._predict(self.predictor_a, self.aug_encoder_a, tok_a, t_a_list, None)
+        else:
+            feat_a = tok_a.mean(dim=1)
+        za = nn.functional.normalize(self.head_inter_a(feat_a), dim=-1)  # (B, P)
+        zv = nn.functional.normalize(self.head_inter_v(self.visual_encoder(v)), dim=-1)  # (B, N, P)
+        sim = torch.einsum("bp,bnp->bn", za, zv)
+        return sim.view(v.shape[0], *self.visual_encoder.grid)
+
+
+# ====================================================================== checkpoint conversion
+@dataclass
+class ConversionReport:
+    """What a conversion did: ``loaded`` (our keys filled), ``dropped`` (official key -> reason,
+    deliberately unused), ``unexpected`` (official keys with no rule), ``missing`` (our keys not
+    filled), ``notes`` (warnings such as a position embedding that differs from ours)."""
+
+    loaded: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+    unexpected: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.unexpected and not self.missing
+
+    def summary(self) -> str:
+        return (f"{len(self.loaded)} loaded, {len(self.dropped)} dropped, {len(self.unexpected)} "
+                f"unexpected, {len(self.missing)} missing")
+
+
+_BRANCH = {"a": "audio_encoder", "v": "visual_encoder"}
+_PRETRAIN_RULES: list[tuple[str, str]] = [
+    (r"modality_([av])$", r"{enc\1}.modality_token"),
+    (r"patch_embed_([av])\.proj\.(weight|bias)$", r"{enc\1}.patch_embed.\2"),
+    (r"blocks_([av])\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$",
+     r"{enc\1}.blocks.\2.\3.\4"),
+    (r"norm_([av])\.(weight|bias)$", r"{enc\1}.norm.\2"),
+    (r"norm_([av])_aug\.(weight|bias)$", r"{enc\1}.norm_aug.\2"),
+    (r"aug_encoder_([av])\.0\.(weight|bias)$", r"aug_encoder_\1.fc1.\2"),
+    (r"aug_encoder_([av])\.2\.(weight|bias)$", r"aug_encoder_\1.fc2.\2"),
+    (r"aug_encoder_([av])\.4\.(weight|bias)$", r"aug_encoder_\1.fc3.\2"),
+    (r"cross_attn_([av])\.attn\.(to_q|to_k|to_v|to_out)\.(weight|bias)$", r"predictor_\1.\2.\3"),
+    (r"cross_attn_([av])\.(norm_aug|norm|mlp\.fc1|mlp\.fc2)\.(weight|bias)$", r"predictor_\1.\2.\3"),
+    (r"pred_([av])_(intra|inter)\.(.+)$", r"head_\2_\1.\3"),
+    (r"__L_inter__\.tau$", "tau_inter"),
+    (r"__L_intra__\.tau$", "tau_intra"),
+]
+BLOCK_DROP_RULES: list[tuple[str, str]] = [
+    (r"blocks_[av]\.\d+\.norm[12]_[av]\.", "unused per-modality norm of the original Block"),
+]
+
+
+def strip_prefixes(key: str) -> str:
+    """Drop the DDP ``module.`` and trainer-wrapper ``__M__.`` prefixes of an official key."""
+    for prefix in ("module.", "__M__."):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def official_pretrain_key(key: str) -> str | None:
+    """Our parameter name for an official ``pt_EquiAV`` / ``pt_trainer`` key (``__M__.`` and
+    ``module.`` prefixes accepted), or None when no rule maps it (position embeddings and the
+    unused Block norms included)."""
+    key = strip_prefixes(key)
+    for pattern, target in _PRETRAIN_RULES:
+        m = re.match(pattern, key)
+        if m:
+            out = m.expand(target)
+            return re.sub(r"\{enc([av])\}", lambda g: _BRANCH[g.group(1)], out)
+    return None
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, torch.Tensor], key_fn: Callable[[str], str | None],
+    drop_rules: list[tuple[str, str]], expected: Iterable[str] | None, strict: bool,
+    reference_pos: Mapping[str, torch.Tensor] | None = None,
+) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    """Shared conversion loop (pre-training and fine-tuning checkpoints).
+
+    ``key_fn`` maps an official key to ours (or None). Mapped keys outside ``expected`` are
+    dropped when their top-level module is not built (e.g. the visual encoder of an
+    audio-only classifier), else unexpected. Unmapped ``pos_embed_[av]`` are dropped (or
+    loaded into a learnable ``pos_embed``) and compared with ``reference_pos``; unmapped keys
+    matching ``drop_rules`` are dropped with the rule's reason; the rest are unexpected.
+    """
+    ours: dict[str, torch.Tensor] = {}
+    report = ConversionReport()
+    expected = None if expected is None else set(expected)
+    built = None if expected is None else {k.split(".")[0] for k in expected}
+    for key, value in state_dict.items():
+        new = key_fn(key)
+        bare = strip_prefixes(key)
+        if new is not None:
+            if expected is None or new in expected:
+                ours[new] = value
+            elif new.split(".")[0] not in built:
+                report.dropped[key] = f"{new.split('.')[0]} is not built in this configuration"
+            else:
+                report.unexpected.append(key)
+            continue
+        pos = re.match(r"pos_embed_([av])$", bare)
+        if pos and expected is not None and f"{_BRANCH[pos.group(1)]}.pos_embed" in expected:
+            ours[f"{_BRANCH[pos.group(1)]}.pos_embed"] = value  # learnable_pos: load it
+            continue
+        if pos:
+            report.dropped[key] = "fixed sin-cos position embedding (recomputed)"
+            ref = (reference_pos or {}).get(_BRANCH[pos.group(1)])
+            flat = value.reshape(-1, value.shape[-1]).float()
+            if ref is not None and (flat.shape != ref.shape or not torch.allclose(flat, ref, atol=1e-6)):
+                report.notes.append(f"{key} differs from our fixed sin-cos embedding of shape {tuple(ref.shape)}")
+            continue
+        reason = next((r for p, r in drop_rules if re.match(p, bare)), None)
+        if reason is not None:
+            report.dropped[key] = reason
+        else:
+            report.unexpected.append(key)
+    report.loaded = sorted(ours)
+    if expected is not None:
+        report.missing = sorted(expected - set(ours))
+    for note in report.notes:
+        logger.warning("checkpoint conversion: %s", note)
+    if strict and not report.ok:
+        raise KeyError(f"checkpoint conversion failed ({report.summary()}): unexpected "
+                       f"{report.unexpected[:10]}, missing {report.missing[:10]}")
+    return ours, report
+
+
+def convert_official_pretrain(state_dict: Mapping[str, torch.Tensor], strict: bool = False,
+                              expected_keys: Iterable[str] | None = None
+                              ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    """Official EquiAV pre-training state dict -> our :class:`EquiAV` state dict.
+
+    Args:
+        state_dict: keys of ``pt_EquiAV.MainModel`` with optional ``__M__.`` / ``module.``
+            prefixes (``__L_*__.tau`` of a learnable temperature included).
+        strict: raise ``KeyError`` on unexpected keys (or missing ones, with ``expected_keys``).
+        expected_keys: our model's state-dict keys, to report what is missing.
+
+    Returns:
+        ``(ours, report)``; the fixed position embeddings and the unused ``norm{1,2}_{a,v}``
+        of every Block are reported as dropped.
+    """
+    return convert_state_dict(state_dict, official_pretrain_key, BLOCK_DROP_RULES, expected_keys, strict)
+
+
+def load_official_pretrain(model: EquiAV, state_dict: Mapping[str, torch.Tensor], strict: bool = True
+                           ) -> ConversionReport:
+    """Convert an official pre-training checkpoint and load it into ``model``."""
+    expected = model.state_dict().keys()
+    ref = {name: enc.pos_embed[0].detach().cpu() for name, enc in
+           (("audio_encoder", model.audio_encoder), ("visual_encoder", model.visual_encoder))}
+    ours, report = convert_state_dict(state_dict, official_pretrain_key, BLOCK_DROP_RULES, expected, strict, ref)
+    model.load_state_dict(ours, strict=strict)
+    logger.info("loaded official EquiAV checkpoint: %s", report.summary())
+    return report
+
+
+def load_mae_init(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
+    """Initialise every ``audio_encoder`` / ``visual_encoder`` of ``model`` from an ImageNet MAE
+    ViT checkpoint file (``{"model": state_dict}`` or a bare state dict): the patch embedding
+    (a 1-channel one is repeated to 3), the blocks, and the final norm into the clean-view
+    ``norm`` only (``norm_aug`` keeps its identity init). Never downloads.
+
+    Returns:
+        ``{encoder_name: [our keys loaded]}`` plus ``"skipped"``: MAE keys not used.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MAE checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, ValueError) as err:
+        raise RuntimeError(f"cannot read MAE checkpoint {path}: {err}") from err
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} holds no state dict (got {type(ckpt).__name__})")
+    out: dict[str, list[str]] = {}
+    skipped: set[str] = set(state)
+    for name in ("audio_encoder", "visual_encoder"):
+        enc = getattr(model, name, None)
+        if enc is None:
+            continue
+        loaded, used = load_mae_into_encoder(enc, state, source=str(path))
+        out[name] = [f"{name}.{k}" for k in loaded]
+        skipped -= used
+    if not out:
+        raise ValueError(f"{type(model).__name__} has no audio_encoder/visual_encoder to initialise")
+    out["skipped"] = sorted(skipped)
+    logger.info("MAE init from %s: %s; skipped %d keys", path,
+                {k: len(v) for k, v in out.items() if k != "skipped"}, len(skipped))
+    return out

@@ -1,0 +1,296 @@
+"""SSL-TIE: sound localisation with transformation invariance and equivariance (METHODS 1).
+
+Liu, Ju, Xie, Zhang, ACM MM 2022 (arXiv 2206.12772). The module holds the two ResNet-18
+encoders and computes its own loss (no training loop here):
+
+    A, logits   = model(frame)              # 14x14 map, LVS tri-map logits
+    A_T, logits_T = model(T(frame))         # 7x7 when s = 0.5
+    L = 0.5 * (CE(logits) + CE(logits_T)) + lambda * MSE(A_T, T(A))
+
+``T`` is :mod:`avssl.augment.geometric`. :func:`convert_official_state_dict` maps an
+official AVENet checkpoint (``imgnet.*``, ``audnet.*``) onto this module.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avssl import losses
+from avssl.augment import geometric
+from avssl.models.resnet import INIT_MODES, audio_resnet18, load_imagenet_visual, visual_resnet18
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SSLTIEConfig:
+    """SSL-TIE options; the defaults are the released training scripts' (METHODS 1.2-1.4).
+
+    width: base channels of both ResNet-18s (64 paper, 32/16 for CPU demos).
+    image_size / heatmap_size: frame side and the map side it gives (stride 16).
+    tau, eps_p, eps_n: LVS mask temperature and thresholds.
+    tri_map: negative region from eps_n (off: N = 1 - P). hard_negatives: append s_hn.
+    logit_temperature: the hard-coded 0.07.
+    equivariance: add the transformed-frame pass and the MSE term (off: L = L_cl).
+    lambda_equi: weight of the MSE term. max_angle, scales, flip_prob: the transform draw.
+    shrink_once: cleaner transform at s = 0.5 (content not shrunk twice); off = authors'.
+    invariance: the training frames/spectrograms get the MoCo-v2 / SpecAugment augmentation
+        (read by the data pipeline; there is no separate invariance loss).
+    share_audio_pass: run the audio encoder once per step instead of once per visual pass; the
+        outputs and gradients are identical, and the audio BatchNorm running statistics are
+        updated with momentum ``1 - (1 - m)^2`` so they end up as after two updates.
+    init: "ssltie" (BN weight N(1, 0.02)) or "torchvision" (BN weight 1).
+    imagenet_init: optional path of a local torchvision resnet18 state dict loaded into the
+        visual encoder after init (the paper trains from scratch: None).
+    """
+
+    width: int = 64
+    image_size: int = 224
+    heatmap_size: int = 14
+    tau: float = 0.03
+    eps_p: float = 0.65
+    eps_n: float = 0.4
+    tri_map: bool = True
+    hard_negatives: bool = True
+    logit_temperature: float = 0.07
+    equivariance: bool = True
+    lambda_equi: float = 1.0
+    max_angle: int = 30
+    scales: tuple[float, ...] = (1.0, 0.5)
+    flip_prob: float = 0.5
+    shrink_once: bool = False
+    invariance: bool = True
+    share_audio_pass: bool = True
+    init: str = "ssltie"
+    imagenet_init: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.width <= 0:
+            raise ValueError(f"width must be positive, got {self.width}")
+        if self.image_size // 16 != self.heatmap_size:
+            raise ValueError(f"heatmap_size {self.heatmap_size} != image_size/16 = {self.image_size // 16}")
+        if self.tau <= 0 or self.logit_temperature <= 0:
+            raise ValueError("tau and logit_temperature must be positive")
+        if self.max_angle < 0 or not self.scales or any(s <= 0 for s in self.scales):
+            raise ValueError(f"bad transform options: max_angle={self.max_angle}, scales={self.scales}")
+        if self.init not in INIT_MODES:
+            raise ValueError(f"init must be one of {INIT_MODES}, got {self.init!r}")
+
+
+@contextlib.contextmanager
+def _doubled_bn_momentum(module: nn.Module) -> Iterator[None]:
+    """Temporarily set every BN momentum m to 1 - (1 - m)^2 (one update == two identical ones)."""
+    saved = [(m, m.momentum) for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None]
+    for m, mom in saved:
+        m.momentum = 1.0 - (1.0 - mom) ** 2
+    try:
+        yield
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+
+
+class SSLTIE(nn.Module):
+    """SSL-TIE model + loss. Frames (B, 3, H, W) ImageNet-normalised; spectrograms (B, 1, F, T) in dB."""
+
+    def __init__(self, config: SSLTIEConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or SSLTIEConfig()
+        self.visual = visual_resnet18(self.config.width, self.config.init)
+        self.audio = audio_resnet18(self.config.width, self.config.init)
+        if self.config.imagenet_init is not None:
+            load_imagenet_visual(self.visual, self.config.imagenet_init)
+
+    # -- encoders and maps ------------------------------------------------------------------
+    def encode_image(self, image: Tensor) -> Tensor:
+        """(B, 3, H, W) -> L2-normalised (along channels) feature map (B, 8w, H/16, W/16)."""
+        return F.normalize(self.visual(image), dim=1)
+
+    def encode_audio(self, spec: Tensor) -> Tensor:
+        """(B, 1, F, T) -> L2-normalised max-pooled embedding (B, 8w)."""
+        return F.normalize(self.audio(spec), dim=1)
+
+    @staticmethod
+    def maps(img_feat: Tensor, aud_feat: Tensor) -> tuple[Tensor, Tensor]:
+        """Cosine maps: ``A`` (B, 1, h, w) paired, ``A0`` (B, B, h, w) with ``A0[i, j]`` = frame i, audio j."""
+        A0 = torch.einsum("bchw,kc->bkhw", img_feat, aud_feat)
+        A = torch.diagonal(A0, dim1=0, dim2=1).permute(2, 0, 1).unsqueeze(1)
+        return A, A0
+
+    def forward_maps(self, image: Tensor, spec: Tensor, aud_feat: Tensor | None = None) -> dict[str, Tensor]:
+        """Maps and features: ``A`` (B,1,h,w), ``A0`` (B,B,h,w), ``img_feat`` (B,C,h,w), ``aud_feat`` (B,C).
+
+        ``aud_feat`` may be passed to reuse an audio embedding (then ``spec`` is not encoded).
+        """
+        img_feat = self.encode_image(image)
+        if aud_feat is None:
+            aud_feat = self.encode_audio(spec)
+        A, A0 = self.maps(img_feat, aud_feat)
+        return {"A": A, "A0": A0, "img_feat": img_feat, "aud_feat": aud_feat}
+
+    def localisation_logits(self, A: Tensor, A0: Tensor) -> losses.LVSLogits:
+        """LVS logits (B, B+2) with the configured switches; see :func:`avssl.losses.lvs_trimap_logits`."""
+        c = self.config
+        return losses.lvs_trimap_logits(A, A0, tau=c.tau, eps_p=c.eps_p, eps_n=c.eps_n, tri_map=c.tri_map,
+                                        hard_negatives=c.hard_negatives, temperature=c.logit_temperature)
+
+    # -- training objective -----------------------------------------------------------------
+    def step_outputs(self, image: Tensor, spec: Tensor, generator: torch.Generator | None = None,
+                     params: geometric.EquivarianceParams | None = None) -> dict:
+        """Everything one step computes: maps, logits, the transform and the loss terms.
+
+        Keys: ``A``, ``logits``, ``loss/cl`` and, with equivariance, ``params``, ``image_t``,
+        ``A_t`` (map of T(frame)), ``t_A`` (T(A)), ``logits_t``, ``loss/cl_ts``, ``loss/equi``.
+        ``params`` overrides the draw from ``generator``.
+        """
+        c = self.config
+        out: dict = {}
+        share = c.equivariance and c.share_audio_pass
+        if share and self.training:
+            with _doubled_bn_momentum(self.audio):
+                aud_feat = self.encode_audio(spec)
+        else:
+            aud_feat = self.encode_audio(spec)
+        maps = self.forward_maps(image, spec, aud_feat=aud_feat)
+        out["A"], out["logits"] = maps["A"], self.localisation_logits(maps["A"], maps["A0"]).logits
+        out["loss/cl"] = losses.lvs_loss(out["logits"])
+        if not c.equivariance:
+            return out
+        if params is None:
+            params = geometric.sample_params(image.shape[0], generator, c.max_angle, c.scales, c.flip_prob)
+        image_t = geometric.apply(image, params, c.image_size, c.shrink_once)
+        maps_t = self.forward_maps(image_t, spec, aud_feat=aud_feat if share else None)
+        out.update(params=params, image_t=image_t, A_t=maps_t["A"])
+        out["logits_t"] = self.localisation_logits(maps_t["A"], maps_t["A0"]).logits
+        out["t_A"] = geometric.apply(out["A"], params, c.image_size, c.shrink_once)
+        out["loss/cl_ts"] = losses.lvs_loss(out["logits_t"])
+        out["loss/equi"] = losses.equivariance_consistency(out["A_t"], out["t_A"])
+        return out
+
+    def loss(self, image: Tensor, spec: Tensor, generator: torch.Generator | None = None,
+             params: geometric.EquivarianceParams | None = None) -> dict[str, Tensor]:
+        """Scalar losses: ``loss`` = 0.5 (``loss/cl`` + ``loss/cl_ts``) + lambda ``loss/equi`` (``loss/cl`` alone without equivariance)."""
+        return self.loss_terms(self.step_outputs(image, spec, generator, params))
+
+    def loss_terms(self, out: Mapping) -> dict[str, Tensor]:
+        """The scalar loss dict from :meth:`step_outputs`' result (see :meth:`loss`)."""
+        if not self.config.equivariance:
+            return {"loss": out["loss/cl"], "loss/cl": out["loss/cl"]}
+        total = 0.5 * (out["loss/cl"] + out["loss/cl_ts"]) + self.config.lambda_equi * out["loss/equi"]
+        return {"loss": total, **{k: out[k] for k in ("loss/cl", "loss/cl_ts", "loss/equi")}}
+
+    def forward(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Training entry point: ``batch["image"]`` (B,3,H,W), ``batch["spec"]`` (B,1,F,T) -> loss dict."""
+        return self.loss(batch["image"], batch["spec"], generator)
+
+    @torch.no_grad()
+    def localise(self, image: Tensor, spec: Tensor) -> Tensor:
+        """Localisation map (B, h, w): cosine of each location with the paired audio (no grad)."""
+        img_feat, aud_feat = self.encode_image(image), self.encode_audio(spec)
+        return torch.einsum("bchw,bc->bhw", img_feat, aud_feat)
+
+    def load_official(self, state_dict: Mapping, strict: bool = False) -> ConversionReport:
+        """Load an official AVENet checkpoint (any wrapper accepted by :func:`convert_official_state_dict`)."""
+        ours, report = convert_official_state_dict(state_dict, strict=strict, width=self.config.width)
+        result = self.load_state_dict(ours, strict=False)
+        if result.unexpected_keys:  # cannot happen: the converter only emits our keys
+            raise RuntimeError(f"converter produced unknown keys {result.unexpected_keys}")
+        return report
+
+
+# -- official checkpoint conversion -----------------------------------------------------------
+# Official AVENet parameters that its forward never uses (or whose output is discarded).
+_OFFICIAL_UNUSED_PREFIXES = (
+    "imgnet.fc.", "audnet.fc.", "imgnet.conv1_a.", "imgnet.conv1_flow.", "audnet.conv1.",
+    "audnet.conv1_flow.", "vision_fc1.", "conv3.", "norm3.",
+)
+
+
+@dataclass
+class ConversionReport:
+    """Outcome of :func:`convert_official_state_dict` (lists of key names)."""
+
+    loaded: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{len(self.loaded)} loaded; {len(self.unused)} known-unused official keys {self.unused[:6]}; "
+                f"{len(self.unexpected)} unexpected {self.unexpected[:6]}; {len(self.missing)} missing "
+                f"{self.missing[:6]}")
+
+
+def _unwrap(state_dict: Mapping) -> Mapping:
+    for wrapper in ("state_dict", "model"):
+        inner = state_dict.get(wrapper)
+        if isinstance(inner, Mapping):
+            return inner
+    return state_dict
+
+
+def _official_to_ours(key: str) -> str | None:
+    if key.startswith("audnet.conv1_a."):
+        return "audio.conv1." + key.removeprefix("audnet.conv1_a.")
+    if key.startswith("imgnet.conv1."):
+        return "visual.conv1." + key.removeprefix("imgnet.conv1.")
+    for official, ours in (("imgnet.", "visual."), ("audnet.", "audio.")):
+        rest = key.removeprefix(official)
+        if rest != key and rest.startswith(("bn1.", "layer1.", "layer2.", "layer3.", "layer4.")):
+            return ours + rest
+    return None
+
+
+def convert_official_state_dict(state_dict: Mapping, strict: bool = False,
+                                width: int | None = None) -> tuple[dict[str, Tensor], ConversionReport]:
+    """Map an official SSL-TIE ``AVENet`` state dict onto :class:`SSLTIE` parameter names.
+
+    Accepts a plain state dict, ``{"model": sd}`` or ``{"state_dict": sd}``, with or without
+    DataParallel ``module.`` prefixes. ``imgnet.*`` -> ``visual.*``, ``audnet.conv1_a`` ->
+    ``audio.conv1``, ``audnet.*`` -> ``audio.*``. Keys the official forward never uses
+    (``conv3``, ``norm3``, ``fc``, unused stems) are reported as ``unused``; unrecognised keys
+    as ``unexpected``; model keys not provided as ``missing`` (against a model of ``width``,
+    inferred from ``imgnet.conv1.weight`` when None). Everything is logged; ``strict`` raises
+    ``ValueError`` on any unexpected or missing key, and a shape mismatch always raises.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"expected a state dict mapping, got {type(state_dict).__name__}")
+    source = {k.removeprefix("module."): v for k, v in _unwrap(state_dict).items()}
+    report = ConversionReport()
+    ours: dict[str, Tensor] = {}
+    for key, value in source.items():
+        target = _official_to_ours(key)
+        if target is not None:
+            ours[target] = torch.as_tensor(value)
+            report.loaded.append(target)
+        elif key.startswith(_OFFICIAL_UNUSED_PREFIXES):
+            report.unused.append(key)
+        else:
+            report.unexpected.append(key)
+    if width is None:
+        width = int(ours["visual.conv1.weight"].shape[0]) if "visual.conv1.weight" in ours else 64
+    with torch.device("meta"):
+        expected = SSLTIE(SSLTIEConfig(width=width)).state_dict()
+    for key, value in ours.items():
+        if key not in expected:
+            report.loaded.remove(key)
+            report.unexpected.append(key)
+        elif tuple(value.shape) != tuple(expected[key].shape):
+            raise ValueError(f"official key for {key}: shape {tuple(value.shape)}, expected "
+                             f"{tuple(expected[key].shape)} (width {width})")
+    ours = {k: v for k, v in ours.items() if k in expected}
+    report.missing = [k for k in expected if k not in ours]
+    logger.info("official SSL-TIE checkpoint: %s", report.summary())
+    if report.unexpected or report.missing:
+        logger.warning("official SSL-TIE checkpoint: %d unexpected, %d missing keys: %s",
+                       len(report.unexpected), len(report.missing), report.summary())
+        if strict:
+            raise ValueError(f"strict conversion failed: unexpected {report.unexpected}, missing {report.missing}")
+    return ours, report

@@ -1,0 +1,33 @@
+"""Shared fixtures: golden vectors, tiny media files."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN_DIR = Path(os.environ.get("AVSSL_GOLDEN", REPO.parent / "shared" / "golden"))
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """The authors'-code test vectors (``../shared/golden``); skip where absent (a user's clone)."""
+    if not GOLDEN_DIR.is_dir():
+        pytest.skip(f"golden vectors not found at {GOLDEN_DIR} (set AVSSL_GOLDEN); CI always has them")
+    return GOLDEN_DIR
+
+
+@pytest.fixture(scope="session")
+def golden(golden_dir):
+    """Load a golden ``.npz`` by file name: ``golden("ssltie_frontend.npz")``."""
+    cache: dict[str, dict] = {}
+
+    def load(name: str):
+        if name not in cache:
+            with np.load(golden_dir / name) as z:
+                cache[name] = {k: z[k] for k in z.files}
+        return cache[name]
+
+    return load

@@ -1,0 +1,280 @@
+"""``avssl prepare``: raw videos and pre-extracted layouts into frames/, audio/, done/ and a manifest.
+
+Tiny media are made here with PyAV (64x48 H.264 or MPEG-4 + AAC, 1 s, 10 fps, frame i a flat grey
+of level 20 i + 10, so a decoded frame tells which source frame it is)."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from avssl.data.manifest import Record, read_manifest, write_manifest
+from avssl.data.prepare import PrepareError, _ids_from_paths, _resize, collect_inputs, prepare
+
+VCODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+FPS, SECONDS, W, H, SR_IN = 10, 1.0, 64, 48, 22050
+
+
+def main(argv: list[str]) -> int:
+    """``avssl <argv>`` through the real command line."""
+    from avssl.cli import main as cli_main
+
+    return cli_main(argv)
+
+
+def make_video(path: Path, audio: bool = True, seconds: float = SECONDS) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream(VCODEC, rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        if audio:
+            a = c.add_stream("aac", rate=SR_IN)
+            a.layout = "mono"
+        for i in range(round(seconds * FPS)):
+            img = np.full((H, W, 3), 20 * i + 10, np.uint8)
+            for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        c.mux(vs.encode())
+        if audio:
+            t = np.arange(round(seconds * SR_IN)) / SR_IN
+            wave = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            for s in range(0, len(wave), 1024):
+                fr = av.AudioFrame.from_ndarray(wave[None, s:s + 1024], format="fltp", layout="mono")
+                fr.sample_rate, fr.pts = SR_IN, s
+                c.mux(a.encode(fr))
+            c.mux(a.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("videos")
+    make_video(d / "good1.mp4")
+    make_video(d / "sub" / "good2.mkv")
+    make_video(d / "sub" / "deeper" / "good3.MP4")
+    make_video(d / "silent.mp4", audio=False)
+    data = make_video(d / "tmp_full.mp4").read_bytes()
+    (d / "tmp_full.mp4").unlink()
+    (d / "broken.mp4").write_bytes(data[: len(data) // 2])
+    (d / "empty.avi").write_bytes(b"")
+    (d / "notes.txt").write_text("not a video")
+    return d
+
+
+def _failures(out: Path) -> dict[str, tuple[str, str]]:
+    with open(out / "failures.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return {r["id"]: (r["path"], r["reason"]) for r in rows}
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")}
+
+
+def test_prepare_directory_rerun_and_redo(video_dir, tmp_path, caplog):
+    out = tmp_path / "out"
+    report = prepare(video_dir, out, workers=2)
+    assert (report.done, report.skipped, report.failed, report.total) == (3, 0, 3, 6)
+    assert report.manifest == out / "manifest.jsonl" and report.clips_per_second > 0
+
+    recs = read_manifest(report.manifest)
+    assert [r.id for r in recs] == ["good1", "good2", "good3"]
+    expected_levels = 20 * np.arange(10) + 10  # frame k at (k + 0.5) * 0.1 s is source frame k
+    for r in recs:
+        assert r.video is None and len(r.frames) == 10
+        assert r.frames == [str(out / "frames" / r.id / f"{k}.jpg") for k in range(10)]
+        levels = [np.asarray(Image.open(f)).mean() for f in r.frames]
+        assert np.asarray(Image.open(r.frames[0])).shape == (H, W, 3)
+        np.testing.assert_allclose(levels, expected_levels, atol=6)
+        assert r.audio == str(out / "audio" / f"{r.id}.wav")
+        info = sf.info(r.audio)
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+        # mkv: the AAC end padding is not trimmed (its DURATION tag includes it), ~20 ms more
+        assert abs(info.frames - 16000 * SECONDS) <= (16 if r.id != "good2" else 800)
+        wave, _ = sf.read(r.audio)
+        assert 0.4 < np.abs(wave).max() <= 0.6  # the 0.5-amplitude tone, not silence
+        assert r.extra["frame_times"] == pytest.approx([0.05 + 0.1 * k for k in range(10)])
+        assert r.extra["duration"] == pytest.approx(1.0, abs=0.05)
+        assert (r.extra["orig_fps"], r.extra["orig_width"], r.extra["orig_height"]) == (10, W, H)
+        assert r.extra["orig_sample_rate"] == SR_IN
+        assert Path(r.extra["source"]).parent.is_relative_to(video_dir)
+
+    fails = _failures(out)
+    assert set(fails) == {"silent", "broken", "empty"}
+    assert fails["silent"][0].endswith("silent.mp4") and "no audio stream" in fails["silent"][1]
+    assert fails["empty"][1] == "zero-byte file"
+    assert fails["broken"][0].endswith("broken.mp4") and fails["broken"][1]
+
+    # a rerun skips finished clips without touching them, and retries the failed ones
+    old = 1_000_000_000_000_000_000
+    for p in [*(out / "done").glob("*.json"), *(out / "frames" / "good1").glob("*.jpg")]:
+        os.utime(p, ns=(old, old))
+    with caplog.at_level(logging.INFO, logger="avssl.data.prepare"):
+        again = prepare(video_dir, out, workers=2)
+    assert (again.done, again.skipped, again.failed) == (0, 3, 3)
+    assert "skipping 3 of 6 clips already done" in caplog.text
+    assert set(_mtimes(out / "done").values()) == {old}
+    assert {p.stat().st_mtime_ns for p in (out / "frames" / "good1").glob("*.jpg")} == {old}
+    assert read_manifest(again.manifest) == recs
+
+    # deleting one sidecar redoes exactly that clip; its partial outputs are replaced
+    (out / "done" / "good2.json").unlink()
+    (out / "frames" / "good2" / "stale.jpg").write_bytes(b"junk")
+    third = prepare(video_dir, out, workers=2)
+    assert (third.done, third.skipped, third.failed) == (1, 2, 3)
+    times = _mtimes(out / "done")
+    assert times["good1.json"] == times["good3.json"] == old and times["good2.json"] != old
+    assert sorted(p.name for p in (out / "frames" / "good2").iterdir()) == [f"{k}.jpg" for k in range(10)]
+    assert read_manifest(third.manifest) == recs
+
+
+def test_options_must_match_and_limit(video_dir, tmp_path):
+    out = tmp_path / "out"
+    report = prepare(video_dir, out, workers=1, frames=3, limit=2)  # broken, empty (sorted paths)
+    assert (report.total, report.done, report.failed) == (2, 0, 2)
+    with pytest.raises(PrepareError, match=r"prepared with frames=3 \(now 10\)"):
+        prepare(video_dir, out, workers=1)
+
+
+def test_on_error_stop(video_dir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(PrepareError, match="clip broken: .*broken.mp4"):
+        prepare(video_dir, out, workers=1, on_error="stop")
+    assert list(_failures(out)) == ["broken"]
+    assert main(["prepare", str(video_dir), str(tmp_path / "cli"), "--workers", "2",
+                 "--on-error", "stop"]) == 1
+
+
+def test_jsonl_input_carries_labels_and_resizes(video_dir, tmp_path):
+    src = tmp_path / "src.jsonl"
+    write_manifest(src, [
+        Record("a", video=str(video_dir / "good1.mp4"), labels=["dog", "bark"], split="train",
+               extra={"weight": 0.5}),
+        Record("b", video=str(video_dir / "sub" / "good2.mkv"), split="test"),
+        Record("c", video=str(video_dir / "silent.mp4"), labels=["x"]),
+    ])
+    out = tmp_path / "out"
+    report = prepare(src, out, frames=4, size=32, workers=2)
+    assert (report.done, report.failed) == (2, 1)
+    a, b = read_manifest(report.manifest)
+    assert (a.labels, a.split, a.extra["weight"]) == (["dog", "bark"], "train", 0.5)
+    assert (b.labels, b.split) == ([], "test")
+    assert len(a.frames) == 4 and np.asarray(Image.open(a.frames[3])).shape == (32, 32, 3)
+    np.testing.assert_allclose(np.asarray(Image.open(a.frames[0])).mean(), 30, atol=6)  # t=0.125 s
+
+    report = prepare(src, tmp_path / "out2", frames=2, short_side=24, workers=1)
+    a = read_manifest(report.manifest)[0]
+    assert np.asarray(Image.open(a.frames[0])).shape == (24, 32, 3)
+
+
+def _jpeg(path: Path, level: int, size=(40, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), level, np.uint8)).save(path)
+    return path
+
+
+def _wav(path: Path, sr: int, seconds: float, channels: int = 1) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(round(sr * seconds)) / sr
+    wave = 0.3 * np.sin(2 * np.pi * 300 * t)
+    sf.write(path, np.stack([wave] * channels, 1) if channels > 1 else wave, sr, subtype="PCM_16")
+    return path
+
+
+def test_cavmae_json_input(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative INPUT and OUT: the manifest must still be right
+    data = tmp_path / "cav"
+    for vid in ("v44k", "v16k", "vbad"):
+        for i in range(10):
+            if not (vid == "vbad" and i == 7):
+                _jpeg(data / "frames" / f"frame_{i}" / f"{vid}.jpg", 10 * i)
+    _wav(data / "wav" / "v44k.wav", 44100, 0.5, channels=2)
+    _wav(data / "wav" / "v16k.wav", 16000, 0.5)
+    _wav(data / "wav" / "vbad.wav", 16000, 0.5)
+    m = data / "train.json"
+    m.write_text(json.dumps({"data": [
+        {"video_id": v, "wav": f"wav/{v}.wav", "video_path": "frames", "labels": "/m/a,/m/b"}
+        for v in ("v44k", "v16k", "vbad")]}))
+    out = tmp_path / "out"
+    assert main(["prepare", "cav/train.json", "out", "--workers", "2"]) == 0
+    recs = {r.id: r for r in read_manifest(out / "manifest.jsonl")}
+    assert sorted(recs) == ["v16k", "v44k"]
+    r44 = recs["v44k"]
+    assert r44.frames == [str(data / "frames" / f"frame_{i}" / "v44k.jpg") for i in range(10)]
+    assert r44.labels == ["/m/a", "/m/b"] and r44.extra["orig_sample_rate"] == 44100
+    assert r44.audio == str(out / "audio" / "v44k.wav")
+    info = sf.info(r44.audio)
+    assert (info.samplerate, info.channels, info.frames) == (16000, 1, 8000)
+    assert recs["v16k"].audio == str(data / "wav" / "v16k.wav")  # already right: kept in place
+    assert not (out / "frames" / "v44k").exists()
+    path, reason = _failures(out)["vbad"]
+    assert path == str(data / "frames" / "frame_7" / "vbad.jpg") and reason == "no such file"
+
+
+def test_ssltie_id_list(tmp_path):
+    root = tmp_path / "flickr"
+    for vid in ("c1", "c2", "c3"):
+        _jpeg(root / "frame" / f"{vid}.jpg", 100, size=(50, 40))
+    _wav(root / "audio" / "c1.wav", 22050, 0.3)
+    _wav(root / "audio" / "c2.wav", 16000, 0.0)  # header only: no samples
+    (root / "frame" / "c3.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    _wav(root / "audio" / "c3.wav", 16000, 0.2)
+    ids = tmp_path / "test_ids.txt"
+    ids.write_text("c1\nc2\nc3\n")
+    out = tmp_path / "out"
+    assert main(["prepare", str(ids), str(out), "--layout", "test", "--root", str(root),
+                 "--size", "16", "--workers", "2"]) == 0
+    (r,) = read_manifest(out / "manifest.jsonl")
+    assert r.id == "c1" and r.frames == [str(out / "frames" / "c1" / "0.jpg")]
+    assert np.asarray(Image.open(r.frames[0])).shape == (16, 16, 3)
+    assert (r.extra["orig_width"], r.extra["orig_height"]) == (50, 40)
+    assert sf.info(r.audio).samplerate == 16000 and sf.info(r.audio).frames == round(0.3 * 16000)
+    fails = _failures(out)
+    assert "zero samples" in fails["c2"][1] and fails["c2"][0].endswith("c2.wav")
+    assert "cannot decode image" in fails["c3"][1] and fails["c3"][0].endswith("c3.jpg")
+
+
+def test_ids_and_inputs(tmp_path, caplog):
+    for rel in ("a/x.mp4", "b/x.mp4", "b/x.mkv", "y.webm", "c/z.MOV", "c/readme.md"):
+        (tmp_path / "v" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "v" / rel).write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="avssl.data.prepare"):
+        recs = collect_inputs(tmp_path / "v")
+    assert [r.id for r in recs] == ["a__x", "b__x_mkv", "b__x_mp4", "z", "y"]
+    assert recs[0].video == str(tmp_path / "v" / "a" / "x.mp4")
+    assert "1 file stems occur more than once" in caplog.text
+    assert _ids_from_paths([Path("/d/p/q.mp4"), Path("/e/q.mp4")], Path("/d")) == ["p__q", "e__q"]
+
+    lst = tmp_path / "list.txt"
+    lst.write_text("# videos\nv/y.webm\n\n/abs/w.mp4\n")
+    assert [(r.id, r.video) for r in collect_inputs(lst)] == [
+        ("y", str(tmp_path / "v" / "y.webm")), ("w", "/abs/w.mp4")]
+    with pytest.raises(PrepareError, match="no media files"):
+        collect_inputs(_empty_dir(tmp_path))
+    with pytest.raises(PrepareError, match="no such file or directory"):
+        collect_inputs(tmp_path / "nope")
+    assert main(["prepare", str(tmp_path / "nope"), str(tmp_path / "out")]) == 1
+
+
+def _empty_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "empty"
+    d.mkdir()
+    return d
+
+
+@pytest.mark.parametrize("hw", [(240, 320), (360, 202), (100, 100)])
+def test_resize_matches_torchvision_resize_centercrop(hw):
+    """--size is CAV-MAE's T.Resize(224) + T.CenterCrop(224) on a PIL image; --short-side T.Resize."""
+    T = pytest.importorskip("torchvision.transforms")
+    img = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    pil = Image.fromarray(img)
+    np.testing.assert_array_equal(_resize(img, 224, None), np.asarray(T.CenterCrop(224)(T.Resize(224)(pil))))
+    np.testing.assert_array_equal(_resize(img, None, 112), np.asarray(T.Resize(112)(pil)))

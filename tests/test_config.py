@@ -1,0 +1,76 @@
+"""avssl.config: defaults <- YAML presets <- dotlist overrides, with key and type checks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from avssl.config import ConfigError, from_dict, load_config, parse_dotlist, save_config, to_dict
+
+
+@dataclass(frozen=True)
+class Optim:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    name: Literal["adam", "adamw"] = "adam"
+
+
+@dataclass(frozen=True)
+class Cfg:
+    seed: int = 0
+    optim: Optim = field(default_factory=Optim)
+    out: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+def test_defaults_then_presets_then_overrides(tmp_path):
+    a = tmp_path / "a.yaml"
+    a.write_text("seed: 3\noptim:\n  lr: 1e-3\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("optim:\n  name: adamw\n")
+    cfg = load_config(Cfg, [a, b], ["optim.lr=2e-4", "tags=[x, y]"])
+    assert cfg == Cfg(seed=3, optim=Optim(lr=2e-4, name="adamw"), tags=["x", "y"])
+    # a nested preset only overrides what it names
+    assert cfg.optim.betas == (0.9, 0.999)
+
+
+def test_yaml_float_without_dot_is_a_float(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("optim:\n  lr: 1e-4\n")  # YAML 1.1 reads this as a string
+    assert load_config(Cfg, [p]).optim.lr == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["optim.lrr=1"], "did you mean 'lr'"),
+        (["seed=abc"], "seed: expected int"),
+        (["optim.name=sgd"], "is not one of"),
+        (["optim.betas=[1, 2, 3]"], "expected 2 values"),
+        (["seed"], "key.sub=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Cfg, [], override)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = Cfg(seed=5, optim=Optim(lr=0.5, betas=(0.1, 0.2)), out="x", tags=["a"])
+    save_config(cfg, tmp_path / "cfg.yaml")
+    assert load_config(Cfg, [tmp_path / "cfg.yaml"]) == cfg
+    assert from_dict(Cfg, to_dict(cfg)) == cfg
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Cfg, [tmp_path / "nope.yaml"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1,\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(Cfg, [bad])
+
+
+def test_parse_dotlist_types():
+    assert parse_dotlist(["a.b=true", "a.c=null", "d=1.5"]) == {"a": {"b": True, "c": None}, "d": 1.5}
