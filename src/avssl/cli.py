@@ -12,13 +12,14 @@ import sys
 from collections.abc import Sequence
 
 from avssl import __version__
-from avssl.commands import demo, prepare, score, synth
+from avssl.commands import convert, demo, prepare, score, synth
 
 COMMANDS = {
     "demo": demo,
     "synth": synth,
     "prepare": prepare,
     "score": score,
+    "convert": convert,
 }
 
 

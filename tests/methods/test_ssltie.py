@@ -9,26 +9,15 @@ import torch
 
 from avssl.augment.geometric import EquivarianceParams
 from avssl.methods.ssltie import SSLTIE, SSLTIEConfig, convert_official_state_dict
+from golden_utils import SSLTIE_AUDIO_NAMES as AUDIO_NAMES
+from golden_utils import dequantise_int8
 
-AUDIO_NAMES = ("w0_chirp_16k_3s", "w1_noise_16k_12s", "w2_tones_16k_10s")
 TE_TAGS = ["scale1.0_hflip0", "scale1.0_hflip1", "scale0.5_hflip0", "scale0.5_hflip1"]
 
 
 def _rel(ours: torch.Tensor, ref: np.ndarray) -> float:
     """max |ours - ref| / max |ref|."""
     return float(np.abs(ours.detach().numpy() - ref).max() / np.abs(ref).max())
-
-
-def dequantise_int8(arrays: dict) -> dict[str, torch.Tensor]:
-    """The golden int8 format: ``q.astype(float32) * float32(scale)``; ``::raw`` entries as stored."""
-    sd = {}
-    for key, value in arrays.items():
-        name, kind = key.split("::")
-        if kind == "q":
-            sd[name] = torch.from_numpy(value.astype(np.float32) * np.float32(arrays[f"{name}::scale"]))
-        elif kind == "raw":
-            sd[name] = torch.from_numpy(np.array(value))
-    return sd
 
 
 @pytest.fixture(scope="module")

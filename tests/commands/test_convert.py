@@ -1,0 +1,57 @@
+"""`avssl convert`: the authors' checkpoints -> avssl checkpoints that load_method rebuilds."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from avssl.cli import main
+from avssl.registry import load_method
+from golden_utils import SSLTIE_AUDIO_NAMES as AUDIO_NAMES
+from golden_utils import dequantise_int8
+
+
+def test_ssltie_official_checkpoint_round_trip(tmp_path, golden, capsys):
+    """ssltie_avenet_weights_int8.npz wrapped as the authors' DataParallel training file (with pickled args);
+    the converted model reproduces ssltie_avenet_io.npz eval_trimap_Neg_A (rel. error <= 1e-5)."""
+    sd = dequantise_int8(golden("ssltie_avenet_weights_int8.npz"))
+    src = tmp_path / "official.pth.tar"
+    torch.save({"epoch": 3, "args": argparse.Namespace(lr=1e-4), "model": {f"module.{k}": v for k, v in sd.items()}}, src)
+    out = tmp_path / "ours.pt"
+    assert main(["convert", "--from", "ssltie-official", str(src), str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and "module.conv3.weight" not in report["unexpected"]
+    assert any(k.startswith("conv3.") for k in report["dropped"])  # unused by the original forward
+    model, ckpt = load_method(out)
+    assert ckpt["config"]["ssltie"]["width"] == 64
+    image = torch.from_numpy(golden("ssltie_avenet_io.npz")["in_image"])
+    fe = golden("ssltie_frontend.npz")
+    spec = torch.from_numpy(np.stack([fe[f"{n}_spec"] for n in AUDIO_NAMES]))
+    with torch.no_grad():
+        A = model.forward_maps(image, spec)["A"]
+    ref = golden("ssltie_avenet_io.npz")["eval_trimap_Neg_A"]
+    assert np.abs(A.numpy() - ref).max() / np.abs(ref).max() < 1e-5
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path, golden_dir, capsys):
+    """equiav_pt_tiny_state_dict.pt converts with the tiny preset, and is refused under ViT-B sizes."""
+    src = golden_dir / "equiav_pt_tiny_state_dict.pt"
+    ok = tmp_path / "tiny.pt"
+    assert main(["convert", "--from", "equiav-official", str(src), str(ok), "--preset", "tiny"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"]
+    model, _ = load_method(ok)
+    ref = torch.load(src)
+    assert torch.equal(model.audio_encoder.modality_token.detach(), ref["modality_a"])
+    sd = {k: v for k, v in ref.items() if not k.startswith("pred_a_inter")}
+    torch.save(sd, tmp_path / "partial.pt")
+    assert main(["convert", "--from", "equiav-official", str(tmp_path / "partial.pt"), str(tmp_path / "x.pt"),
+                 "--preset", "tiny"]) == 1
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_unreadable_input(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"garbage")
+    assert main(["convert", "--from", "ssltie-official", str(bad), str(tmp_path / "o.pt")]) == 1
