@@ -80,7 +80,7 @@ def convert(source: str, input_path: str | Path, output_path: str | Path, preset
         cfg = from_dict(ssltie.SSLTIEConfig, merge({"width": width}, extra))
         model = ssltie.SSLTIE(cfg)
         missing, unexpected = model.load_state_dict(sd, strict=False)
-        report = {"loaded": len(rep.loaded), "dropped": rep.unused, "unexpected": rep.unexpected + list(unexpected),
+        report = {"loaded": len(rep.loaded), "dropped": rep.dropped, "unexpected": rep.unexpected + list(unexpected),
                   "missing": sorted(set(rep.missing) | set(missing))}
         method = "ssltie"
     else:

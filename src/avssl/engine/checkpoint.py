@@ -16,6 +16,7 @@ import os
 import pickle
 import random
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,27 @@ VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used, with the file and the cause."""
+
+
+@dataclass
+class ConversionReport:
+    """What converting a foreign (e.g. the authors') state dict did: ``loaded`` (our keys filled), ``dropped`` (official key -> reason,
+    deliberately unused), ``unexpected`` (official keys with no rule), ``missing`` (our keys not
+    filled), ``notes`` (warnings such as a position embedding that differs from ours)."""
+
+    loaded: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+    unexpected: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.unexpected and not self.missing
+
+    def summary(self) -> str:
+        return (f"{len(self.loaded)} loaded, {len(self.dropped)} dropped, {len(self.unexpected)} "
+                f"unexpected, {len(self.missing)} missing")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from avssl.engine.checkpoint import ConversionReport
 from avssl.losses_equiav import Gather, info_nce, nt_xent
 from avssl.models.predictor import AugmentationEncoder, CrossAttentionPredictor, ProjectionHead
 from avssl.models.vit import ViTEncoder, init_linear_and_norm, load_mae_into_encoder
@@ -258,27 +259,6 @@ class EquiAV(nn.Module):
 
 
 # ====================================================================== checkpoint conversion
-@dataclass
-class ConversionReport:
-    """What a conversion did: ``loaded`` (our keys filled), ``dropped`` (official key -> reason,
-    deliberately unused), ``unexpected`` (official keys with no rule), ``missing`` (our keys not
-    filled), ``notes`` (warnings such as a position embedding that differs from ours)."""
-
-    loaded: list[str] = field(default_factory=list)
-    dropped: dict[str, str] = field(default_factory=dict)
-    unexpected: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.unexpected and not self.missing
-
-    def summary(self) -> str:
-        return (f"{len(self.loaded)} loaded, {len(self.dropped)} dropped, {len(self.unexpected)} "
-                f"unexpected, {len(self.missing)} missing")
-
-
 _BRANCH = {"a": "audio_encoder", "v": "visual_encoder"}
 _PRETRAIN_RULES: list[tuple[str, str]] = [
     (r"modality_([av])$", r"{enc\1}.modality_token"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from avssl import losses
 from avssl.augment import geometric
+from avssl.engine.checkpoint import ConversionReport
 from avssl.models.resnet import INIT_MODES, audio_resnet18, load_imagenet_visual, visual_resnet18
 
 logger = logging.getLogger(__name__)
@@ -213,21 +214,6 @@ _OFFICIAL_UNUSED_PREFIXES = (
 )
 
 
-@dataclass
-class ConversionReport:
-    """Outcome of :func:`convert_official_state_dict` (lists of key names)."""
-
-    loaded: list[str] = field(default_factory=list)
-    unused: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return (f"{len(self.loaded)} loaded; {len(self.unused)} known-unused official keys {self.unused[:6]}; "
-                f"{len(self.unexpected)} unexpected {self.unexpected[:6]}; {len(self.missing)} missing "
-                f"{self.missing[:6]}")
-
-
 def _unwrap(state_dict: Mapping) -> Mapping:
     for wrapper in ("state_dict", "model"):
         inner = state_dict.get(wrapper)
@@ -271,7 +257,7 @@ def convert_official_state_dict(state_dict: Mapping, strict: bool = False,
             ours[target] = torch.as_tensor(value)
             report.loaded.append(target)
         elif key.startswith(_OFFICIAL_UNUSED_PREFIXES):
-            report.unused.append(key)
+            report.dropped[key] = "unused by the original forward"
         else:
             report.unexpected.append(key)
     if width is None:
