@@ -12,7 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from avssl import __version__
-from avssl.commands import convert, demo, prepare, score, synth
+from avssl.commands import convert, demo, localize, prepare, score, synth
+from avssl.commands import eval as eval_command
+from avssl.commands import train as train_command
 
 COMMANDS = {
     "demo": demo,
@@ -20,6 +22,9 @@ COMMANDS = {
     "prepare": prepare,
     "score": score,
     "convert": convert,
+    "localize": localize,
+    "train": train_command,
+    "eval": eval_command,
 }
 
 

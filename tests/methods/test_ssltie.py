@@ -217,3 +217,12 @@ def test_config_validation():
         SSLTIEConfig(init="xavier")
     with pytest.raises(ValueError):
         SSLTIEConfig(tau=0.0)
+
+
+def test_config_rejects_sizes_whose_half_scale_maps_disagree():
+    """112 px at scale 0.5 gives a 56 px frame (4x4 map) but a 3x3 transformed map."""
+    with pytest.raises(ValueError, match="multiple of 16"):
+        SSLTIEConfig(image_size=112, heatmap_size=7)
+    SSLTIEConfig(image_size=112, heatmap_size=7, equivariance=False)
+    SSLTIEConfig(image_size=112, heatmap_size=7, scales=(1.0,))
+    SSLTIEConfig(image_size=128, heatmap_size=8)

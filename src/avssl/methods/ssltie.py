@@ -80,6 +80,15 @@ class SSLTIEConfig:
             raise ValueError("tau and logit_temperature must be positive")
         if self.max_angle < 0 or not self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"bad transform options: max_angle={self.max_angle}, scales={self.scales}")
+        if self.equivariance:
+            for s in self.scales:
+                side = int(s * self.image_size)
+                if side % 16 or side // 16 != int(s * self.heatmap_size):
+                    raise ValueError(
+                        f"scale {s} turns the {self.image_size}px frame into {side}px, whose map does not "
+                        f"match the {int(s * self.heatmap_size)}-cell transformed map: use an image_size "
+                        f"for which int(scale * image_size) is a multiple of 16 (e.g. a multiple of 32)"
+                    )
         if self.init not in INIT_MODES:
             raise ValueError(f"init must be one of {INIT_MODES}, got {self.init!r}")
 

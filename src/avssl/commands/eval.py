@@ -1,0 +1,73 @@
+"""Evaluate a trained checkpoint: localisation (cIoU@0.5, AUC, adaptive cIoU, pointing) and retrieval.
+
+Rebuilds the model from the checkpoint alone (its saved config names the method and its
+options) and reads the clips of MANIFEST (split --split; --split all keeps every record) with the
+checkpoint's data settings (frame choice, image size, audio length and rate). Writes
+heatmaps.npz (one map per clip id, readable by `avssl score --pred`) and scores.json (all scorer
+measures under the standard protocol, plus recall@1/5/10: audio->audio by class,
+audio<->visual by class and by instance) into --out, and prints the scores as JSON.
+
+Examples:
+    avssl eval runs/synth/best.pt --data data/synth/manifest.jsonl --gt data/synth/annotations/vggss.json
+    avssl eval runs/flickr/best.pt --data flickr_test.jsonl --gt Annotations/ --format flickr --split all
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+HELP = "evaluate a checkpoint on a test set: heatmaps.npz, scores.json (cIoU, AUC, retrieval)"
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="an avssl checkpoint (best.pt / last.pt)")
+    parser.add_argument("--data", required=True, metavar="MANIFEST", help="manifest of the test clips")
+    parser.add_argument("--gt", default=None, metavar="ANNOTATIONS",
+                        help="vggss.json or a folder of Flickr-SoundNet XML files (omit: retrieval only)")
+    parser.add_argument("--format", choices=("vggss", "flickr"), default=None,
+                        help="annotation format (default: flickr for a folder, vggss for a file)")
+    parser.add_argument("--split", default="test", help="manifest split to evaluate ('all': every record)")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: next to the checkpoint)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the checkpoint's eval_batch_size")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--workers", type=int, default=None, help="data loader workers")
+    parser.add_argument("--no-retrieval", action="store_true", help="skip the retrieval metrics")
+
+
+def run(args: argparse.Namespace) -> int:
+    from avssl.config import ConfigError, from_dict
+    from avssl.data.annotations import AnnotationError
+    from avssl.data.decode import MediaError
+    from avssl.data.manifest import ManifestError, read_manifest
+    from avssl.engine.checkpoint import CheckpointError
+    from avssl.engine.evaluate import evaluate_localisation, save_heatmaps
+    from avssl.engine.train import resolve_device
+    from avssl.registry import load_method
+    from avssl.train_config import TrainConfig
+
+    try:
+        model, ckpt = load_method(args.checkpoint)
+        cfg = from_dict(TrainConfig, ckpt["config"])
+        records = read_manifest(args.data, split=None if args.split == "all" else args.split)
+        if not records:
+            raise ValueError(f"{args.data}: no clips of split {args.split!r}")
+        fmt = args.format or ("flickr" if args.gt and Path(args.gt).is_dir() else "vggss")
+        classes = (ckpt.get("extra") or {}).get("classes")
+        scores, out = evaluate_localisation(
+            model, records, cfg, args.gt, fmt, device=resolve_device(args.device), batch_size=args.batch_size,
+            with_retrieval=not args.no_retrieval, classes=classes, num_workers=args.workers)
+    except (CheckpointError, ConfigError, ManifestError, MediaError, AnnotationError, ValueError) as e:
+        print(f"avssl eval: error: {e}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{Path(args.checkpoint).stem}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_heatmaps(out_dir / "heatmaps.npz", out.heatmaps)
+    scores = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, **scores}
+    (out_dir / "scores.json").write_text(json.dumps(scores, indent=2))
+    print(json.dumps(scores, indent=2))
+    return 0

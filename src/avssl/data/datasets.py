@@ -1,0 +1,173 @@
+"""Torch data sets over manifest records: one frame + the waveform per clip (SSL-TIE input).
+
+The loader does only decoding and fixed-size resizing; spectrograms and random augmentation
+run batched on the training device afterwards (see :mod:`avssl.methods.ssltie_data`).
+
+A sample is a dict::
+
+    {"id": str, "image": uint8 (3, S, S), "wave": float32 (N,), "label": int, "sample_rate": int}
+
+* ``image``: a raw video (``Record.video``) gives the frame displayed at ``frame_time`` (config),
+  else at ``extra["annotation_time"]``, else at the clip middle; a pre-extracted record
+  (``frames`` + ``audio``) gives ``frames[frame_index]`` (default: the middle file). The frame
+  is resized so that its short side is ``S`` (bilinear, antialiased) and centre-cropped to
+  ``S x S``; for square frames this equals a plain resize, so box annotations in normalised
+  coordinates stay valid.
+* ``wave``: mono, at the native rate or resampled to ``sample_rate``; tiled/cut to exactly
+  ``seconds * rate`` samples (:func:`avssl.data.audio.tile_to_duration`; training sets first
+  keep only ``keep_seconds``). All clips of a batch must share one rate (checked by
+  :func:`collate`).
+* ``label``: index of the record's first label in ``classes`` (-1 when it has none).
+
+Decoding failures raise :class:`avssl.data.decode.MediaError` naming the file. With
+``on_error="skip"`` every clip is decoded once at construction; failures are logged, counted
+(``self.skipped``: ``[(id, reason)]``) and dropped. Nothing is ever replaced by a fake sample.
+``cache_in_memory`` also decodes everything at construction (threads) and keeps the samples.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from avssl.data import decode
+from avssl.data.audio import tile_to_duration
+from avssl.data.manifest import Record
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AVFrameAudioDataset", "collate", "resize_crop", "class_list"]
+
+
+def class_list(records: Sequence[Record]) -> list[str]:
+    """Sorted distinct first labels of ``records`` (the label index space)."""
+    return sorted({r.labels[0] for r in records if r.labels})
+
+
+def resize_crop(frame: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 ``(H, W, 3)`` -> uint8 ``(3, size, size)``: short side to ``size`` (antialiased bilinear), centre crop."""
+    frame = np.ascontiguousarray(frame)
+    if not frame.flags.writeable:
+        frame = frame.copy()
+    x = torch.from_numpy(frame).permute(2, 0, 1)
+    h, w = x.shape[1:]
+    if (h, w) == (size, size):
+        return x.contiguous()
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    y = F.interpolate(x[None].float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
+    top, left = (nh - size) // 2, (nw - size) // 2
+    y = y[:, top:top + size, left:left + size]
+    return y.round_().clamp_(0, 255).to(torch.uint8).contiguous()
+
+
+class AVFrameAudioDataset(Dataset):
+    """One frame and the waveform of each record (see the module docstring for the sample).
+
+    Args:
+        records: manifest records (raw ``video`` or ``frames`` + ``audio``).
+        image_size: side ``S`` of the returned square frame.
+        seconds: audio length after tiling/cutting.
+        sample_rate: None = native rate; else resample.
+        keep_seconds: keep only the first seconds before tiling (e.g. Flickr training: 4).
+        frame_time / frame_index: which frame (None: annotation time / clip middle / middle file).
+        classes: the label list (default :func:`class_list` of ``records``).
+        cache_in_memory: decode everything once at construction and keep it.
+        on_error: "raise" or "skip" (pre-screen at construction).
+        workers: threads for the construction-time decoding.
+    """
+
+    def __init__(self, records: Sequence[Record], image_size: int = 224, seconds: float = 10.0,
+                 sample_rate: int | None = None, keep_seconds: float | None = None,
+                 frame_time: float | None = None, frame_index: int | None = None,
+                 classes: Sequence[str] | None = None, cache_in_memory: bool = False,
+                 on_error: str = "raise", workers: int = 2) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.records = list(records)
+        self.image_size, self.seconds, self.sample_rate = image_size, seconds, sample_rate
+        self.keep_seconds, self.frame_time, self.frame_index = keep_seconds, frame_time, frame_index
+        self.classes = list(classes) if classes is not None else class_list(self.records)
+        self._class_index = {c: i for i, c in enumerate(self.classes)}
+        self.skipped: list[tuple[str, str]] = []
+        self._cache: list[dict] | None = None
+        if cache_in_memory or on_error == "skip":
+            self._decode_all(on_error, workers, keep=cache_in_memory)
+
+    def _decode_all(self, on_error: str, workers: int, keep: bool) -> None:
+        def attempt(i: int) -> dict | decode.MediaError:
+            try:
+                return self.load(i)
+            except decode.MediaError as e:
+                if on_error == "raise":
+                    raise
+                return e
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            results = list(pool.map(attempt, range(len(self.records))))
+        kept = [(r, s) for r, s in zip(self.records, results, strict=True) if not isinstance(s, decode.MediaError)]
+        self.skipped = [(r.id, str(s)) for r, s in zip(self.records, results, strict=True)
+                        if isinstance(s, decode.MediaError)]
+        for cid, why in self.skipped:
+            logger.warning("skipping clip %s: %s", cid, why)
+        if self.skipped:
+            logger.warning("skipped %d of %d clips that failed to decode", len(self.skipped), len(self.records))
+        self.records = [r for r, _ in kept]
+        if keep:
+            self._cache = [s for _, s in kept]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        if self._cache is not None:
+            return self._cache[index]
+        return self.load(index)
+
+    def label_of(self, record: Record) -> int:
+        return self._class_index.get(record.labels[0], -1) if record.labels else -1
+
+    def _frame(self, r: Record) -> np.ndarray:
+        if r.video:
+            t = self.frame_time if self.frame_time is not None else r.extra.get("annotation_time")
+            if t is None:
+                t = decode.probe(r.video).duration / 2.0
+            return decode.read_frames(r.video, [float(t)])[0]
+        if not r.frames:
+            raise decode.MediaError(r.audio or r.id, f"record {r.id!r} has neither a video nor frames")
+        k = self.frame_index if self.frame_index is not None else len(r.frames) // 2
+        return decode.read_image(r.frames[min(k, len(r.frames) - 1)])
+
+    def _wave(self, r: Record) -> tuple[np.ndarray, int]:
+        if r.audio:
+            return decode.read_wav(r.audio, self.sample_rate)
+        if r.video:
+            return decode.read_audio(r.video, self.sample_rate)
+        raise decode.MediaError(r.id, f"record {r.id!r} has no audio")
+
+    def load(self, index: int) -> dict:
+        """Decode record ``index`` (no cache); raises MediaError naming the file on failure."""
+        r = self.records[index]
+        image = resize_crop(self._frame(r), self.image_size)
+        wave, sr = self._wave(r)
+        wave_t = tile_to_duration(torch.from_numpy(wave), sr, self.seconds, self.keep_seconds)
+        return {"id": r.id, "image": image, "wave": wave_t.contiguous(), "label": self.label_of(r),
+                "sample_rate": int(sr)}
+
+
+def collate(samples: Sequence[dict]) -> dict:
+    """Stack samples: ``image`` uint8 (B, 3, S, S), ``wave`` (B, N), ``label`` (B,), ``id`` list, ``sample_rate`` int."""
+    rates = {s["sample_rate"] for s in samples}
+    if len(rates) != 1:
+        bad = [(s["id"], s["sample_rate"]) for s in samples][:6]
+        raise ValueError(f"clips of one batch have different sample rates {sorted(rates)} ({bad}); "
+                         "set data.sample_rate to resample them to one rate")
+    return {"id": [s["id"] for s in samples], "image": torch.stack([s["image"] for s in samples]),
+            "wave": torch.stack([s["wave"] for s in samples]),
+            "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+            "sample_rate": rates.pop()}

@@ -1,0 +1,160 @@
+"""Evaluate a model over a data set: localisation heatmaps + the standard scorer, and retrieval.
+
+    out = run_inference(model, loader, transform, pipeline.infer, device)   # one pass
+    scores = localisation_scores(out.heatmaps, load_vggss(path), "vggss")
+    scores["retrieval"] = retrieval_scores(out)
+
+Retrieval (METHODS 1.6) uses the method's embeddings (for SSL-TIE: audio = the max-pooled
+normalised audio feature, visual = the spatial mean of the normalised visual map):
+audio->audio by class (the query itself excluded), audio->visual and visual->audio by class
+and by instance (the paired clip), recall@1/5/10. Clips without a label are left out of the
+class protocols.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from avssl.eval import localisation, retrieval
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["InferenceOutput", "run_inference", "localise_dataset", "localisation_scores",
+           "retrieval_scores", "evaluate_localisation", "save_heatmaps", "load_annotations"]
+
+
+@dataclass
+class InferenceOutput:
+    """Per-clip outputs in loader order: ``heatmaps`` {id: (h, w) float32}, ``ids``, ``labels`` (N,),
+    ``audio`` / ``visual`` embeddings (N, C) (float32, CPU)."""
+
+    heatmaps: dict[str, np.ndarray]
+    ids: list[str]
+    labels: torch.Tensor
+    audio: torch.Tensor
+    visual: torch.Tensor
+
+
+@torch.no_grad()
+def run_inference(model: nn.Module, loader, batch_transform: Callable, infer: Callable,
+                  device: torch.device | str, progress: bool = False) -> InferenceOutput:
+    """Run ``infer(model, batch_transform(batch, None, train=False))`` over ``loader`` (eval mode)."""
+    was_training = model.training
+    model.eval()
+    ids, labels, heat, aud, vis = [], [], [], [], []
+    batches = loader
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc="eval", leave=False)
+    try:
+        for batch in batches:
+            out = infer(model, batch_transform(batch, None, train=False))
+            ids.extend(batch["id"])
+            labels.append(batch["label"])
+            heat.append(out["heatmap"].float().cpu())
+            aud.append(out["audio"].float().cpu())
+            vis.append(out["visual"].float().cpu())
+    finally:
+        model.train(was_training)
+    if not ids:
+        raise ValueError("run_inference: the loader yielded no clips")
+    maps = torch.cat(heat).numpy()
+    return InferenceOutput({i: m for i, m in zip(ids, maps, strict=True)}, ids, torch.cat(labels),
+                           torch.cat(aud), torch.cat(vis))
+
+
+def localise_dataset(model: nn.Module, loader, batch_transform: Callable, device: torch.device | str,
+                     infer: Callable | None = None) -> dict[str, np.ndarray]:
+    """``{clip id: heatmap (h, w)}``; ``infer`` defaults to ``model.localise(**inputs)``."""
+    if infer is None:
+        def infer(m, inputs):
+            h = m.localise(**inputs)
+            z = h.new_zeros(h.shape[0], 1)
+            return {"heatmap": h, "audio": z, "visual": z}
+    return run_inference(model, loader, batch_transform, infer, device).heatmaps
+
+
+def load_annotations(path: str | os.PathLike, fmt: str) -> dict[str, np.ndarray]:
+    """Boxes by id from a VGG-SS JSON (``fmt="vggss"``) or a Flickr-SoundNet XML folder (``"flickr"``)."""
+    from avssl.data.annotations import load_flickr, load_vggss
+
+    if fmt not in ("vggss", "flickr"):
+        raise ValueError(f"annotation format must be 'vggss' or 'flickr', got {fmt!r}")
+    return load_flickr(path) if fmt == "flickr" else load_vggss(path)
+
+
+def localisation_scores(heatmaps: Mapping[str, np.ndarray], boxes: Mapping[str, np.ndarray], fmt: str,
+                        protocol: localisation.Protocol | None = None) -> dict:
+    """The scorer's summary for the clips that have both a heatmap and boxes.
+
+    Annotated clips that were not evaluated (not in this data set) are not reported as missing;
+    the count of evaluated clips without boxes is kept as ``unannotated``.
+    """
+    gt = {k: v for k, v in boxes.items() if k in heatmaps}
+    preds = {k: v for k, v in heatmaps.items() if k in gt}
+    unannotated = len(heatmaps) - len(preds)
+    if not preds:
+        raise ValueError("no evaluated clip has a ground-truth box (ids of the annotations and the data differ?)")
+    summary = localisation.score(preds, gt, fmt, protocol or localisation.Protocol())
+    summary["unannotated"] = unannotated
+    return summary
+
+
+def retrieval_scores(out: InferenceOutput, k: tuple[int, ...] = (1, 5, 10)) -> dict[str, dict[str, float]]:
+    """Recall@K: ``a2a_class`` (query excluded), ``a2v_class``, ``v2a_class``, ``a2v_instance``, ``v2a_instance``."""
+    res: dict[str, dict[str, float]] = {}
+    sim = retrieval.cosine_similarity(out.audio, out.visual)  # (N, N) audio query -> visual key
+    res["a2v_instance"] = retrieval.recall_at_k(sim, k)
+    res["v2a_instance"] = retrieval.recall_at_k(sim.t().contiguous(), k)
+    lab = out.labels >= 0
+    if int(lab.sum()) >= 2:
+        a, v, y = out.audio[lab], out.visual[lab], out.labels[lab]
+        res["a2a_class"] = retrieval.class_recall_at_k(retrieval.cosine_similarity(a, a), y, y, k, exclude_self=True)
+        s = retrieval.cosine_similarity(a, v)
+        res["a2v_class"] = retrieval.class_recall_at_k(s, y, y, k)
+        res["v2a_class"] = retrieval.class_recall_at_k(s.t().contiguous(), y, y, k)
+    return res
+
+
+def evaluate_localisation(model: nn.Module, records, cfg, annotations: str | os.PathLike | None,
+                          fmt: str = "vggss", device: torch.device | str = "cpu",
+                          batch_size: int | None = None, with_retrieval: bool = True,
+                          classes=None, num_workers: int | None = None) -> tuple[dict, InferenceOutput]:
+    """Score ``model`` (an instance of ``cfg.method``) on ``records`` with the data settings of the
+    :class:`~avssl.train_config.TrainConfig` ``cfg``. Returns ``(scores, outputs)``: ``scores``
+    holds the scorer's summary (when ``annotations`` is given) and ``retrieval``."""
+    from torch.utils.data import DataLoader
+
+    from avssl.engine.pipelines import pipeline_for
+
+    pipe = pipeline_for(cfg.method)
+    ds = pipe.dataset(records, cfg, train=False, classes=classes)
+    loader = DataLoader(ds, batch_size=batch_size or cfg.train.eval_batch_size, shuffle=False,
+                        num_workers=cfg.data.num_workers if num_workers is None else num_workers,
+                        collate_fn=pipe.collate)
+    model = model.to(device)
+    out = run_inference(model, loader, pipe.batch_transform(cfg, device), pipe.infer, device)
+    scores: dict = {"n_clips": len(out.ids), "skipped": [list(s) for s in getattr(ds, "skipped", [])]}
+    if annotations is not None:
+        scores.update(localisation_scores(out.heatmaps, load_annotations(annotations, fmt), fmt))
+    if with_retrieval:
+        scores["retrieval"] = retrieval_scores(out)
+    return scores, out
+
+
+def save_heatmaps(path: str | os.PathLike, heatmaps: Mapping[str, np.ndarray]) -> Path:
+    """Write ``{id: map}`` as an ``.npz`` (one array per id; read by ``avssl score --pred``), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **{str(k): np.asarray(v, np.float32) for k, v in heatmaps.items()})
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,292 @@
+"""The training loop, the same for every method: ``fit(cfg)``.
+
+One step, top to bottom::
+
+    batch  = next(loader)                                  # uint8 frames, waveforms (CPU)
+    gen    = step_generator(seed, epoch, step)             # every random draw of the step
+    inputs = batch_transform(batch, gen, train=True)       # method's on-device preparation
+    losses = model(inputs, generator=gen)                  # the method computes its loss dict
+    losses["loss"].backward(); clip; optimizer.step(); scheduler.step()
+
+The method is looked up once (:func:`avssl.registry.build_method`,
+:func:`avssl.engine.pipelines.pipeline_for`); the loop never asks which one it runs.
+
+Reproducibility: the model is initialised from ``seed``; the data order of epoch ``e`` is a
+permutation drawn from ``(seed, e)`` (``DistributedSampler(seed=seed)`` under torchrun) and each
+step's augmentation from ``(seed, epoch, step)``, so ``resume`` from ``last.pt`` continues
+exactly (tested: 2 epochs == 1 epoch + resume + 1 epoch, bit for bit, on CPU).
+
+Outputs (rank 0 only) in ``train.out_dir``: ``config.yaml`` (resolved), ``metrics.jsonl`` (one
+JSON object per logged step and per epoch), TensorBoard scalars, ``last.pt`` after every
+``checkpoint_every`` epochs and ``best.pt`` when the val metric ``select_on`` improves
+(never chosen on the test split). Checkpoints are written atomically with the model,
+optimiser, scheduler, AMP scaler, epoch, step, RNG states and the resolved config.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from avssl.config import save_config, to_dict
+from avssl.data.manifest import read_manifest
+from avssl.engine import distributed as dist_utils
+from avssl.engine.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    strip_prefixes,
+)
+from avssl.engine.evaluate import (
+    load_annotations,
+    localisation_scores,
+    retrieval_scores,
+    run_inference,
+)
+from avssl.engine.pipelines import pipeline_for
+from avssl.registry import build_method
+from avssl.train_config import OptimConfig, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["fit", "resolve_device", "build_optimizer", "lr_factor", "EpochSampler", "step_generator"]
+
+_MIX = 0x9E3779B97F4A7C15
+
+
+def _mix(*keys: int) -> int:
+    h = 0
+    for k in keys:
+        h = (h * 6364136223846793005 + int(k) + _MIX) % (1 << 63)
+    return h
+
+
+def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    """A CPU generator seeded from ``(seed, epoch, step)``: every random draw of one step."""
+    return torch.Generator().manual_seed(_mix(seed, epoch, step))
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled indices: epoch ``e`` is ``randperm(n)`` from a generator seeded by ``(seed, e)``."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, 0x5A))
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def resolve_device(spec: str) -> torch.device:
+    """"auto" -> ``cuda:LOCAL_RANK`` when CUDA is available, else CPU; anything else as given."""
+    if spec == "auto":
+        return torch.device(f"cuda:{dist_utils.local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(spec)
+
+
+def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam with coupled L2 weight decay (the original) or AdamW (decoupled)."""
+    cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: OptimConfig) -> float:
+    """Multiplier of ``cfg.lr`` at iteration ``step``: linear warm-up, then multistep or cosine."""
+    epoch_f = step / max(1, steps_per_epoch)
+    if cfg.warmup_epochs > 0 and epoch_f < cfg.warmup_epochs:
+        return (epoch_f + 1.0 / max(1, steps_per_epoch)) / cfg.warmup_epochs
+    if cfg.schedule == "multistep":
+        return cfg.gamma ** sum(1 for m in cfg.milestones if int(epoch_f) >= m)
+    span = max(1e-9, epochs - cfg.warmup_epochs)
+    t = min(1.0, (epoch_f - cfg.warmup_epochs) / span)
+    floor = cfg.min_lr / cfg.lr
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _records(path: str | None, split: str | None):
+    return read_manifest(path, split=split) if path else []
+
+
+class _Writer:
+    """metrics.jsonl + TensorBoard on rank 0; no-ops elsewhere."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool) -> None:
+        self.enabled, self.tb = enabled, None
+        self.path = run_dir / "metrics.jsonl"
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+
+    def log(self, record: dict, step: int) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch"):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
+    """Train ``cfg.method`` as configured; returns a summary (final losses, best val score, paths).
+
+    Args:
+        resume: False (fresh run; refuses a run dir that already has ``last.pt``), True
+            (continue from ``out_dir/last.pt``) or a checkpoint path.
+    """
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
+    main = dist_utils.is_main_process()
+    run_dir = Path(cfg.train.out_dir)
+    if resume is False and (run_dir / "last.pt").exists():
+        raise FileExistsError(f"{run_dir} already holds a run (last.pt); pass resume or choose another out_dir")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_method(cfg.method, cfg.method_config).to(device)
+    pipe = pipeline_for(cfg.method)
+    train_records = _records(cfg.data.train_manifest, cfg.data.train_split)
+    if not train_records:
+        raise ValueError("no training clips: set data.train_manifest (and data.train_split)")
+    train_ds = pipe.dataset(train_records, cfg, train=True)
+    classes = train_ds.classes
+    val_records = _records(cfg.data.val_manifest, cfg.data.val_split)
+    val_ds = pipe.dataset(val_records, cfg, train=False, classes=classes) if val_records else None
+    boxes = load_annotations(cfg.data.annotations, cfg.data.annotation_format) if cfg.data.annotations else None
+    if val_ds is None or boxes is None:
+        logger.warning("no val manifest or annotations: best.pt will not be selected (only last.pt)")
+
+    sampler = (torch.utils.data.DistributedSampler(train_ds, shuffle=True, seed=cfg.train.seed,
+                                                   drop_last=cfg.train.drop_last)
+               if dist_utils.is_distributed() else EpochSampler(len(train_ds), cfg.train.seed))
+    loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=cfg.train.drop_last,
+                        num_workers=cfg.data.num_workers, collate_fn=pipe.collate,
+                        pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_ds)} training clips give no batch of {cfg.train.batch_size} (drop_last)")
+    transform = pipe.batch_transform(cfg, device)
+
+    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, steps_per_epoch, cfg.train.epochs, cfg.optim))
+    use_amp = cfg.train.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, step, best, history = 0, 0, {"value": None, "epoch": None}, []
+    if resume is not False:
+        path = run_dir / "last.pt" if resume is True else Path(resume)
+        ckpt = load_checkpoint(path, map_location=device)
+        model.load_state_dict(strip_prefixes(ckpt["model"]))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+        best = ckpt.get("extra", {}).get("best", best)
+        set_rng_state(ckpt["rng"])
+        logger.info("resumed from %s at epoch %d, step %d", path, start_epoch, step)
+
+    net = model
+    if dist_utils.is_distributed():
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    writer = _Writer(run_dir, main, cfg.train.tensorboard)
+    val_loader = (DataLoader(val_ds, batch_size=cfg.train.eval_batch_size, shuffle=False,
+                             num_workers=cfg.data.num_workers, collate_fn=pipe.collate) if val_ds else None)
+
+    def checkpoint(path: Path, epoch: int) -> None:
+        save_checkpoint(path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch, step=step,
+                        config=to_dict(cfg), rng=rng_state(), extra={"best": best, "classes": classes})
+
+    last_loss = math.nan
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            sampler.set_epoch(epoch)
+            net.train()
+            sums: dict[str, torch.Tensor] = {}
+            n_batches, t0, n_clips = 0, time.perf_counter(), 0
+            bar = loader
+            if main and cfg.train.progress:
+                from tqdm import tqdm
+
+                bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False)
+            for batch in bar:
+                gen = step_generator(cfg.train.seed, epoch, step)
+                inputs = transform(batch, gen, train=True)
+                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                    losses = net(inputs, generator=gen)
+                loss = losses["loss"]
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.train.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                n_batches += 1
+                n_clips += len(batch["id"])
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach().float()
+                if step % cfg.train.log_every == 0:
+                    rec = {k: float(v.detach()) for k, v in losses.items()}
+                    if not math.isfinite(rec["loss"]):
+                        raise FloatingPointError(f"non-finite loss {rec['loss']} at epoch {epoch}, step {step}")
+                    rec.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0])
+                    writer.log({f"train/{k}" if k not in ("step", "epoch", "lr") else k: v for k, v in rec.items()},
+                               step)
+                    if bar is not loader:
+                        bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            means = {k: float(dist_utils.all_reduce_mean(v / n_batches)) for k, v in sums.items()}
+            last_loss = means["loss"]
+            if not math.isfinite(last_loss):
+                raise FloatingPointError(f"non-finite mean loss {last_loss} in epoch {epoch}")
+            elapsed = time.perf_counter() - t0
+            record = {"epoch": epoch + 1, "step": step, "time_s": elapsed, "clips_per_s": n_clips / elapsed,
+                      **{f"train/{k}": v for k, v in means.items()}}
+            if val_loader is not None and cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and main:
+                out = run_inference(model, val_loader, transform, pipe.infer, device)
+                vals = retrieval_scores(out)
+                if boxes is not None:
+                    summary = localisation_scores(out.heatmaps, boxes, cfg.data.annotation_format)
+                    record.update({f"val/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
+                record.update({f"val/{p}_{k}": v for p, d in vals.items() for k, v in d.items()})
+                value = record.get(f"val/{cfg.train.select_on}")
+                if value is not None and (best["value"] is None or value > best["value"]):
+                    best = {"value": value, "epoch": epoch + 1, "metric": cfg.train.select_on}
+                    checkpoint(run_dir / "best.pt", epoch + 1)
+            history.append(record)
+            writer.log(record, step)
+            logger.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v
+                                                    for k, v in record.items()})
+            if main and ((epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs):
+                checkpoint(run_dir / "last.pt", epoch + 1)
+    finally:
+        writer.close()
+    return {"run_dir": str(run_dir), "epochs": cfg.train.epochs, "step": step, "final_loss": last_loss,
+            "best": best, "history": history, "classes": classes}

@@ -1,0 +1,301 @@
+"""Localise the sound in a user's video with a trained SSL-TIE model, and write overlays.
+
+:func:`localise_video` decodes frames at chosen times and the whole audio track, builds one
+(frame, audio window) pair per time exactly as the test pipeline does (METHODS 1.1), runs
+``model.localise`` in batches and maps the heatmaps back onto the full frames.
+
+Audio windowing (SSL-TIE, ``audio_seconds`` = 10 s at the track's native rate): the window of a
+frame at time ``t`` is the ``10 s`` of audio centred on ``t``, shifted to lie inside the track
+when ``t`` is within 5 s of an end. A track shorter than 10 s is tiled to 10 s as in training
+(:func:`avssl.data.audio.tile_to_duration`), so every frame of such a clip hears the same audio.
+
+Frame geometry: the eval transform resizes the short side to ``image_size`` (bicubic) and takes
+the centre square, so for a non-square frame the model sees only the centre crop. The raw maps
+``crop_maps`` ``(N, h, w)`` cover that crop, whose position in frame pixels is ``crop_box``
+``(x0, y0, x1, y1)``. ``maps`` ``(N, Hm, Wm)`` is the full frame at about the model's map
+resolution: ``Hm = h + 2 * ceil(margin / cell)`` (the wider of the two margins, in crop cells;
+same for ``W``), evenly spread over the frame; each cell's centre is looked up in the crop map
+(bilinear, half-pixel centres) and cells whose centre lies outside the crop are NaN (never seen).
+For a square frame, or one whose margins are whole cells, ``maps`` holds the raw values exactly
+(e.g. 96x64 at image_size 64: ``maps[:, :, 1:5] == crop_maps``, columns 0 and 5 NaN).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from avssl.augment.image import EvalTransform
+from avssl.data import decode
+from avssl.data.audio import ssltie_spectrogram, tile_to_duration
+
+__all__ = ["LocalisationOutput", "localise_video", "audio_windows", "crop_geometry", "crop_to_frame",
+           "write_overlay_video", "write_overlay_grid"]
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+
+
+@dataclass
+class LocalisationOutput:
+    """Result of :func:`localise_video` (see the module docstring for the geometry).
+
+    times (N,) s; frames (N, H, W, 3) uint8; maps (N, Hm, Wm) float32 on the full frame (NaN
+    outside the crop); crop_maps (N, h, w) float32 raw model maps; crop_box (x0, y0, x1, y1)
+    frame pixels; sample_rate of the audio fed to the model; source the video path.
+    """
+
+    times: np.ndarray
+    frames: np.ndarray
+    maps: np.ndarray
+    sample_rate: int
+    crop_maps: np.ndarray = field(repr=False)
+    crop_box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    source: str = ""
+
+    def peaks(self) -> list[dict]:
+        """Per frame: the peak cell of the raw map, as frame pixels and normalised ``[0, 1]`` coordinates."""
+        n, h, w = self.crop_maps.shape
+        flat = self.crop_maps.reshape(n, -1).argmax(1)
+        r, c = np.divmod(flat, w)
+        x0, y0, x1, y1 = self.crop_box
+        px = x0 + (c + 0.5) / w * (x1 - x0)
+        py = y0 + (r + 0.5) / h * (y1 - y0)
+        fh, fw = self.frames.shape[1:3]
+        vals = self.crop_maps.reshape(n, -1)[np.arange(n), flat]
+        return [{"time": float(t), "x": float(x), "y": float(y), "x_norm": float(x / fw), "y_norm": float(y / fh),
+                 "score": float(v)} for t, x, y, v in zip(self.times, px, py, vals, strict=True)]
+
+
+def crop_geometry(height: int, width: int, size: int) -> tuple[float, float, float, float]:
+    """Frame-pixel box ``(x0, y0, x1, y1)`` that Resize(short side = size) + CenterCrop(size) keeps.
+
+    Same size/offset rule as :class:`avssl.augment.image.EvalTransform` (torchvision's).
+    """
+    if height <= width:
+        nh, nw = size, int(size * width / height)
+    else:
+        nh, nw = int(size * height / width), size
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    sx, sy = width / nw, height / nh
+    return left * sx, top * sy, (left + size) * sx, (top + size) * sy
+
+
+def crop_to_frame(crop_maps: np.ndarray, crop_box: Sequence[float], height: int, width: int) -> np.ndarray:
+    """Place ``(N, h, w)`` crop maps on the full ``height x width`` frame at map resolution -> ``(N, Hm, Wm)``.
+
+    ``Hm = h + 2 * ceil(widest margin / crop cell)`` (same for ``Wm``); cells whose centre falls
+    outside ``crop_box`` are NaN; the others sample the crop map bilinearly (half-pixel centres,
+    edges clamped).
+    """
+    n, h, w = crop_maps.shape
+    x0, y0, x1, y1 = (float(v) for v in crop_box)
+
+    def cells(n: int, lo: float, hi: float, extent: int) -> int:  # n + 2 * (widest margin in whole cells)
+        stride = (hi - lo) / n
+        return n + 2 * max(0, math.ceil(max(lo, extent - hi) / stride - 1e-6))
+
+    hm, wm = cells(h, y0, y1, height), cells(w, x0, x1, width)
+
+    def axis(n_out: int, extent: int, lo: float, hi: float, n_in: int):
+        centre = (np.arange(n_out) + 0.5) * extent / n_out
+        inside = (centre >= lo) & (centre < hi)
+        src = np.clip((centre - lo) / (hi - lo) * n_in - 0.5, 0.0, n_in - 1)
+        i0 = np.floor(src).astype(np.intp)
+        return i0, np.minimum(i0 + 1, n_in - 1), (src - i0).astype(np.float32), inside
+
+    r0, r1, wr, rin = axis(hm, height, y0, y1, h)
+    c0, c1, wc, cin = axis(wm, width, x0, x1, w)
+    m = crop_maps.astype(np.float32)
+    rows = m[:, r0] * (1 - wr)[None, :, None] + m[:, r1] * wr[None, :, None]  # (N, Hm, w)
+    out = rows[:, :, c0] * (1 - wc) + rows[:, :, c1] * wc  # (N, Hm, Wm)
+    out[:, ~rin] = np.nan
+    out[:, :, ~cin] = np.nan
+    return out
+
+
+def _frame_times(duration: float, times: Sequence[float] | None, num_frames: int | None,
+                 fps: float | None) -> list[float]:
+    if times is not None:
+        return [float(t) for t in times]
+    if fps is not None:
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        return decode.evenly_spaced_times(duration, max(1, int(round(duration * fps))))
+    n = 8 if num_frames is None else int(num_frames)
+    if n < 1:
+        raise ValueError(f"num_frames must be >= 1, got {n}")
+    return decode.evenly_spaced_times(duration, n)
+
+
+def audio_windows(wave: torch.Tensor, sample_rate: int, times: torch.Tensor, seconds: float) -> torch.Tensor:
+    """``(L,)`` track -> ``(N, int(seconds * sr))`` windows centred on ``times`` (N,) s, kept inside the track.
+
+    A track shorter than the window is tiled to it (identical rows)."""
+    size = int(seconds * sample_rate)
+    n = wave.shape[-1]
+    if n < size:
+        return tile_to_duration(wave, sample_rate, seconds).expand(times.shape[0], size)
+    start = torch.round(times.double() * sample_rate).long() - size // 2
+    start = start.clamp(0, n - size)
+    return wave[start[:, None] + torch.arange(size, device=wave.device)]
+
+
+def _video_duration(p: str) -> float:
+    """Duration of the video stream (not the container's, which may be the longer audio's)."""
+    with decode._open(p) as (c, _):
+        vs = decode._video_stream(c)
+        d = decode._stream_duration(vs, c)[0]
+    if d is None or not np.isfinite(d) or d <= 0:
+        raise decode.CorruptMediaError(p, "no video duration in the headers; pass explicit times")
+    return d
+
+
+def localise_video(model: nn.Module, path: PathLike, times: Sequence[float] | None = None,
+                   num_frames: int | None = 8, fps: float | None = None, device: str | torch.device = "cpu",
+                   batch_size: int = 8, image_size: int | None = None, sample_rate: int | None = None,
+                   audio_seconds: float = 10.0) -> LocalisationOutput:
+    """Localise the sound in ``path`` at ``times`` (s), or ``fps`` frames per second, or ``num_frames``
+    evenly spaced frames (default 8). See the module docstring for the windowing and geometry.
+
+    ``model`` needs ``localise(image (B,3,S,S), spec (B,1,F,T)) -> (B,h,w)`` (SSL-TIE);
+    ``image_size`` defaults to ``model.config.image_size``; ``sample_rate`` None keeps the
+    track's native rate (as SSL-TIE does). Raises NoAudioStreamError for a video without sound.
+    """
+    if not hasattr(model, "localise"):
+        raise TypeError(f"{type(model).__name__} has no localise(image, spec); localisation needs SSL-TIE")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    p = os.fspath(path)
+    info = decode.probe(p)
+    if not info.has_video:
+        raise decode.NoVideoStreamError(p, "no video stream: nothing to localise in")
+    if not info.has_audio:
+        raise decode.NoAudioStreamError(p, "no audio stream: sound localisation needs the video's audio track")
+    size = int(image_size or model.config.image_size)
+    duration = _video_duration(p) if times is None else None
+    frame_times = _frame_times(duration, times, num_frames, fps)
+    clip = decode.read_clip(p, frame_times=frame_times, sample_rate=sample_rate, require_audio=True)
+    frames, sr = clip.frames, clip.sample_rate
+    t = np.asarray(clip.frame_times, np.float64)
+    height, width = frames.shape[1:3]
+    if clip.audio.shape[-1] < int(audio_seconds * sr):
+        logger.info("%s: audio is %.2f s, shorter than %.1f s: tiled as in training (same window for every frame)",
+                    p, clip.audio.shape[-1] / sr, audio_seconds)
+    device = torch.device(device)
+    wave = torch.from_numpy(clip.audio).to(device)
+    transform = EvalTransform(size)
+    model = model.to(device).eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(t), batch_size):
+            img = torch.from_numpy(frames[i:i + batch_size]).to(device).permute(0, 3, 1, 2)
+            spec = ssltie_spectrogram(audio_windows(wave, sr, torch.from_numpy(t[i:i + batch_size]).to(device),
+                                                    audio_seconds), sr)
+            out.append(model.localise(transform(img), spec).float().cpu())
+    crop_maps = torch.cat(out).numpy() if out else np.empty((0, size // 16, size // 16), np.float32)
+    box = crop_geometry(height, width, size)
+    logger.info("%s: localised %d frames (%dx%d, crop box %s, audio %d Hz)", p, len(t), width, height,
+                tuple(round(v, 1) for v in box), sr)
+    return LocalisationOutput(times=t, frames=frames, maps=crop_to_frame(crop_maps, box, height, width),
+                              sample_rate=sr, crop_maps=crop_maps, crop_box=box, source=p)
+
+
+def write_overlay_grid(output: LocalisationOutput, path_png: PathLike, **kwargs) -> Path:
+    """PNG contact sheet of the localised frames with their overlays (:func:`avssl.viz.grid_png`)."""
+    from avssl.viz import grid_png
+
+    return grid_png(output.frames, output.maps, output.times, path_png, **kwargs)
+
+
+def _segment_index(times: np.ndarray, t: float) -> int:
+    """Index of the localised time whose display interval (midpoints between times) contains ``t``."""
+    mids = (times[1:] + times[:-1]) / 2.0
+    return int(np.searchsorted(mids, t, side="right"))
+
+
+def write_overlay_video(output: LocalisationOutput, path_out_mp4: PathLike, source_video: PathLike | None = None,
+                        alpha: float = 0.5, cmap: str = "jet", crf: int = 23) -> Path:
+    """MP4 (H.264 yuv420p + AAC) of every decoded frame of ``source_video`` with the overlay of the
+    nearest localised time, at the source's frame timing, with the source's audio re-encoded.
+
+    Each localised map is shown from the midpoint before its time to the midpoint after it.
+    Odd frame sizes lose their last row/column (yuv420p needs even sides). The audio track is
+    decoded and re-encoded as AAC (any source codec works); rates AAC lacks are resampled to 48 kHz.
+    """
+    src = decode._check_path(source_video or output.source)
+    dst = Path(path_out_mp4)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    times = np.asarray(output.times, np.float64)
+    if len(times) == 0:
+        raise ValueError("write_overlay_video: the output holds no localised frames")
+    order = np.argsort(times)
+    times, maps = times[order], output.maps[order]
+    audio, sr = decode.read_audio(src, mono=False)
+    if audio.shape[0] > 2:
+        audio = audio.mean(axis=0, keepdims=True)
+    tmp = dst.with_name(f".{dst.name}.tmp.mp4")
+    try:
+        w, h, out_sr = _encode_overlay(src, tmp, times, maps, audio, sr, alpha, cmap, crf)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, dst)
+    logger.info("wrote overlay video %s (%dx%d, %d maps, audio %d Hz)", dst, w, h, len(times), out_sr)
+    return dst
+
+
+def _encode_overlay(src: str, tmp: Path, times: np.ndarray, maps: np.ndarray, audio: np.ndarray, sr: int,
+                    alpha: float, cmap: str, crf: int) -> tuple[int, int, int]:
+    """Write the overlay MP4 to ``tmp``; returns (width, height, audio rate)."""
+    import av
+
+    from avssl.viz import blend, heat_layer
+
+    with decode._open(src) as (cin, p), av.open(str(tmp), mode="w") as cout:
+        vin = decode._video_stream(cin)
+        if vin is None:
+            raise decode.NoVideoStreamError(p, "no video stream")
+        rate = vin.average_rate or vin.guessed_rate or Fraction(25)
+        w, h = vin.codec_context.width // 2 * 2, vin.codec_context.height // 2 * 2
+        vout = cout.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": "veryfast"})
+        vout.width, vout.height, vout.pix_fmt = w, h, "yuv420p"
+        vout.time_base = Fraction(1, 90000)
+        out_sr = sr if sr in AAC_RATES else 48000
+        aout = cout.add_stream("aac", rate=out_sr, layout="stereo" if audio.shape[0] == 2 else "mono")
+        start = decode._start(vin)
+        cached = (-1, None)
+        prev_pts = -1
+        for frame in cin.decode(vin):
+            ft = (frame.time if frame.time is not None else start) - start
+            k = _segment_index(times, ft)
+            img = frame.to_ndarray(format="rgb24")[:h, :w]
+            if cached[0] != k:
+                cached = (k, heat_layer(maps[k], h, w, alpha, cmap))
+            out = av.VideoFrame.from_ndarray(blend(img, *cached[1]), format="rgb24")
+            pts = max(int(round(ft * 90000)), prev_pts + 1)
+            out.pts, out.time_base, prev_pts = pts, Fraction(1, 90000), pts
+            cout.mux(vout.encode(out))
+        cout.mux(vout.encode(None))
+        aframe = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio, np.float32), format="fltp",
+                                            layout="stereo" if audio.shape[0] == 2 else "mono")
+        aframe.sample_rate, aframe.pts, aframe.time_base = sr, 0, Fraction(1, sr)
+        if out_sr != sr:
+            resampler = av.AudioResampler(format="fltp", layout=aframe.layout.name, rate=out_sr)
+            aframes = [*resampler.resample(aframe), *resampler.resample(None)]
+        else:
+            aframes = [aframe]
+        for af in aframes:
+            cout.mux(aout.encode(af))
+        cout.mux(aout.encode(None))
+    return w, h, out_sr

@@ -1,0 +1,95 @@
+"""SSL-TIE's data side: the loader's data set, the batched on-device transform, and inference.
+
+The loader returns uint8 frames and fixed-length waveforms (:mod:`avssl.data.datasets`); the
+:class:`SSLTIEBatchTransform` turns a collated batch into the model's inputs on the training
+device, batched (METHODS 1.1):
+
+* frames: training with invariance -> MoCo-v2 augmentation (:class:`avssl.augment.image.MoCoV2Transform`),
+  else the evaluation transform (Resize + CenterCrop + ImageNet normalisation);
+* audio: :func:`avssl.data.audio.ssltie_spectrogram` (mel dB, SpecAugment when training).
+
+All random draws come from the ``generator`` argument (CPU), so a step is reproducible from it.
+
+:func:`ssltie_infer` gives the evaluation outputs in one pass: the localisation map (identical to
+``SSLTIE.localise``), the audio embedding (the max-pooled L2-normalised audio feature) and the
+visual embedding (the spatial mean of the L2-normalised visual map, re-normalised).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avssl.data.audio import ssltie_spectrogram
+from avssl.data.datasets import AVFrameAudioDataset
+from avssl.data.manifest import Record
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SSLTIEBatchTransform", "ssltie_dataset", "ssltie_infer"]
+
+
+def ssltie_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequence[str] | None = None
+                   ) -> AVFrameAudioDataset:
+    """The data set of a :class:`avssl.train_config.TrainConfig` ``cfg`` (its ``data`` and ``ssltie`` parts).
+
+    ``keep_seconds`` applies to training sets only.
+    """
+    d = cfg.data
+    return AVFrameAudioDataset(
+        records, image_size=d.load_size or cfg.ssltie.image_size, seconds=d.seconds,
+        sample_rate=d.sample_rate, keep_seconds=d.keep_seconds if train else None,
+        frame_time=d.frame_time, frame_index=d.frame_index, classes=classes,
+        cache_in_memory=d.cache_in_memory, on_error=d.on_error, workers=max(1, d.num_workers))
+
+
+class SSLTIEBatchTransform:
+    """Collated batch -> ``{"image": (B, 3, S, S) normalised float, "spec": (B, 1, 257, T) dB}`` on ``device``.
+
+    Args:
+        image_size: the model's input side ``S``.
+        seconds: audio length (the waveforms already have it; tiling again is a no-op).
+        invariance: training draws MoCo-v2 frame augmentation and SpecAugment (SSL-TIE's
+            "invariance"); off, training uses the evaluation transforms.
+        device: where the transform runs (the training device).
+    """
+
+    def __init__(self, image_size: int = 224, seconds: float = 10.0, invariance: bool = True,
+                 device: torch.device | str = "cpu") -> None:
+        from avssl.augment.image import EvalTransform, MoCoV2Transform
+
+        self.image_size, self.seconds, self.invariance = image_size, seconds, invariance
+        self.device = torch.device(device)
+        self.train_image = MoCoV2Transform(size=image_size)
+        self.eval_image = EvalTransform(image_size)
+
+    @classmethod
+    def from_config(cls, cfg, device: torch.device | str) -> SSLTIEBatchTransform:
+        return cls(cfg.ssltie.image_size, cfg.data.seconds, cfg.ssltie.invariance, device)
+
+    def __call__(self, batch: Mapping, generator: torch.Generator | None = None,
+                 train: bool = False) -> dict[str, Tensor]:
+        image = batch["image"].to(self.device, non_blocking=True)
+        wave = batch["wave"].to(self.device, non_blocking=True)
+        augment = train and self.invariance
+        image = self.train_image(image, generator) if augment else self.eval_image(image)
+        spec = ssltie_spectrogram(wave, int(batch["sample_rate"]), self.seconds, train=augment,
+                                  generator=generator)
+        return {"image": image.contiguous(), "spec": spec.contiguous()}
+
+
+@torch.no_grad()
+def ssltie_infer(model: nn.Module, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Evaluation outputs of an SSL-TIE model for one batch of :class:`SSLTIEBatchTransform` inputs.
+
+    Returns ``heatmap`` (B, h, w) (= ``model.localise``), ``audio`` (B, C) the normalised
+    max-pooled audio embedding, ``visual`` (B, C) the normalised spatial mean of the
+    normalised visual map.
+    """
+    img_feat = model.encode_image(inputs["image"])
+    aud = model.encode_audio(inputs["spec"])
+    heatmap = torch.einsum("bchw,bc->bhw", img_feat, aud)
+    return {"heatmap": heatmap, "audio": aud, "visual": F.normalize(img_feat.mean(dim=(2, 3)), dim=1)}

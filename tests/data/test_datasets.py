@@ -1,0 +1,98 @@
+"""AVFrameAudioDataset: real decoded content, fixed sizes, labels, failures raise or are skipped."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avssl.data import decode
+from avssl.data.datasets import AVFrameAudioDataset, collate, resize_crop
+from avssl.data.manifest import Record, read_manifest
+from avssl.data.synthetic import SynthConfig, generate
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth_ds")
+    manifest = generate(out, clips=6, seed=3, reference=False,
+                        config=SynthConfig(size=64, duration=1.0, classes=3, workers=1))
+    return read_manifest(manifest)
+
+
+def test_video_record_decodes_the_annotated_frame_and_audio(synth):
+    ds = AVFrameAudioDataset(synth, image_size=48, seconds=2.0)
+    s = ds[1]
+    r = synth[1]
+    frame = decode.read_frames(r.video, [r.extra["annotation_time"]])[0]
+    assert torch.equal(s["image"], resize_crop(frame, 48))
+    assert s["image"].shape == (3, 48, 48) and s["image"].dtype == torch.uint8
+    assert s["image"].float().std() > 5  # a real picture, not a constant
+    wave, sr = decode.read_audio(r.video)
+    assert s["sample_rate"] == sr == 16000
+    assert s["wave"].shape == (2 * sr,) and s["wave"].dtype == torch.float32
+    n = len(wave)  # 1 s clip tiled to 2 s
+    np.testing.assert_array_equal(s["wave"][:n].numpy(), wave)
+    np.testing.assert_array_equal(s["wave"][n:2 * n].numpy(), wave[: 2 * sr - n])
+    assert s["label"] == ds.classes.index(r.labels[0])
+
+
+def test_resample_and_keep_seconds(synth):
+    ds = AVFrameAudioDataset(synth[:1], image_size=32, seconds=1.0, sample_rate=8000, keep_seconds=0.25)
+    s = ds[0]
+    assert s["sample_rate"] == 8000 and s["wave"].shape == (8000,)
+    np.testing.assert_array_equal(s["wave"][:2000].numpy(), s["wave"][2000:4000].numpy())  # 0.25 s tiled
+
+
+def test_extracted_record_and_collate(synth, tmp_path):
+    import soundfile as sf
+    from PIL import Image
+
+    frames = []
+    for k in range(3):
+        p = tmp_path / f"f{k}.png"
+        Image.fromarray(np.full((40, 60, 3), 50 * k, np.uint8)).save(p)
+        frames.append(str(p))
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.linspace(-0.5, 0.5, 8000, dtype=np.float32), 8000)
+    rec = Record(id="x", frames=frames, audio=str(wav), labels=["dog"])
+    ds = AVFrameAudioDataset([rec], image_size=32, seconds=1.0, classes=["cat", "dog"])
+    s = ds[0]
+    assert s["image"].shape == (3, 32, 32) and int(s["image"].float().mean().round()) == 50  # the middle frame
+    assert s["label"] == 1 and s["sample_rate"] == 8000
+    batch = collate([s, s])
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["wave"].shape == (2, 8000)
+    other = dict(s, sample_rate=16000)
+    with pytest.raises(ValueError, match="sample rates"):
+        collate([s, other])
+
+
+def test_resize_crop_centre_crops_the_long_side():
+    frame = np.zeros((20, 40, 3), np.uint8)
+    frame[:, 10:30] = 255  # the centre half
+    out = resize_crop(frame, 10)
+    assert out.shape == (3, 10, 10)
+    assert out.float().mean() > 240  # a squashing resize would average to ~128
+    assert int(out[:, :, 2:8].min()) == 255
+
+
+def test_broken_clip_raises_or_is_skipped(synth, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"this is not a video" * 10)
+    records = list(synth[:3]) + [Record(id="broken", video=str(bad), labels=["red_disc"])]
+    ds = AVFrameAudioDataset(records, image_size=32, seconds=1.0)
+    with pytest.raises(decode.MediaError, match="bad.mp4"):
+        ds[3]
+    with pytest.raises(decode.MediaError, match="bad.mp4"):
+        AVFrameAudioDataset(records, image_size=32, seconds=1.0, cache_in_memory=True)
+    skipping = AVFrameAudioDataset(records, image_size=32, seconds=1.0, on_error="skip")
+    assert len(skipping) == 3 and [i for i, _ in skipping.skipped] == ["broken"]
+    assert "bad.mp4" in skipping.skipped[0][1]
+    assert [skipping[i]["id"] for i in range(3)] == [r.id for r in synth[:3]]
+
+
+def test_cache_returns_the_same_samples(synth):
+    plain = AVFrameAudioDataset(synth[:2], image_size=32, seconds=1.0)
+    cached = AVFrameAudioDataset(synth[:2], image_size=32, seconds=1.0, cache_in_memory=True)
+    for i in range(2):
+        assert torch.equal(plain[i]["image"], cached[i]["image"])
+        assert torch.equal(plain[i]["wave"], cached[i]["wave"])

@@ -1,0 +1,180 @@
+"""avssl.infer and `avssl localize`: tiny SSL-TIE checkpoint, tiny PyAV-made videos."""
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from avssl import infer
+from avssl.cli import main
+from avssl.data import decode
+from avssl.engine.checkpoint import save_checkpoint
+from avssl.registry import build_method, load_method
+
+TINY = {"width": 8, "image_size": 64, "heatmap_size": 4}
+
+
+def make_video(path: Path, width: int = 96, height: int = 64, seconds: float = 2.0, fps: int = 10,
+               audio_seconds: float | None = None, sample_rate: int = 16000, channels: int = 1) -> Path:
+    """H.264 + AAC mp4 with a moving bright square and a tone (audio_seconds 0: no audio stream)."""
+    audio_seconds = seconds if audio_seconds is None else audio_seconds
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+        a = c.add_stream("aac", rate=sample_rate, layout="stereo" if channels == 2 else "mono") if audio_seconds else None
+        for i in range(int(seconds * fps)):
+            img = np.full((height, width, 3), 40, np.uint8)
+            x = int(i * (width - 16) / max(1, seconds * fps - 1))
+            img[20:36, x:x + 16] = (250, 200, 30)
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = i
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+        if a is not None:
+            n = int(audio_seconds * sample_rate)
+            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / sample_rate)).astype(np.float32)
+            wave = np.stack([tone] * channels)
+            af = av.AudioFrame.from_ndarray(wave, format="fltp", layout=a.layout.name)
+            af.sample_rate, af.pts, af.time_base = sample_rate, 0, Fraction(1, sample_rate)
+            c.mux(a.encode(af))
+            c.mux(a.encode(None))
+    return path
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("infer")
+    torch.manual_seed(0)
+    model = build_method("ssltie", TINY)
+    ckpt = save_checkpoint(d / "tiny.pt", model=model.state_dict(), config={"method": "ssltie", "ssltie": TINY})
+    return {
+        "ckpt": ckpt,
+        "wide": make_video(d / "wide.mp4"),  # 96x64, 2 s, 16 kHz mono
+        "stereo": make_video(d / "stereo.mp4", width=64, height=80, seconds=2.0, audio_seconds=3.0,
+                             sample_rate=44100, channels=2),
+        "silent": make_video(d / "silent.mp4", audio_seconds=0),
+    }
+
+
+class PatternModel(torch.nn.Module):
+    """Stub: map value = 10 * row + column, whatever the input (checks the geometry)."""
+
+    def __init__(self, size: int = 64, h: int = 4):
+        super().__init__()
+        self.config = type("C", (), {"image_size": size})()
+        self.h = h
+        self.seen: list[tuple] = []
+
+    def localise(self, image, spec):
+        self.seen.append((tuple(image.shape), tuple(spec.shape)))
+        r = torch.arange(self.h, dtype=torch.float32)
+        return (10 * r[:, None] + r[None, :]).expand(image.shape[0], self.h, self.h)
+
+
+def test_localise_video_shapes_and_times(media):
+    model, _ = load_method(media["ckpt"])
+    out = infer.localise_video(model, media["wide"], num_frames=3, batch_size=2)
+    assert out.frames.shape == (3, 64, 96, 3) and out.frames.dtype == np.uint8
+    np.testing.assert_allclose(out.times, decode.evenly_spaced_times(2.0, 3), atol=1e-6)
+    assert out.crop_maps.shape == (3, 4, 4) and np.isfinite(out.crop_maps).all()
+    assert out.maps.shape == (3, 4, 6) and out.maps.dtype == np.float32
+    np.testing.assert_array_equal(out.maps[:, :, 1:5], out.crop_maps)
+    assert out.sample_rate == 16000
+    # every map is a cosine between unit vectors; batches of 2 equal one batch of 3
+    assert np.abs(out.crop_maps).max() <= 1.0 + 1e-5
+    again = infer.localise_video(model, media["wide"], times=out.times, batch_size=3)
+    np.testing.assert_allclose(again.crop_maps, out.crop_maps, atol=1e-5)
+    assert len(out.peaks()) == 3 and all(16 <= p["x"] <= 80 for p in out.peaks())
+
+
+def test_non_square_map_is_placed_on_the_crop(media):
+    stub = PatternModel()
+    out = infer.localise_video(stub, media["wide"], num_frames=3)
+    assert stub.seen[0][0] == (3, 3, 64, 64)
+    assert stub.seen[0][1] == (3, 1, 257, 1 + 160000 // 239)  # 2 s tiled to 10 s at 16 kHz
+    assert out.crop_box == (16.0, 0.0, 80.0, 64.0)
+    pattern = 10 * np.arange(4)[:, None] + np.arange(4)[None, :]
+    assert out.maps.shape == (3, 4, 6)
+    assert np.isnan(out.maps[:, :, [0, 5]]).all()  # 16-pixel margins outside the 64x64 crop
+    np.testing.assert_array_equal(out.maps[:, :, 1:5], np.broadcast_to(pattern, (3, 4, 4)))
+    peak = out.peaks()[0]  # cell (3, 3): crop pixel (56, 56) -> frame pixel (72, 56)
+    assert (peak["x"], peak["y"], peak["score"]) == (72.0, 56.0, 33.0)
+
+
+def test_crop_to_frame_tall_and_uneven():
+    m = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    box = infer.crop_geometry(100, 50, 64)  # tall: crop is the centre 50x50 of 50x100
+    assert box == pytest.approx((0.0, 25.0, 50.0, 75.0), abs=0.5)
+    full = infer.crop_to_frame(m, box, 100, 50)
+    assert full.shape == (1, 8, 4)
+    rows_seen = np.isfinite(full[0]).all(1)
+    assert rows_seen.sum() == 4 and not rows_seen[0] and not rows_seen[-1]
+
+
+def test_audio_windows_centred_clamped_and_tiled():
+    sr = 100
+    wave = torch.arange(2500, dtype=torch.float32)  # 25 s
+    w = infer.audio_windows(wave, sr, torch.tensor([12.0, 1.0, 24.0]), 10.0)
+    assert w.shape == (3, 1000)
+    assert w[0, 0] == 700 and w[1, 0] == 0 and w[2, -1] == 2499  # centred; clamped at both ends
+    short = infer.audio_windows(torch.arange(300, dtype=torch.float32), sr, torch.tensor([0.5, 2.5]), 10.0)
+    assert short.shape == (2, 1000) and torch.equal(short[0], short[1])
+    assert torch.equal(short[0, 300:600], torch.arange(300, dtype=torch.float32))
+
+
+def test_stereo_44k_native_rate(media, tmp_path):
+    stub = PatternModel()
+    out = infer.localise_video(stub, media["stereo"], fps=2)  # 2 s at 2 fps -> 4 frames
+    assert len(out.times) == 4 and out.sample_rate == 44100
+    assert stub.seen[0][1] == (4, 1, 257, 1 + 441000 // 239)
+    assert out.frames.shape == (4, 80, 64, 3)
+    # 8-pixel margins above and below (half a cell): one NaN row each side, 4 seen rows between
+    assert out.maps.shape == (4, 6, 4)
+    assert np.isnan(out.maps[:, [0, 5]]).all() and np.isfinite(out.maps[:, 1:5]).all()
+
+
+def test_no_audio_raises_naming_the_file(media):
+    with pytest.raises(decode.NoAudioStreamError) as e:
+        infer.localise_video(PatternModel(), media["silent"])
+    assert e.value.path == str(media["silent"]) and "no audio stream" in str(e.value)
+
+
+def test_overlay_video_and_grid(media, tmp_path):
+    stub = PatternModel()
+    out = infer.localise_video(stub, media["stereo"], num_frames=4)
+    mp4 = infer.write_overlay_video(out, tmp_path / "o.mp4", media["stereo"])
+    info = decode.probe(mp4)
+    assert (info.width, info.height) == (64, 80) and info.has_audio and info.channels == 2
+    assert info.sample_rate == 44100
+    clip = decode.read_clip(mp4, num_frames=4, sample_rate=None)
+    assert clip.frames.shape == (4, 80, 64, 3)
+    assert abs(len(clip.audio) / clip.sample_rate - 3.0) < 0.05  # the source's 3 s track, re-encoded
+    # the frame is left alone outside the crop (rows 0-7) and coloured inside it
+    src = decode.read_frames(media["stereo"], [out.times[0]])[0].astype(int)
+    got = clip.frames[0].astype(int)
+    assert np.abs(got[:6] - src[:6]).mean() < 6 and np.abs(got[20:60] - src[20:60]).mean() > 20
+    png = infer.write_overlay_grid(out, tmp_path / "g.png")
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == (4 * (179 + 4) + 4, 224 + 16 + 8)
+
+
+def test_cli_end_to_end(media, tmp_path, capsys):
+    rc = main(["localize", str(media["wide"]), "--checkpoint", str(media["ckpt"]), "--frames", "3",
+               "--out", str(tmp_path / "o")])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["frames"] == 3 and summary["frame_size"] == [96, 64] and summary["method"] == "ssltie"
+    for key, name in (("grid", "wide_grid.png"), ("video", "wide_overlay.mp4"), ("maps", "wide_maps.npz")):
+        assert summary["outputs"][key] == str(tmp_path / "o" / name) and Path(summary["outputs"][key]).is_file()
+    with np.load(tmp_path / "o" / "wide_maps.npz") as z:
+        assert z["times"].shape == (3,) and z["maps"].shape == (3, 4, 6) and z["crop_maps"].shape == (3, 4, 4)
+    assert len(summary["peaks"]) == 3 and {"time", "x", "y", "x_norm", "y_norm", "score"} <= set(summary["peaks"][0])
+    rc = main(["localize", str(media["silent"]), "--checkpoint", str(media["ckpt"]), "--out", str(tmp_path / "s"),
+               "--no-video"])
+    assert rc == 2 and "silent.mp4: no audio stream" in capsys.readouterr().err
