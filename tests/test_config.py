@@ -64,7 +64,7 @@ def test_round_trip_through_yaml(tmp_path):
 
 
 def test_missing_and_invalid_files(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="no such file"):
         load_config(Cfg, [tmp_path / "nope.yaml"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("seed: [1,\n")
@@ -74,3 +74,17 @@ def test_missing_and_invalid_files(tmp_path):
 
 def test_parse_dotlist_types():
     assert parse_dotlist(["a.b=true", "a.c=null", "d=1.5"]) == {"a": {"b": True, "c": None}, "d": 1.5}
+
+
+def test_packaged_presets_resolve_by_name():
+    from avssl.config import preset_path
+    from avssl.train_config import TrainConfig
+
+    assert preset_path("synthetic/ssltie").name == "ssltie.yaml"
+    cfg = load_config(TrainConfig, ["synthetic/ssltie"])
+    assert cfg.method == "ssltie" and cfg.ssltie.image_size % 32 == 0
+    for name in ("ssltie/flickr10k", "ssltie/flickr144k", "ssltie/vggsound144k"):
+        cfg = load_config(TrainConfig, [name])
+        assert (cfg.train.batch_size, cfg.optim.lr, cfg.optim.weight_decay, cfg.train.epochs) == (32, 1e-4, 1e-4, 100)
+    with pytest.raises(ConfigError, match="no packaged preset"):
+        preset_path("nope/none")

@@ -157,11 +157,27 @@ def load_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def preset_path(name: str | os.PathLike) -> Path:
+    """A preset file: an existing path as given, else a packaged preset by name
+    (``synthetic/ssltie`` or ``synthetic/ssltie.yaml`` -> ``avssl/configs/synthetic/ssltie.yaml``)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    packaged = PRESET_DIR / (p if p.suffix else p.with_suffix(".yaml"))
+    if packaged.is_file():
+        return packaged
+    known = sorted(str(q.relative_to(PRESET_DIR).with_suffix("")) for q in PRESET_DIR.glob("*/*.yaml"))
+    raise ConfigError(f"config {name}: no such file, and no packaged preset of that name (packaged: {known})")
+
+
 def load_config(cls: type[T], presets: Iterable[str | os.PathLike] = (), overrides: Iterable[str] = ()) -> T:
     """Defaults <- each YAML preset <- ``key=value`` overrides; validated."""
     data: dict = {}
     for p in presets:
-        data = merge(data, load_yaml(p))
+        data = merge(data, load_yaml(preset_path(p)))
     data = merge(data, parse_dotlist(overrides))
     return from_dict(cls, data)
 

@@ -7,18 +7,26 @@ from avssl.cli import main
 from avssl.report import render_html, write_report
 
 
-def test_demo_writes_a_report(tmp_path, capsys):
-    assert main(["demo", str(tmp_path), "--clips", "20", "--workers", "1"]) == 0
+def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
+    args = ["demo", str(tmp_path), "ssltie.image_size=64", "ssltie.heatmap_size=4", "ssltie.width=8",
+            "train.batch_size=8", "data.num_workers=0", "train.threads=1",
+            "--clips", "24", "--size", "64", "--epochs", "1", "--seeds", "0,1", "--workers", "1"]
+    assert main(args) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     loc = report["localisation"]
-    perfect, centre = loc["reference: perfect"], loc["reference: centre_prior"]
-    assert perfect["ciou_at_0.5"] == 1.0 and perfect["n_scored"] >= 1
-    assert centre["mean_ciou"] < perfect["mean_ciou"]
-    assert report["data"]["prepared clips"] == 20 and report["data"]["prepare failures"] == 0
+    trained = loc["SSL-TIE trained (2 seeds)"]
+    assert set(trained) >= {"ciou_at_0.5", "auc", "adaptive_ciou_at_0.5", "pointing_accuracy"}
+    assert len(trained["auc"]["runs"]) == 2 and 0.0 <= trained["auc"]["mean"] <= 1.0
+    assert loc["reference: perfect"]["ciou_at_0.5"] == 1.0
+    assert "a2v_instance R1" in report["retrieval"]["SSL-TIE trained"]
+    for png in ("training_curve.png", "best_worst.png"):
+        assert (tmp_path / png).stat().st_size > 0
     page = (tmp_path / "report.html").read_text()
-    assert "adaptive cIoU@0.5" in page and "reference: perfect" in page
-    # a rerun reuses the data and the prepared clips
-    assert main(["demo", str(tmp_path), "--clips", "20", "--workers", "1"]) == 0
+    assert "adaptive cIoU@0.5" in page and "training_curve.png" in page
+    for seed in (0, 1):
+        assert (tmp_path / "runs" / f"ssltie_seed{seed}" / "best.pt").is_file()
+    # a rerun reuses data and runs and reproduces the report
+    assert main(args) == 0
     assert json.loads((tmp_path / "report.json").read_text())["localisation"] == loc
 
 

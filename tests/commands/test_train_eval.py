@@ -56,6 +56,8 @@ def test_train_then_eval(synth, tmp_path, capsys):
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     saved = json.loads((out / "scores.json").read_text())
+    sheet = out / "best_worst.png"
+    assert saved["contact_sheet"] == str(sheet) and sheet.stat().st_size > 0
     assert printed == saved
     test_ids = [json.loads(x)["id"] for x in (synth / "manifest.jsonl").read_text().splitlines()
                 if json.loads(x)["split"] == "test"]

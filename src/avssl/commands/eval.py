@@ -3,7 +3,8 @@
 Rebuilds the model from the checkpoint alone (its saved config names the method and its
 options) and reads the clips of MANIFEST (split --split; --split all keeps every record) with the
 checkpoint's data settings (frame choice, image size, audio length and rate). Writes
-heatmaps.npz (one map per clip id, readable by `avssl score --pred`) and scores.json (all scorer
+heatmaps.npz (one map per clip id, readable by `avssl score --pred`), best_worst.png (overlays
+of the best and worst clips by cIoU, boxes in green; with --gt) and scores.json (all scorer
 measures under the standard protocol, plus recall@1/5/10: audio->audio by class,
 audio<->visual by class and by instance) into --out, and prints the scores as JSON.
 
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from avssl.data.decode import MediaError
     from avssl.data.manifest import ManifestError, read_manifest
     from avssl.engine.checkpoint import CheckpointError
-    from avssl.engine.evaluate import evaluate_localisation, save_heatmaps
+    from avssl.engine.evaluate import best_worst_sheet, evaluate_localisation, load_annotations, save_heatmaps
+    from avssl.engine.pipelines import pipeline_for
     from avssl.engine.train import resolve_device
     from avssl.registry import load_method
     from avssl.train_config import TrainConfig
@@ -58,15 +60,19 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.data}: no clips of split {args.split!r}")
         fmt = args.format or ("flickr" if args.gt and Path(args.gt).is_dir() else "vggss")
         classes = (ckpt.get("extra") or {}).get("classes")
+        dataset = pipeline_for(cfg.method).dataset(records, cfg, train=False, classes=classes)
         scores, out = evaluate_localisation(
             model, records, cfg, args.gt, fmt, device=resolve_device(args.device), batch_size=args.batch_size,
-            with_retrieval=not args.no_retrieval, classes=classes, num_workers=args.workers)
+            with_retrieval=not args.no_retrieval, classes=classes, num_workers=args.workers, dataset=dataset)
     except (CheckpointError, ConfigError, ManifestError, MediaError, AnnotationError, ValueError) as e:
         print(f"avssl eval: error: {e}", file=sys.stderr)
         return 2
     out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{Path(args.checkpoint).stem}"
     out_dir.mkdir(parents=True, exist_ok=True)
     save_heatmaps(out_dir / "heatmaps.npz", out.heatmaps)
+    if args.gt:
+        sheet = best_worst_sheet(dataset, out.heatmaps, load_annotations(args.gt, fmt), fmt, out_dir / "best_worst.png")
+        scores["contact_sheet"] = str(sheet) if sheet else None
     scores = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, **scores}
     (out_dir / "scores.json").write_text(json.dumps(scores, indent=2))
     print(json.dumps(scores, indent=2))

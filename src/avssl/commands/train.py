@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="CONFIG.yaml", help="preset (only overrides of the defaults)")
+    parser.add_argument("config", metavar="CONFIG.yaml", help="preset file (only overrides of the defaults), or a packaged preset name such as "
+                        "synthetic/ssltie or ssltie/flickr10k")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=3e-4 train.epochs=5")
     parser.add_argument("--out", default=None, metavar="DIR", help="run folder (sets train.out_dir)")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",

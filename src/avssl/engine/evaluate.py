@@ -27,7 +27,7 @@ from avssl.eval import localisation, retrieval
 logger = logging.getLogger(__name__)
 
 __all__ = ["InferenceOutput", "run_inference", "localise_dataset", "localisation_scores",
-           "retrieval_scores", "evaluate_localisation", "save_heatmaps", "load_annotations"]
+           "retrieval_scores", "evaluate_localisation", "save_heatmaps", "load_annotations", "best_worst_sheet"]
 
 
 @dataclass
@@ -127,16 +127,18 @@ def retrieval_scores(out: InferenceOutput, k: tuple[int, ...] = (1, 5, 10)) -> d
 def evaluate_localisation(model: nn.Module, records, cfg, annotations: str | os.PathLike | None,
                           fmt: str = "vggss", device: torch.device | str = "cpu",
                           batch_size: int | None = None, with_retrieval: bool = True,
-                          classes=None, num_workers: int | None = None) -> tuple[dict, InferenceOutput]:
+                          classes=None, num_workers: int | None = None, dataset=None
+                          ) -> tuple[dict, InferenceOutput]:
     """Score ``model`` (an instance of ``cfg.method``) on ``records`` with the data settings of the
     :class:`~avssl.train_config.TrainConfig` ``cfg``. Returns ``(scores, outputs)``: ``scores``
-    holds the scorer's summary (when ``annotations`` is given) and ``retrieval``."""
+    holds the scorer's summary (when ``annotations`` is given) and ``retrieval``. ``dataset``: an
+    already built evaluation data set of ``records`` to reuse (e.g. for :func:`best_worst_sheet`)."""
     from torch.utils.data import DataLoader
 
     from avssl.engine.pipelines import pipeline_for
 
     pipe = pipeline_for(cfg.method)
-    ds = pipe.dataset(records, cfg, train=False, classes=classes)
+    ds = dataset if dataset is not None else pipe.dataset(records, cfg, train=False, classes=classes)
     loader = DataLoader(ds, batch_size=batch_size or cfg.train.eval_batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers if num_workers is None else num_workers,
                         collate_fn=pipe.collate)
@@ -158,3 +160,29 @@ def save_heatmaps(path: str | os.PathLike, heatmaps: Mapping[str, np.ndarray]) -
     np.savez_compressed(tmp, **{str(k): np.asarray(v, np.float32) for k, v in heatmaps.items()})
     os.replace(tmp, path)
     return path
+
+
+def best_worst_sheet(dataset, heatmaps: Mapping[str, np.ndarray], boxes: Mapping[str, np.ndarray], fmt: str,
+                     path: str | os.PathLike, n: int = 6) -> Path | None:
+    """A PNG contact sheet of the ``n`` best and ``n`` worst clips by cIoU (standard protocol).
+
+    ``dataset`` is the evaluation data set (its samples' ``image`` is the uint8 frame the model
+    saw); boxes are drawn in green. Returns None when no clip has both a map and boxes.
+    """
+    from avssl import viz
+
+    gt = {k: v for k, v in boxes.items() if k in heatmaps}
+    if not gt:
+        return None
+    res = localisation.evaluate({k: heatmaps[k] for k in gt}, gt, fmt)
+    order = np.argsort(-res.ciou, kind="stable")
+    picks = list(order[:n]) + [i for i in order[::-1][:n] if i not in order[:n]]
+    index = {r.id: k for k, r in enumerate(dataset.records)}
+    items = []
+    for i in picks:
+        cid = res.ids[i]
+        frame = dataset[index[cid]]["image"].permute(1, 2, 0).numpy()
+        b = np.asarray(gt[cid], np.float64).reshape(-1, 4)
+        norm = b / 256.0 if fmt == "flickr" else b
+        items.append((frame, heatmaps[cid], f"{cid} cIoU {res.ciou[i]:.2f}", norm))
+    return viz.contact_sheet(items, cols=n, path=path)
