@@ -46,7 +46,12 @@ def run(args: argparse.Namespace) -> int:
     from avssl.data.decode import MediaError
     from avssl.data.manifest import ManifestError, read_manifest
     from avssl.engine.checkpoint import CheckpointError
-    from avssl.engine.evaluate import best_worst_sheet, evaluate_localisation, load_annotations, save_heatmaps
+    from avssl.engine.evaluate import (
+        best_worst_sheet,
+        evaluate_localisation,
+        load_annotations,
+        save_heatmaps,
+    )
     from avssl.engine.pipelines import pipeline_for
     from avssl.engine.train import resolve_device
     from avssl.registry import load_method
