@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from avssl.cli import main
 from avssl.report import render_html, write_report
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
     args = ["demo", str(tmp_path), "ssltie.image_size=64", "ssltie.heatmap_size=4", "ssltie.width=8",
             "train.batch_size=8", "data.num_workers=0", "train.threads=1",

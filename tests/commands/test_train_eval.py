@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from avssl.cli import main
 from avssl.data.synthetic import SynthConfig, generate
@@ -14,12 +13,7 @@ from avssl.data.synthetic import SynthConfig, generate
 PRESET = Path(__file__).resolve().parents[2] / "configs" / "synthetic" / "ssltie.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,7 @@ from avssl.engine.train import EpochSampler, fit, lr_factor, step_generator
 from avssl.registry import load_method
 from avssl.train_config import OptimConfig, TrainConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions: one intra-op thread is faster (and far steadier on a shared CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
