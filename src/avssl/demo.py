@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 METRICS = ("ciou_at_0.5", "auc", "mean_ciou", "adaptive_ciou_at_0.5", "pointing_accuracy")
 RETRIEVAL = (("a2v_instance", "R1"), ("a2v_class", "R1"), ("a2a_class", "R1"))
+RETRIEVAL_KEYS = tuple(f"{name} {k}" for name, k in RETRIEVAL)
 
 
 def demo_config(data: Path, run_dir: Path, seed: int, epochs: int | None = None, overrides=()):
@@ -51,6 +52,10 @@ def _row(scores: dict) -> dict:
         if name in scores.get("retrieval", {}):
             row[f"{name} {k}"] = scores["retrieval"][name][k]
     return row
+
+
+def _only(rows: list[dict], keys) -> list[dict]:
+    return [{k: r[k] for k in keys if k in r} for r in rows]
 
 
 def _aggregate(rows: list[dict]) -> dict:
@@ -149,12 +154,12 @@ def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds
                  "epochs": cfg0.train.epochs, "ResNet width": cfg0.ssltie.width,
                  "image size": cfg0.ssltie.image_size, **timings},
         "localisation": {
-            f"SSL-TIE trained ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})": _aggregate(trained),
-            "SSL-TIE untrained": _aggregate(untrained),
+            f"SSL-TIE trained ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})": _aggregate(_only(trained, METRICS)),
+            "SSL-TIE untrained": _aggregate(_only(untrained, METRICS)),
             **{f"reference: {k.replace('_', ' ')}": {m: v[m] for m in (*METRICS, "n_scored")} for k, v in refs.items()},
         },
-        "retrieval": {"SSL-TIE trained": _aggregate([{k: r[k] for k in r if k not in METRICS} for r in trained]),
-                      "SSL-TIE untrained": _aggregate([{k: r[k] for k in r if k not in METRICS} for r in untrained])},
+        "retrieval": {"SSL-TIE trained": _aggregate(_only(trained, RETRIEVAL_KEYS)),
+                      "SSL-TIE untrained": _aggregate(_only(untrained, RETRIEVAL_KEYS))},
         "figures": figures,
         "notes": [
             "The checkpoint is the best epoch on the validation split; every score here is on the test split.",
