@@ -282,8 +282,10 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
                     checkpoint(run_dir / "best.pt", epoch + 1)
             history.append(record)
             writer.log(record, step)
-            logger.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v
-                                                    for k, v in record.items()})
+            shown = ("train/loss", "val/ciou_at_0.5", "val/auc", "val/adaptive_ciou_at_0.5", "val/pointing_accuracy")
+            logger.info("epoch %d/%d (%.1f s): %s (all metrics: %s)", epoch + 1, cfg.train.epochs, record["time_s"],
+                        ", ".join(f"{k} {record[k]:.4f}" for k in shown if k in record),
+                        run_dir / "metrics.jsonl")
             if main and ((epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs):
                 checkpoint(run_dir / "last.pt", epoch + 1)
     finally:
