@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         "EquiAV representation learning. Run `avssl <command> --help` for details.",
     )
     parser.add_argument("--version", action="version", version=f"avssl {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (default: info)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
         doc = (module.__doc__ or module.HELP).strip()
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args._run(args) or 0)
 
