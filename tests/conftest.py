@@ -43,3 +43,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory) -> Path:
+    """A tiny synthetic data set (16 clips, 64 px, 1 s, 3 classes; splits 8/4/4) shared by the training tests."""
+    from avssl.data.synthetic import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("tiny_synth")
+    generate(out, clips=16, seed=0, reference=False,
+             config=SynthConfig(size=64, duration=1.0, classes=3, workers=2, split=(0.5, 0.25, 0.25)))
+    return out

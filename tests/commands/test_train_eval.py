@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from avssl.cli import main
-from avssl.data.synthetic import SynthConfig, generate
 
 PRESET = Path(__file__).resolve().parents[2] / "configs" / "synthetic" / "ssltie.yaml"
 
@@ -17,11 +16,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth_cli")
-    generate(out, clips=12, seed=2, reference=False,
-             config=SynthConfig(size=64, duration=1.0, classes=3, workers=2, split=(0.5, 0.25, 0.25)))
-    return out
+def synth(tiny_synth):
+    return tiny_synth
 
 
 def _overrides(synth: Path) -> list[str]:

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from avssl.config import load_config
-from avssl.data.synthetic import SynthConfig, generate
 from avssl.engine.checkpoint import load_checkpoint
 from avssl.engine.train import EpochSampler, fit, lr_factor, step_generator
 from avssl.registry import load_method
@@ -17,11 +16,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth_train")
-    generate(out, clips=16, seed=0, reference=False,
-             config=SynthConfig(size=64, duration=1.0, classes=3, workers=2, split=(0.5, 0.25, 0.25)))
-    return out
+def synth(tiny_synth):
+    return tiny_synth
 
 
 def tiny_cfg(synth, out_dir, *extra: str) -> TrainConfig:
