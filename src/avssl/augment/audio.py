@@ -74,14 +74,7 @@ def _jitter_unclamped(x: Tensor, factors: Tensor, order: Tensor, enabled: Tensor
     def hue(z: Tensor, h: Tensor) -> Tensor:
         return I.adjust_hue(z, h, clamp=False)
 
-    ops = (bright, contrast, sat, hue)
-    out = x.clone()
-    for pos in range(4):
-        for op_id, op in enumerate(ops):
-            idx = torch.nonzero(enabled & (order[:, pos] == op_id)).squeeze(1)
-            if idx.numel():
-                out[idx] = op(out[idx], factors[idx, op_id])
-    return out
+    return I.color_jitter(x, factors, order, enabled, ops=(bright, contrast, sat, hue))
 
 
 def apply_audio(fbank: Tensor, t: Tensor, original_bugs: bool = True, *,

@@ -233,7 +233,8 @@ def adjust_hue(images: Tensor, shift: Tensor, clamp: bool = True) -> Tensor:
 JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def color_jitter(images: Tensor, factors: Tensor, order: Tensor, enabled: Tensor | None = None) -> Tensor:
+def color_jitter(images: Tensor, factors: Tensor, order: Tensor, enabled: Tensor | None = None,
+                 ops: Sequence = JITTER_OPS) -> Tensor:
     """torchvision ``ColorJitter`` with per-sample factors and per-sample op order.
 
     Args:
@@ -241,6 +242,7 @@ def color_jitter(images: Tensor, factors: Tensor, order: Tensor, enabled: Tensor
         factors: (B, 4) brightness, contrast, saturation factors (1 = identity) and hue shift (0).
         order: (B, 4) integer permutation of 0 brightness, 1 contrast, 2 saturation, 3 hue.
         enabled: (B,) bool; disabled samples are returned untouched (no clamp either).
+        ops: the four ``op(images_subset, factor_subset)`` functions by id (default: torchvision's).
     Returns:
         (B, 3, H, W). Loops over the 4 positions x 4 ops, each applied to the subset that needs it.
     """
@@ -250,7 +252,7 @@ def color_jitter(images: Tensor, factors: Tensor, order: Tensor, enabled: Tensor
     on = torch.ones(images.shape[0], dtype=torch.bool, device=images.device) if enabled is None \
         else enabled.to(device=images.device, dtype=torch.bool)
     for pos in range(4):
-        for op_id, op in enumerate(JITTER_OPS):
+        for op_id, op in enumerate(ops):
             idx = torch.nonzero(on & (order[:, pos] == op_id)).squeeze(1)
             if idx.numel():
                 out[idx] = op(out[idx], factors[idx, op_id])

@@ -119,6 +119,13 @@ def _dev(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 
 
+def _blur(on: Tensor, sigma_range: Sequence[float], generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Blur slots: on (B,) as float and sigma ``U(sigma_range)`` (0 where off); one draw per sample."""
+    sigma = sigma_range[0] + (sigma_range[1] - sigma_range[0]) * torch.rand(
+        on.shape[0], generator=generator, device=on.device)
+    return on.float(), torch.where(on, sigma, 0.0)
+
+
 def _jitter(batch: int, generator: torch.Generator | None, on: Tensor,
             strength: Sequence[float]) -> tuple[Tensor, Tensor]:
     """Order (B, 4) (identity when off) and values (B, 4) (factor - 1 x3, hue; 0 when off)."""
@@ -170,10 +177,7 @@ def sample_audio_params(batch: int, generator: torch.Generator | None = None, fr
     jit_on = u[:, 1] < jitter_p
     t[:, A.JITTER_ON] = jit_on.float()
     t[:, AUDIO_LAYOUT.order], t[:, AUDIO_LAYOUT.jitter] = _jitter(batch, generator, jit_on, jitter)
-    blur_on = u[:, 2] < blur_p
-    sigma = blur_sigma[0] + (blur_sigma[1] - blur_sigma[0]) * torch.rand(batch, generator=generator, device=dev)
-    t[:, A.BLUR_ON] = blur_on.float()
-    t[:, A.SIGMA] = torch.where(blur_on, sigma, 0.0)
+    t[:, A.BLUR_ON], t[:, A.SIGMA] = _blur(u[:, 2] < blur_p, blur_sigma, generator)
     t[:, A.FLIP] = (u[:, 3] < flip_p).float()
     return t
 
@@ -201,10 +205,7 @@ def sample_visual_params(batch: int, generator: torch.Generator | None = None, h
     jit_on = u[:, 0] < jitter_p
     t[:, V.JITTER_ON] = jit_on.float()
     t[:, VISUAL_LAYOUT.order], t[:, VISUAL_LAYOUT.jitter] = _jitter(batch, generator, jit_on, jitter)
-    blur_on = u[:, 1] < blur_p
-    sigma = blur_sigma[0] + (blur_sigma[1] - blur_sigma[0]) * torch.rand(batch, generator=generator, device=dev)
-    t[:, V.BLUR_ON] = blur_on.float()
-    t[:, V.SIGMA] = torch.where(blur_on, sigma, 0.0)
+    t[:, V.BLUR_ON], t[:, V.SIGMA] = _blur(u[:, 1] < blur_p, blur_sigma, generator)
     t[:, V.HFLIP] = (u[:, 2] < flip_p).float()
     t[:, V.GRAY] = (u[:, 3] < gray_p).float()
     if extended:
