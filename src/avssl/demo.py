@@ -37,11 +37,9 @@ def demo_config(data: Path, run_dir: Path, seed: int, epochs: int | None = None,
     return load_config(TrainConfig, ["synthetic/ssltie"], [*paths, *overrides])
 
 
-def _evaluate(model, cfg, data: Path, dataset=None) -> tuple[dict, object]:
-    from avssl.data.manifest import read_manifest
+def _evaluate(model, cfg, data: Path, records, dataset) -> tuple[dict, object]:
     from avssl.engine.evaluate import evaluate_localisation
 
-    records = read_manifest(data / "manifest.jsonl", split="test")
     return evaluate_localisation(model, records, cfg, data / "annotations" / "vggss.json", "vggss",
                                  num_workers=0, dataset=dataset)
 
@@ -91,6 +89,7 @@ def _curve(histories: dict[int, list[dict]], path: Path) -> Path:
 def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds=(0,), epochs: int | None = None,
              workers: int | None = None, size: int = 128, overrides=()) -> dict:
     """Run the demo into ``out``; returns the report dict (also written as report.json/html)."""
+    from avssl.data.manifest import read_manifest
     from avssl.data.synthetic import SynthConfig, generate
     from avssl.engine.evaluate import best_worst_sheet, load_annotations
     from avssl.engine.pipelines import pipeline_for
@@ -108,13 +107,13 @@ def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds
     timings["synthetic data (s)"] = round(time.perf_counter() - t0, 1)
     refs = json.loads((data / "reference_scores.json").read_text())
 
+    test_records = read_manifest(data / "manifest.jsonl", split="test")
     trained, untrained, histories, cfg0, ds = [], [], {}, None, None
     for seed in seeds:
         run_dir = out / "runs" / f"ssltie_seed{seed}"
         cfg = demo_config(data, run_dir, seed, epochs, overrides)
         t0 = time.perf_counter()
-        done = (run_dir / "summary.json").is_file()
-        if done:
+        if (run_dir / "summary.json").is_file():
             summary = json.loads((run_dir / "summary.json").read_text())
         else:
             log.info("demo: training SSL-TIE, seed %d -> %s", seed, run_dir)
@@ -125,16 +124,13 @@ def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds
         model, _ = load_method(run_dir / "best.pt")
         if ds is None:
             cfg0 = cfg
-            from avssl.data.manifest import read_manifest
-
-            ds = pipeline_for(cfg.method).dataset(read_manifest(data / "manifest.jsonl", split="test"), cfg,
-                                                  train=False, classes=summary.get("classes"))
-        scores, outputs = _evaluate(model, cfg, data, ds)
+            ds = pipeline_for(cfg.method).dataset(test_records, cfg, train=False, classes=summary.get("classes"))
+        scores, outputs = _evaluate(model, cfg, data, test_records, ds)
         trained.append(_row(scores))
         if seed == seeds[0]:
             heatmaps = outputs.heatmaps
         torch.manual_seed(cfg.train.seed)
-        scores_u, _ = _evaluate(build_method(cfg.method, cfg.method_config).eval(), cfg, data, ds)
+        scores_u, _ = _evaluate(build_method(cfg.method, cfg.method_config).eval(), cfg, data, test_records, ds)
         untrained.append(_row(scores_u))
 
     figures = {}
