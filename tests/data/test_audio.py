@@ -225,3 +225,26 @@ def test_ssltie_train_masks_become_minus_100_db():
     assert torch.equal(aug, again) and aug.shape == clean.shape
     changed = aug != clean
     assert changed.any() and torch.all(aug[changed] == -100.0)
+
+
+def test_equiav_fbank_batch_equals_per_clip_calls():
+    from avssl.data.audio import equiav_fbank, equiav_fbank_batch
+
+    g = torch.Generator().manual_seed(0)
+    lengths = [16000, 9000, 3000]
+    n = max(lengths)
+    wave = torch.zeros(3, n)
+    clips = [torch.randn(k, generator=g) * 0.1 + 0.05 for k in lengths]
+    for i, c in enumerate(clips):
+        wave[i, : c.numel()] = c
+    got = equiav_fbank_batch(wave, torch.tensor(lengths), 16000, target_frames=128, num_mel_bins=64)
+    for i, c in enumerate(clips):
+        want = equiav_fbank(c, 16000, target_frames=128, num_mel_bins=64)
+        torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-4)
+    # the short clips' padded frames hold the normalised pad value, not the fbank of zeros
+    frames = 1 + (3000 - 400) // 160  # 17 real frames in the 3000-sample clip
+    pad = torch.full((128 - frames, 64), (0.0 - audio.FBANK_STATS["audioset"][0]) / audio.FBANK_STATS["audioset"][1])
+    torch.testing.assert_close(got[2, frames:], pad)
+    assert not torch.allclose(got[2, frames - 1], pad[0])
+    with pytest.raises(ValueError):
+        equiav_fbank_batch(wave, torch.tensor([0, 1, 2]), 16000)

@@ -222,6 +222,41 @@ def equiav_fbank(wave: torch.Tensor, sample_rate: float, target_frames: int = 10
     return fbank.sub_(mean).div_(std)  # == normalise_fbank, in place on our own fresh tensor
 
 
+def equiav_fbank_batch(wave: torch.Tensor, num_samples: torch.Tensor | None, sample_rate: float,
+                       target_frames: int = 1024, stats: str | tuple[float, float] | None = "audioset",
+                       num_mel_bins: int = 128) -> torch.Tensor:
+    """:func:`equiav_fbank` of a zero-padded batch, clip by clip identical to the unpadded call.
+
+    Args:
+        wave: (B, N) waveforms, clip ``i`` valid in ``wave[i, :num_samples[i]]`` and zero after.
+        num_samples: (B,) true lengths (None: all N).
+    Returns:
+        (B, target_frames, num_mel_bins): the mean is removed over the true samples only, the
+        frames that reach past a clip's end are dropped (set to the pad value 0 before
+        normalising, as :func:`pad_or_cut` pads), so each row equals ``equiav_fbank(wave[i, :n_i])``.
+    """
+    if wave.ndim != 2:
+        raise ValueError(f"wave must be (B, N), got {tuple(wave.shape)}")
+    n_total = wave.shape[-1]
+    if num_samples is None:
+        num_samples = torch.full((wave.shape[0],), n_total, dtype=torch.long)
+    n = num_samples.to(wave.device).long()
+    if bool((n < 1).any()) or bool((n > n_total).any()):
+        raise ValueError(f"num_samples must lie in [1, {n_total}], got {n.tolist()}")
+    valid = torch.arange(n_total, device=wave.device)[None] < n[:, None]
+    mean = (wave * valid).sum(-1, keepdim=True) / n[:, None].to(wave.dtype)
+    centred = torch.where(valid, wave - mean, 0.0)
+    fbank = pad_or_cut(kaldi_fbank(centred, sample_rate, num_mel_bins=num_mel_bins), target_frames)
+    size, shift = int(sample_rate * 0.025), int(sample_rate * 0.010)
+    frames_ok = torch.div(n - size, shift, rounding_mode="floor") + 1  # snip_edges frame count
+    keep = torch.arange(target_frames, device=wave.device)[None] < frames_ok[:, None]
+    fbank = torch.where(keep[..., None], fbank, 0.0)
+    resolved = _resolve_stats(stats)
+    if resolved is None:
+        return fbank
+    return (fbank - resolved[0]) / resolved[1]
+
+
 # ----------------------------------------------------------------------------- SSL-TIE
 def tile_to_duration(wave: torch.Tensor, sample_rate: int, seconds: float = 10.0,
                      keep_seconds: float | None = None) -> torch.Tensor:

@@ -5,7 +5,8 @@ run batched on the training device afterwards (see :mod:`avssl.methods.ssltie_da
 
 A sample is a dict::
 
-    {"id": str, "image": uint8 (3, S, S), "wave": float32 (N,), "label": int, "sample_rate": int}
+    {"id": str, "image": uint8 (3, S, S), "wave": float32 (N,), "num_samples": int, "label": int,
+     "target": float32 (C,), "sample_rate": int}
 
 * ``image``: a raw video (``Record.video``) gives the frame displayed at ``frame_time`` (config),
   else at ``extra["annotation_time"]``, else at the clip middle; a pre-extracted record
@@ -15,9 +16,13 @@ A sample is a dict::
   coordinates stay valid.
 * ``wave``: mono, at the native rate or resampled to ``sample_rate``; tiled/cut to exactly
   ``seconds * rate`` samples (:func:`avssl.data.audio.tile_to_duration`; training sets first
-  keep only ``keep_seconds``). All clips of a batch must share one rate (checked by
-  :func:`collate`).
-* ``label``: index of the record's first label in ``classes`` (-1 when it has none).
+  keep only ``keep_seconds``). With ``audio_pad="zero"`` (EquiAV: the original pads the
+  *fbank*, not the waveform) the waveform is cut to that length or zero-padded at the end, and
+  ``num_samples`` keeps its true length so the transform can drop the padded frames; with
+  ``"tile"`` ``num_samples`` is the full length. All clips of a batch must share one rate
+  (checked by :func:`collate`).
+* ``label``: index of the record's first label in ``classes`` (-1 when it has none);
+  ``target``: multi-hot over ``classes`` of all the record's labels (multi-label fine-tuning).
 
 Decoding failures raise :class:`avssl.data.decode.MediaError` naming the file. With
 ``on_error="skip"`` every clip is decoded once at construction; failures are logged, counted
@@ -80,15 +85,19 @@ class AVFrameAudioDataset(Dataset):
         cache_in_memory: decode everything once at construction and keep it.
         on_error: "raise" or "skip" (pre-screen at construction).
         workers: threads for the construction-time decoding.
+        audio_pad: "tile" (SSL-TIE: tile short audio) or "zero" (cut / zero-pad, true length kept).
     """
 
     def __init__(self, records: Sequence[Record], image_size: int = 224, seconds: float = 10.0,
                  sample_rate: int | None = None, keep_seconds: float | None = None,
                  frame_time: float | None = None, frame_index: int | None = None,
                  classes: Sequence[str] | None = None, cache_in_memory: bool = False,
-                 on_error: str = "raise", workers: int = 2) -> None:
+                 on_error: str = "raise", workers: int = 2, audio_pad: str = "tile") -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if audio_pad not in ("tile", "zero"):
+            raise ValueError(f"audio_pad must be 'tile' or 'zero', got {audio_pad!r}")
+        self.audio_pad = audio_pad
         self.records = list(records)
         self.image_size, self.seconds, self.sample_rate = image_size, seconds, sample_rate
         self.keep_seconds, self.frame_time, self.frame_index = keep_seconds, frame_time, frame_index
@@ -132,6 +141,14 @@ class AVFrameAudioDataset(Dataset):
     def label_of(self, record: Record) -> int:
         return self._class_index.get(record.labels[0], -1) if record.labels else -1
 
+    def target_of(self, record: Record) -> torch.Tensor:
+        """Multi-hot (C,) float32 of the record's labels that are in ``classes``."""
+        target = torch.zeros(len(self.classes), dtype=torch.float32)
+        idx = [self._class_index[c] for c in record.labels if c in self._class_index]
+        if idx:
+            target[idx] = 1.0
+        return target
+
     def _frame(self, r: Record) -> np.ndarray:
         if r.video:
             t = self.frame_time if self.frame_time is not None else r.extra.get("annotation_time")
@@ -155,13 +172,23 @@ class AVFrameAudioDataset(Dataset):
         r = self.records[index]
         image = resize_crop(self._frame(r), self.image_size)
         wave, sr = self._wave(r)
-        wave_t = tile_to_duration(torch.from_numpy(wave), sr, self.seconds, self.keep_seconds)
-        return {"id": r.id, "image": image, "wave": wave_t.contiguous(), "label": self.label_of(r),
-                "sample_rate": int(sr)}
+        wave_t = torch.from_numpy(wave)
+        if self.audio_pad == "tile":
+            wave_t = tile_to_duration(wave_t, sr, self.seconds, self.keep_seconds)
+            n = wave_t.shape[-1]
+        else:
+            if self.keep_seconds is not None:
+                wave_t = wave_t[: int(sr * self.keep_seconds)]
+            target = int(self.seconds * sr)
+            n = min(target, wave_t.shape[-1])
+            wave_t = F.pad(wave_t[:target], (0, target - n))
+        return {"id": r.id, "image": image, "wave": wave_t.contiguous(), "num_samples": int(n),
+                "label": self.label_of(r), "target": self.target_of(r), "sample_rate": int(sr)}
 
 
 def collate(samples: Sequence[dict]) -> dict:
-    """Stack samples: ``image`` uint8 (B, 3, S, S), ``wave`` (B, N), ``label`` (B,), ``id`` list, ``sample_rate`` int."""
+    """Stack samples: ``image`` uint8 (B, 3, S, S), ``wave`` (B, N), ``num_samples`` (B,), ``label`` (B,),
+    ``target`` (B, C), ``id`` list, ``sample_rate`` int."""
     rates = {s["sample_rate"] for s in samples}
     if len(rates) != 1:
         bad = [(s["id"], s["sample_rate"]) for s in samples][:6]
@@ -169,5 +196,6 @@ def collate(samples: Sequence[dict]) -> dict:
                          "set data.sample_rate to resample them to one rate")
     return {"id": [s["id"] for s in samples], "image": torch.stack([s["image"] for s in samples]),
             "wave": torch.stack([s["wave"] for s in samples]),
+            "num_samples": torch.tensor([s["num_samples"] for s in samples], dtype=torch.long),
             "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
-            "sample_rate": rates.pop()}
+            "target": torch.stack([s["target"] for s in samples]), "sample_rate": rates.pop()}
