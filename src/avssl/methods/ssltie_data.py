@@ -71,7 +71,13 @@ class SSLTIEBatchTransform:
         return cls(cfg.ssltie.image_size, cfg.data.seconds, cfg.ssltie.invariance, device)
 
     def __call__(self, batch: Mapping, generator: torch.Generator | None = None,
-                 train: bool = False) -> dict[str, Tensor]:
+                 train: bool = False, shard: tuple[int, int] = (0, 1)) -> dict[str, Tensor]:
+        """``shard = (rank, world)``: under torchrun each rank draws its own augmentation from the
+        step generator re-seeded with its rank (SSL-TIE has no cross-rank loss: the original is a
+        one-GPU recipe, and its BatchNorm statistics are per process anyway)."""
+        if generator is not None and shard[1] > 1:
+            generator = torch.Generator(generator.device).manual_seed(
+                (generator.initial_seed() + 0x9E3779B1 * (shard[0] + 1)) % (1 << 63))
         image = batch["image"].to(self.device, non_blocking=True)
         wave = batch["wave"].to(self.device, non_blocking=True)
         augment = train and self.invariance
