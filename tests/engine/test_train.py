@@ -83,6 +83,42 @@ def test_sampler_and_generators_are_functions_of_seed_and_epoch():
     assert not torch.equal(a, torch.rand(3, generator=step_generator(4, 1, 8)))
 
 
+@pytest.mark.parametrize("n, drop_last", [(23, True), (23, False), (24, True), (5, False)])
+def test_sharded_sampler_slices_of_ranks_concatenate_to_the_one_process_batches(n, drop_last):
+    b, world = 3, 2
+    one = list(EpochSampler(n, seed=1, batch_size=b * world, drop_last=drop_last))
+    ranks = [list(EpochSampler(n, seed=1, batch_size=b, rank=r, world=world, drop_last=drop_last)) for r in range(world)]
+    assert len({len(r) for r in ranks}) == 1  # equal step counts on every rank (else DDP hangs)
+    steps = len(ranks[0]) // b if drop_last else -(-len(ranks[0]) // b)
+    glued = [i for k in range(steps) for r in ranks for i in r[k * b:(k + 1) * b]]
+    if drop_last:
+        assert glued == one[: (n // (b * world)) * b * world]
+    else:
+        assert set(glued) == set(range(n)) and glued[: len(one) - n % (b * world)] == one[: len(one) - n % (b * world)]
+
+
+def test_weighted_sampler_follows_the_weights():
+    w = torch.tensor([0.0, 1.0, 3.0, 0.0])
+    s = EpochSampler(4, seed=0, weights=w)
+    draws = [i for e in range(200) for i in (s.set_epoch(e) or list(s))]
+    counts = torch.bincount(torch.tensor(draws), minlength=4).float()
+    assert counts[0] == 0 and counts[3] == 0
+    assert 2.5 < counts[2] / counts[1] < 3.5
+    with pytest.raises(ValueError):
+        EpochSampler(4, seed=0, weights=torch.zeros(4))
+
+
+def test_param_groups_scale_the_lr_and_follow_the_schedule():
+    from avssl.engine.train import build_optimizer
+
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    opt = build_optimizer([{"params": [a]}, {"params": [b], "lr_scale": 50.0}], OptimConfig(lr=1e-3))
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 5e-2])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-4, 2.5e-2])
+    del sched
+
+
 def test_lr_schedules():
     multi = OptimConfig(milestones=(2, 4), gamma=0.1)
     assert lr_factor(0, 10, 6, multi) == 1.0 and lr_factor(19, 10, 6, multi) == 1.0

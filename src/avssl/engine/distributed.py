@@ -32,6 +32,9 @@ __all__ = [
     "all_gather_no_grad",
     "all_gather_with_grad",
     "all_reduce_mean",
+    "shard_indices",
+    "all_gather_object",
+    "gather_inference",
 ]
 
 
@@ -115,3 +118,39 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     y = x.detach().clone()
     dist.all_reduce(y, op=dist.ReduceOp.SUM)
     return y / ws
+
+
+def shard_indices(n: int, rank_: int | None = None, world: int | None = None) -> list[int]:
+    """This rank's contiguous share of ``range(n)`` for evaluation: no padding, no duplicates
+    (shares differ by at most one item; a rank may get none when ``n < world``)."""
+    r = rank() if rank_ is None else rank_
+    w = world_size() if world is None else world
+    base, extra = divmod(n, w)
+    start = r * base + min(r, extra)
+    return list(range(start, start + base + (1 if r < extra else 0)))
+
+
+def all_gather_object(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` (pickled; for evaluation results, not hot paths)."""
+    if world_size() == 1:
+        return [obj]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_inference(out):
+    """Concatenate the ranks' :class:`avssl.engine.evaluate.InferenceOutput` shards in rank order
+    (``None`` for a rank that had no clips); returns the local output on one process."""
+    if world_size() == 1:
+        if out is None:
+            raise ValueError("no clips were evaluated")
+        return out
+    parts = [p for p in all_gather_object(out) if p is not None]
+    if not parts:
+        raise ValueError("no clips were evaluated on any rank")
+    heat: dict = {}
+    for p in parts:
+        heat.update(p.heatmaps)
+    return type(parts[0])(heat, [i for p in parts for i in p.ids], torch.cat([p.labels for p in parts]),
+                          torch.cat([p.audio for p in parts]), torch.cat([p.visual for p in parts]))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from avssl.data.datasets import collate
-from avssl.methods import ssltie_data
+from avssl.methods import equiav_data, equiav_ft_data, ssltie_data
 
 __all__ = ["Pipeline", "PIPELINES", "pipeline_for", "shard_rows", "register_pipeline"]
 
@@ -77,6 +77,12 @@ class Pipeline:
 PIPELINES: dict[str, Pipeline] = {
     "ssltie": Pipeline(ssltie_data.ssltie_dataset, ssltie_data.SSLTIEBatchTransform.from_config,
                        ssltie_data.ssltie_infer),
+    "equiav": Pipeline(equiav_data.equiav_dataset, equiav_data.EquiAVBatchTransform.from_config,
+                       equiav_data.equiav_infer, train_module=lambda model, cfg: equiav_data.EquiAVTrainModule(model)),
+    "equiav_ft": Pipeline(equiav_ft_data.equiav_ft_dataset, equiav_ft_data.EquiAVFinetuneTransform.from_config,
+                          train_module=equiav_ft_data.finetune_train_module, evaluate=equiav_ft_data.finetune_evaluate,
+                          param_groups=equiav_ft_data.finetune_param_groups,
+                          sample_weights=equiav_ft_data.finetune_sample_weights),
 }
 
 

@@ -4,16 +4,24 @@ One step, top to bottom::
 
     batch  = next(loader)                                  # uint8 frames, waveforms (CPU)
     gen    = step_generator(seed, epoch, step)             # every random draw of the step
-    inputs = batch_transform(batch, gen, train=True)       # method's on-device preparation
-    losses = model(inputs, generator=gen)                  # the method computes its loss dict
+    inputs = batch_transform(batch, gen, train=True, shard=(rank, world))  # on-device preparation
+    losses = net(inputs, generator=gen)                    # net = DDP(pipe.train_module(model)): loss dict
     losses["loss"].backward(); clip; optimizer.step(); scheduler.step()
 
 The method is looked up once (:func:`avssl.registry.build_method`,
-:func:`avssl.engine.pipelines.pipeline_for`); the loop never asks which one it runs.
+:func:`avssl.engine.pipelines.pipeline_for`); the loop never asks which one it runs. The
+pipeline's optional hooks give the optimiser's parameter groups, per-clip sampling weights, a
+whole-set evaluation (else localisation + retrieval from ``pipe.infer``) and an end-of-epoch step.
+
+Under torchrun (DDP) ``train.batch_size`` is per process; rank ``r`` trains on slice ``r`` of
+each global batch and the transform draws the global batch's augmentation then keeps its rows,
+so a method whose loss gathers across ranks (EquiAV) trains as one process on the
+concatenated batch (tested with 2 gloo processes). Logged losses are the mean over ranks; the
+val set is split across ranks and the outputs gathered, so metrics cover the whole set.
 
 Reproducibility: the model is initialised from ``seed``; the data order of epoch ``e`` is a
-permutation drawn from ``(seed, e)`` (``DistributedSampler(seed=seed)`` under torchrun) and each
-step's augmentation from ``(seed, epoch, step)``, so ``resume`` from ``last.pt`` continues
+permutation drawn from ``(seed, e)`` (under torchrun each rank takes its slice of every global
+batch: :class:`EpochSampler`) and each step's augmentation from ``(seed, epoch, step)``, so ``resume`` from ``last.pt`` continues
 exactly (tested: 2 epochs == 1 epoch + resume + 1 epoch, bit for bit, on CPU).
 
 Outputs (rank 0 only) in ``train.out_dir``: ``config.yaml`` (resolved), ``metrics.jsonl`` (one
@@ -75,20 +83,55 @@ def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
 
 
 class EpochSampler(Sampler[int]):
-    """Shuffled indices: epoch ``e`` is ``randperm(n)`` from a generator seeded by ``(seed, e)``."""
+    """This rank's indices of epoch ``e``: a permutation of ``range(n)`` from ``(seed, e)`` (or, with
+    ``weights``, ``n`` draws with replacement in proportion to them), cut into global batches of
+    ``world * batch_size``; rank ``r`` takes the contiguous slice ``r * batch_size : (r + 1) *
+    batch_size`` of each. So the ranks' batches of one step, concatenated in rank order, are the
+    one-process batch of ``world * batch_size`` (what the DDP equivalence rests on); with one
+    process it is the plain shuffled epoch. The last partial global batch is dropped
+    (``drop_last``) or split evenly, topped up from the start of the epoch's order.
+    """
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, batch_size: int = 1, rank: int = 0, world: int = 1,
+                 drop_last: bool = False, weights: torch.Tensor | None = None) -> None:
+        if n < 1:
+            raise ValueError("EpochSampler needs at least one clip")
+        if weights is not None and (weights.shape != (n,) or bool((weights < 0).any()) or float(weights.sum()) <= 0):
+            raise ValueError(f"sampling weights must be (n={n},) non-negative with a positive sum")
         self.n, self.seed, self.epoch = n, seed, 0
+        self.batch_size, self.rank, self.world, self.drop_last = batch_size, rank, world, drop_last
+        self.weights = None if weights is None else weights.double()
+        glob = batch_size * world
+        if drop_last:
+            self.per_rank = (n // glob) * batch_size
+        else:
+            full, rest = divmod(n, glob)
+            self.per_rank = full * batch_size + -(-rest // world)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
+    def _order(self) -> torch.Tensor:
         g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, 0x5A))
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        if self.weights is None:
+            return torch.randperm(self.n, generator=g)
+        return torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._order()
+        if self.world == 1 and not self.drop_last:
+            return iter(order.tolist())
+        b, glob = self.batch_size, self.batch_size * self.world
+        full = (self.n // glob) * glob
+        mine = order[:full].view(-1, self.world, b)[:, self.rank].reshape(-1)
+        if not self.drop_last and full < self.n:
+            per = -(-(self.n - full) // self.world)
+            rest = torch.cat([order[full:], order[: per * self.world - (self.n - full)]])
+            mine = torch.cat([mine, rest.view(self.world, per)[self.rank]])
+        return iter(mine.tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return self.per_rank
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -99,8 +142,16 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Adam with coupled L2 weight decay (the original) or AdamW (decoupled)."""
+    """Adam with coupled L2 weight decay (the original) or AdamW (decoupled).
+
+    ``params``: parameters, or groups ``{"params": [...], "lr_scale": x}`` whose lr is ``cfg.lr * x``
+    (the schedule then multiplies every group by the same factor).
+    """
     cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**{k: v for k, v in g.items() if k != "lr_scale"}, "lr": cfg.lr * float(g.get("lr_scale", 1.0))}
+                  for g in params]
     return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
@@ -147,6 +198,20 @@ class _Writer:
             self.tb.close()
 
 
+def _validate(model, loader, transform, pipe, cfg: TrainConfig, device, boxes) -> dict:
+    """Val metrics over the whole val set, the same on every rank (each rank runs its shard)."""
+    if pipe.evaluate is not None:
+        return pipe.evaluate(model, loader, transform, device, cfg)
+    local = run_inference(model, loader, transform, pipe.infer, device) if len(loader.dataset) else None
+    out = dist_utils.gather_inference(local)
+    metrics: dict = {}
+    if boxes is not None:
+        summary = localisation_scores(out.heatmaps, boxes, cfg.data.annotation_format)
+        metrics.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    metrics.update({f"{p}_{k}": v for p, d in retrieval_scores(out).items() for k, v in d.items()})
+    return metrics
+
+
 def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
     """Train ``cfg.method`` as configured; returns a summary (final losses, best val score, paths).
 
@@ -179,18 +244,21 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
     if val_ds is None or boxes is None:
         logger.warning("no val manifest or annotations: best.pt will not be selected (only last.pt)")
 
-    sampler = (torch.utils.data.DistributedSampler(train_ds, shuffle=True, seed=cfg.train.seed,
-                                                   drop_last=cfg.train.drop_last)
-               if dist_utils.is_distributed() else EpochSampler(len(train_ds), cfg.train.seed))
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    weights = pipe.sample_weights(train_ds, cfg) if pipe.sample_weights is not None else None
+    sampler = EpochSampler(len(train_ds), cfg.train.seed, cfg.train.batch_size, rank, world,
+                           drop_last=cfg.train.drop_last, weights=weights)
     loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=cfg.train.drop_last,
                         num_workers=cfg.data.num_workers, collate_fn=pipe.collate,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_ds)} training clips give no batch of {cfg.train.batch_size} (drop_last)")
+        raise ValueError(f"{len(train_ds)} training clips give no batch of {cfg.train.batch_size} x {world} "
+                         "processes (drop_last)")
     transform = pipe.batch_transform(cfg, device)
 
-    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    groups = pipe.param_groups(model, cfg) if pipe.param_groups is not None else model.parameters()
+    optimizer = build_optimizer(groups, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, steps_per_epoch, cfg.train.epochs, cfg.optim))
     use_amp = cfg.train.amp and device.type == "cuda"
@@ -209,13 +277,16 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
         set_rng_state(ckpt["rng"])
         logger.info("resumed from %s at epoch %d, step %d", path, start_epoch, step)
 
-    net = model
+    net = pipe.train_module(model, cfg)
     if dist_utils.is_distributed():
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            net, device_ids=[device.index] if device.type == "cuda" else None)
     writer = _Writer(run_dir, main, cfg.train.tensorboard)
-    val_loader = (DataLoader(val_ds, batch_size=cfg.train.eval_batch_size, shuffle=False,
-                             num_workers=cfg.data.num_workers, collate_fn=pipe.collate) if val_ds else None)
+    val_loader = None
+    if val_ds is not None:  # each rank evaluates a contiguous shard; the results are gathered
+        shard = dist_utils.shard_indices(len(val_ds))
+        val_loader = DataLoader(torch.utils.data.Subset(val_ds, shard), batch_size=cfg.train.eval_batch_size,
+                                shuffle=False, num_workers=cfg.data.num_workers, collate_fn=pipe.collate)
 
     def checkpoint(path: Path, epoch: int) -> None:
         save_checkpoint(path, model=model.state_dict(), optimizer=optimizer.state_dict(),
@@ -236,7 +307,7 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
                 bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False)
             for batch in bar:
                 gen = step_generator(cfg.train.seed, epoch, step)
-                inputs = transform(batch, gen, train=True)
+                inputs = transform(batch, gen, train=True, shard=(rank, world))
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                     losses = net(inputs, generator=gen)
                 loss = losses["loss"]
@@ -253,8 +324,8 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
                 n_clips += len(batch["id"])
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v.detach().float()
-                if step % cfg.train.log_every == 0:
-                    rec = {k: float(v.detach()) for k, v in losses.items()}
+                if step % cfg.train.log_every == 0:  # the mean over ranks (= the global batch's loss)
+                    rec = {k: float(dist_utils.all_reduce_mean(v.detach().float())) for k, v in losses.items()}
                     if not math.isfinite(rec["loss"]):
                         raise FloatingPointError(f"non-finite loss {rec['loss']} at epoch {epoch}, step {step}")
                     rec.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0])
@@ -269,17 +340,17 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
             elapsed = time.perf_counter() - t0
             record = {"epoch": epoch + 1, "step": step, "time_s": elapsed, "clips_per_s": n_clips / elapsed,
                       **{f"train/{k}": v for k, v in means.items()}}
-            if val_loader is not None and cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and main:
-                out = run_inference(model, val_loader, transform, pipe.infer, device)
-                vals = retrieval_scores(out)
-                if boxes is not None:
-                    summary = localisation_scores(out.heatmaps, boxes, cfg.data.annotation_format)
-                    record.update({f"val/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
-                record.update({f"val/{p}_{k}": v for p, d in vals.items() for k, v in d.items()})
+            if pipe.on_epoch_end is not None:
+                extra = pipe.on_epoch_end(model, train_ds, transform, cfg, epoch, device) or {}
+                record.update({f"train/{k}": v for k, v in extra.items()})
+            if val_loader is not None and cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0:
+                record.update({f"val/{k}": v for k, v in _validate(model, val_loader, transform, pipe, cfg,
+                                                                   device, boxes).items()})
                 value = record.get(f"val/{cfg.train.select_on}")
                 if value is not None and (best["value"] is None or value > best["value"]):
                     best = {"value": value, "epoch": epoch + 1, "metric": cfg.train.select_on}
-                    checkpoint(run_dir / "best.pt", epoch + 1)
+                    if main:
+                        checkpoint(run_dir / "best.pt", epoch + 1)
             history.append(record)
             writer.log(record, step)
             shown = ("train/loss", "val/ciou_at_0.5", "val/auc", "val/adaptive_ciou_at_0.5", "val/pointing_accuracy")
