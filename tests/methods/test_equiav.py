@@ -105,6 +105,7 @@ def test_embed_and_localise(pt):
         out = model(*args)
     torch.testing.assert_close(za, torch.nn.functional.normalize(out["z_a_inv"], dim=-1), **TOL)
     torch.testing.assert_close(zv.norm(dim=-1), torch.ones(4))
+    model.param_sampler = None  # the default sampler (EquiAV.__init__) removed: lists are required
     with pytest.raises(RuntimeError, match="param_sampler"):
         model.embed(a, v)
     model.param_sampler = _sampler

@@ -234,14 +234,24 @@ def identity_visual_params(batch: int, device: torch.device | str | None = None,
 
 def sample_param_lists(batch: int, num: int, generator: torch.Generator | None = None,
                        device: torch.device | str | None = None, height: int = 224, width: int = 224,
-                       ) -> tuple[Tensor, Tensor]:
-    """S = ``num`` vectors per clip for EquiAV's centroid: (B, S, 24), (B, S, 18) on ``device``.
+                       *, frames: int = 1024, bins: int = 128, extended: bool = False,
+                       original_bugs: bool = True, seed: int | None = None) -> tuple[Tensor, Tensor]:
+    """S = ``num`` vectors per clip for EquiAV's centroid: (B, S, 24), (B, S, 18 or 21) on ``device``.
 
     Has the :data:`avssl.methods.equiav.ParamSampler` signature
     ``(batch, S, generator, device) -> (t_a_list, t_v_list)``; the vectors are never applied.
+    Audio vectors are drawn for a ``frames x bins`` fbank with the mask widths scaled from the
+    released 192 / 48 at 1024 x 128 (``round(192 frames / 1024)``, ``round(48 bins / 128)``);
+    visual ones for ``height x width`` frames (``extended``: 21-d). ``original_bugs`` selects the
+    audio crop encoding. ``seed``: with ``generator=None``, draw from a fresh generator seeded
+    with it (the same vectors on every call) instead of torch's global generator.
     """
-    t_a = sample_audio_params(batch * num, generator).view(batch, num, AUDIO_DIM)
-    t_v = sample_visual_params(batch * num, generator, height, width).view(batch, num, VISUAL_DIM)
+    if generator is None and seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+    t_a = sample_audio_params(batch * num, generator, frames, bins, time_mask=round(192 * frames / 1024),
+                              freq_mask=round(48 * bins / 128), original_bugs=original_bugs)
+    t_v = sample_visual_params(batch * num, generator, height, width, extended=extended)
+    t_a, t_v = t_a.view(batch, num, AUDIO_DIM), t_v.view(batch, num, t_v.shape[-1])
     if device is not None:
         t_a, t_v = t_a.to(device), t_v.to(device)
     return t_a, t_v

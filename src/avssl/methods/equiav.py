@@ -8,13 +8,16 @@ parameter vectors ``t_a`` (B, 24) / ``t_v`` (B, 18) and, for the invariant centr
 vectors per clip ``t_a_list`` (B, S, 24) / ``t_v_list`` (B, S, 18).
 
 Where no lists are given (retrieval, localisation), :attr:`EquiAV.param_sampler` is called —
-the hook through which ``avssl.augment`` supplies seeded parameter vectors.
+the hook through which ``avssl.augment`` supplies parameter vectors. By default it is
+:func:`avssl.augment.params.sample_param_lists` for the config's sizes, seeded with
+``cfg.sampler_seed`` when called without a generator (so a loaded model embeds deterministically).
 
 Official checkpoints: :func:`convert_official_pretrain` / :func:`load_official_pretrain`;
 ImageNet MAE initialisation: :func:`load_mae_init`.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -24,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from avssl.augment.params import sample_param_lists
 from avssl.engine.checkpoint import ConversionReport
 from avssl.losses_equiav import Gather, info_nce, nt_xent
 from avssl.models.predictor import AugmentationEncoder, CrossAttentionPredictor, ProjectionHead
@@ -75,8 +79,21 @@ class EquiAVConfig:
     weight_intra_v: float = 1 / 3
     gather_inter: Gather = "no_grad"
     gather_intra: Gather = "with_grad"
+    # augmentation and input options (read by avssl.methods.equiav_data and the default sampler)
+    aug_original_bugs: bool = True  # the released audio crop encoding / no-op shift / jitter clamp
+    visual_extended: bool = False  # 21-d visual vectors (+ rotation, vertical flip); aug_dim_v=21
+    fbank_stats: tuple[float, float] = (-4.346, 4.332)  # fbank (mean, std): AudioSet; VGGSound -4.956/4.486
+    sampler_seed: int = 0  # seed of the default param_sampler when called without a generator
 
     def __post_init__(self) -> None:
+        want_v = 21 if self.visual_extended else 18
+        if self.aug_dim_v != want_v:
+            raise ValueError(f"visual_extended={self.visual_extended} needs aug_dim_v={want_v}, "
+                             f"got {self.aug_dim_v}")
+        if self.aug_dim_a != 24:
+            raise ValueError(f"aug_dim_a must be 24 (the audio vector layout), got {self.aug_dim_a}")
+        if len(self.fbank_stats) != 2 or not self.fbank_stats[1] > 0:
+            raise ValueError(f"fbank_stats must be (mean, std > 0), got {self.fbank_stats}")
         for name in ("img_size", "audio_length", "num_mel_bins"):
             if getattr(self, name) % self.patch_size:
                 raise ValueError(f"{name}={getattr(self, name)} is not a multiple of patch_size")
@@ -134,6 +151,11 @@ class EquiAV(nn.Module):
     def __init__(self, cfg: EquiAVConfig | None = None, param_sampler: ParamSampler | None = None):
         super().__init__()
         self.cfg = cfg = cfg or EquiAVConfig()
+        if param_sampler is None:  # seeded vectors of the config's sizes: embed/localise work out of the box
+            param_sampler = functools.partial(
+                sample_param_lists, height=cfg.img_size, width=cfg.img_size, frames=cfg.audio_length,
+                bins=cfg.num_mel_bins, extended=cfg.visual_extended, original_bugs=cfg.aug_original_bugs,
+                seed=cfg.sampler_seed)
         self.param_sampler = param_sampler
         self.audio_encoder, self.visual_encoder = build_encoders(cfg, True, cfg.drop_path)
         d, e = cfg.embed_dim, cfg.aug_emb_dim

@@ -1,0 +1,198 @@
+"""EquiAV pre-training's data side: the data set, the batched on-device transform, training and inference.
+
+The loader returns one uint8 frame and a zero-padded 16 kHz waveform with its true length per clip
+(:mod:`avssl.data.datasets`, ``audio_pad="zero"``). :class:`EquiAVBatchTransform` builds the
+model inputs on the training device, batched (METHODS 2.1, 2.3):
+
+* audio: the Kaldi fbank of every clip (:func:`avssl.data.audio.equiav_fbank_batch`, normalised
+  with ``cfg.equiav.fbank_stats``), repeated to 3 identical channels: ``a`` (B, 3, T, F);
+* frames: Resize (short side, bicubic) + CenterCrop + ImageNet normalisation: ``v`` (B, 3, S, S);
+* training adds: a random circular time roll of the clean audio (U{-T .. T-1} frames), the
+  augmented views ``a_aug`` / ``v_aug`` made by *applying* freshly sampled parameter vectors
+  ``t_a`` (B, 24) / ``t_v`` (B, 18 or 21) (:func:`avssl.augment.audio.apply_audio`,
+  :func:`avssl.augment.image.apply_visual`), and S = ``num_centroid`` further vectors per clip
+  for the invariant centroid, ``t_a_list`` (B, S, 24) / ``t_v_list`` (B, S, d_v), never applied.
+
+The audio vectors are drawn for the configured (T, F) with the mask widths scaled from the
+released 192 / 48 at 1024 x 128; the visual crop for the loaded frame's size. The augmented
+audio view starts from the un-rolled fbank (its own recorded shift is a no-op under
+``aug_original_bugs``, as released).
+
+Every random draw comes from the step's ``generator``, made for the *global* batch (``world`` x B
+rows) and sliced with :func:`avssl.engine.pipelines.shard_rows`, so the ranks' inputs
+concatenated equal one process's inputs for the concatenated batch.
+
+Deviation kept on purpose: the augmented frame is the *same* decoded frame as the clean one. The
+released loader decodes a second, independently random frame for the augmented view (METHODS
+2.8), which mixes a temporal change into what the vector ``t_v`` describes.
+
+:func:`equiav_infer` gives the evaluation outputs in one pass (each encoder run once): the
+zero-shot localisation map (= ``EquiAV.localise``) and the retrieval embeddings (=
+``EquiAV.embed``) with centroid vectors from a fixed-seed generator.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avssl.augment.audio import apply_audio, time_roll
+from avssl.augment.image import EvalTransform, apply_visual
+from avssl.augment.params import sample_audio_params, sample_param_lists, sample_visual_params
+from avssl.data.audio import equiav_fbank_batch
+from avssl.data.datasets import AVFrameAudioDataset
+from avssl.data.manifest import Record
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EquiAVBatchTransform", "EquiAVTrainModule", "equiav_dataset", "equiav_infer", "INFER_SEED",
+           "LOSS_INPUTS"]
+
+INFER_SEED = 0  # seed of the centroid vectors drawn by equiav_infer
+LOSS_INPUTS = ("a", "v", "a_aug", "v_aug", "t_a", "t_v", "t_a_list", "t_v_list")
+
+
+def equiav_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequence[str] | None = None
+                   ) -> AVFrameAudioDataset:
+    """The data set of a :class:`avssl.train_config.TrainConfig` ``cfg`` (its ``data`` and ``equiav`` parts).
+
+    16 kHz unless ``data.sample_rate`` says otherwise; zero-padded audio of ``data.seconds``
+    (10.255 s gives the 1024 frames of the recipe); frames of side ``data.load_size`` (default
+    ``equiav.img_size``). ``keep_seconds`` applies to training sets only.
+    """
+    d = cfg.data
+    return AVFrameAudioDataset(
+        records, image_size=d.load_size or cfg.equiav.img_size, seconds=d.seconds,
+        sample_rate=d.sample_rate or 16000, keep_seconds=d.keep_seconds if train else None,
+        frame_time=d.frame_time, frame_index=d.frame_index, classes=classes,
+        cache_in_memory=d.cache_in_memory, on_error=d.on_error, workers=max(1, d.num_workers),
+        audio_pad="zero")
+
+
+def _mask_widths(frames: int, bins: int) -> tuple[int, int]:
+    """SpecAugment max widths scaled from the released 192 frames / 48 bins at 1024 x 128."""
+    return round(192 * frames / 1024), round(48 * bins / 128)
+
+
+class EquiAVBatchTransform:
+    """Collated batch -> EquiAV inputs on ``device`` (module docstring).
+
+    Args:
+        cfg: the :class:`avssl.methods.equiav.EquiAVConfig` (sizes, ``num_centroid``, ``centroid``,
+            ``aug_original_bugs``, ``visual_extended``, ``fbank_stats``).
+        device: where the transform runs (the training device).
+
+    Call ``transform(batch, generator=None, train=False, shard=(0, 1))``. Returns
+    ``{"a": (B, 3, T, F), "v": (B, 3, S, S)}`` for evaluation; training adds ``a_aug``, ``v_aug``
+    (same shapes), ``t_a`` (B, 24), ``t_v`` (B, d_v) and, with ``cfg.centroid``, ``t_a_list``
+    (B, S, 24), ``t_v_list`` (B, S, d_v). All float32 on ``device``.
+    """
+
+    def __init__(self, cfg, device: torch.device | str = "cpu") -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.eval_image = EvalTransform(cfg.img_size)
+
+    @classmethod
+    def from_config(cls, cfg, device: torch.device | str) -> EquiAVBatchTransform:
+        """From a :class:`avssl.train_config.TrainConfig` (its ``equiav`` part)."""
+        return cls(cfg.equiav, device)
+
+    def clean(self, batch: Mapping) -> tuple[Tensor, Tensor]:
+        """Deterministic inputs: ``a`` (B, 3, T, F) normalised fbank x3, ``v`` (B, 3, S, S)."""
+        c = self.cfg
+        wave = batch["wave"].to(self.device, non_blocking=True)
+        n = batch.get("num_samples")
+        fbank = equiav_fbank_batch(wave, None if n is None else n.to(self.device), float(batch["sample_rate"]),
+                                   target_frames=c.audio_length, stats=tuple(c.fbank_stats),
+                                   num_mel_bins=c.num_mel_bins)
+        a = fbank[:, None].expand(-1, 3, -1, -1).contiguous()
+        v = self.eval_image(batch["image"].to(self.device, non_blocking=True))
+        return a, v.contiguous()
+
+    def __call__(self, batch: Mapping, generator: torch.Generator | None = None, train: bool = False,
+                 shard: tuple[int, int] = (0, 1)) -> dict[str, Tensor]:
+        a, v = self.clean(batch)
+        if not train:
+            return {"a": a, "v": v}
+        from avssl.engine.pipelines import shard_rows  # (pipelines imports this module)
+
+        c = self.cfg
+        b, world = a.shape[0], shard[1]
+        g = b * world  # every draw is for the global batch, then this rank's rows are kept
+        n_t, n_f = a.shape[-2:]
+        image = batch["image"]
+        h, w = image.shape[-2:]
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        roll = torch.randint(-n_t, n_t, (g,), generator=generator, device=gdev)
+        tm, fm = _mask_widths(n_t, n_f)
+        t_a = sample_audio_params(g, generator, n_t, n_f, time_mask=tm, freq_mask=fm,
+                                  original_bugs=c.aug_original_bugs)
+        t_v = sample_visual_params(g, generator, h, w, extended=c.visual_extended)
+        rows = lambda x: shard_rows(x, shard).to(self.device, non_blocking=True)  # noqa: E731
+        roll, t_a, t_v = rows(roll), rows(t_a), rows(t_v)
+        out = {
+            "a": time_roll(a, roll, torch.ones(b, dtype=torch.bool, device=self.device)),
+            "v": v,
+            "a_aug": apply_audio(a, t_a, c.aug_original_bugs).contiguous(),
+            "v_aug": apply_visual(image.to(self.device, non_blocking=True), t_v, out_size=c.img_size).contiguous(),
+            "t_a": t_a, "t_v": t_v,
+        }
+        if c.centroid:
+            t_a_list, t_v_list = sample_param_lists(
+                g, c.num_centroid, generator, None, h, w, frames=n_t, bins=n_f,
+                extended=c.visual_extended, original_bugs=c.aug_original_bugs)
+            out["t_a_list"], out["t_v_list"] = rows(t_a_list), rows(t_v_list)
+        return out
+
+
+class EquiAVTrainModule(nn.Module):
+    """Wraps an :class:`~avssl.methods.equiav.EquiAV` for the engine: ``forward(inputs)`` -> loss dict.
+
+    The wrapper owns no parameters or buffers of its own (``self.model`` is the only child), so
+    the engine saves the bare model's state dict.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: Mapping[str, Tensor], generator: torch.Generator | None = None
+                ) -> dict[str, Tensor]:
+        """``model.loss`` of the transform's training inputs (``generator`` unused: the batch
+        brings every random vector)."""
+        missing = [k for k in LOSS_INPUTS[:6] if k not in inputs]
+        if missing:
+            raise KeyError(f"EquiAV training inputs lack {missing}: call the transform with train=True")
+        return self.model.loss(**{k: inputs[k] for k in LOSS_INPUTS if k in inputs})
+
+
+@torch.no_grad()
+def equiav_infer(model: nn.Module, inputs: Mapping[str, Tensor], seed: int = INFER_SEED) -> dict[str, Tensor]:
+    """Evaluation outputs of an EquiAV model for one batch of clean inputs (``a``, ``v``).
+
+    The centroid vectors come from ``model.param_sampler`` with a CPU generator seeded ``seed``
+    (the same draws as ``model.embed(a, v, generator=...)`` / ``model.localise(...)`` with that
+    seed). Each encoder runs once.
+
+    Returns:
+        ``heatmap`` (B, gh, gw): cosine of the audio inter embedding (centroid per
+        ``cfg.centroid``, else the token mean) with every visual patch token through the visual
+        inter head; ``audio``, ``visual`` (B, P): the L2-normalised retrieval embeddings (inter
+        heads on the centroids, always).
+    """
+    a, v = inputs["a"], inputs["v"]
+    gen = torch.Generator().manual_seed(seed)
+    t_a_list, t_v_list = model.centroid_params(a.shape[0], a.device, gen)
+    tok_a, tok_v = model.audio_encoder(a), model.visual_encoder(v)
+    cen_a, _ = model._predict(model.predictor_a, model.aug_encoder_a, tok_a, t_a_list, None)
+    cen_v, _ = model._predict(model.predictor_v, model.aug_encoder_v, tok_v, t_v_list, None)
+    za = F.normalize(model.head_inter_a(cen_a), dim=-1)
+    zv = F.normalize(model.head_inter_v(cen_v), dim=-1)
+    za_loc = za if model.cfg.centroid else F.normalize(model.head_inter_a(tok_a.mean(dim=1)), dim=-1)
+    patches = F.normalize(model.head_inter_v(tok_v), dim=-1)  # (B, N, P)
+    heat = torch.einsum("bp,bnp->bn", za_loc, patches).view(v.shape[0], *model.visual_encoder.grid)
+    return {"heatmap": heat, "audio": za, "visual": zv}
