@@ -15,6 +15,7 @@ from torch import nn
 from avssl.config import from_dict
 from avssl.engine.checkpoint import CheckpointError, load_checkpoint, strip_prefixes
 from avssl.methods.equiav import EquiAV, EquiAVConfig
+from avssl.methods.equiav_ft import EquiAVFinetune, EquiAVFinetuneConfig
 from avssl.methods.ssltie import SSLTIE, SSLTIEConfig
 
 
@@ -28,6 +29,8 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {
     "ssltie": MethodSpec(SSLTIEConfig, SSLTIE, "Liu et al., SSL-TIE, ACM MM 2022 (arXiv 2206.12772)"),
     "equiav": MethodSpec(EquiAVConfig, EquiAV, "Kim et al., EquiAV, ICML 2024 (arXiv 2403.09502)"),
+    "equiav_ft": MethodSpec(EquiAVFinetuneConfig, EquiAVFinetune,
+                            "Kim et al., EquiAV, ICML 2024 (arXiv 2403.09502): fine-tuning classification"),
 }
 
 
@@ -55,7 +58,10 @@ def load_method(path: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.
     name = cfg.get("method")
     if name not in METHODS:
         raise CheckpointError(f"checkpoint {path}: its config names no known method ({name!r})")
-    model = build_method(name, cfg.get(name, {}))
+    options = dict(cfg.get(name, {}))
+    if options.get("init_checkpoint"):
+        options["init_checkpoint"] = None  # the checkpoint's weights replace any initialisation
+    model = build_method(name, options)
     missing, unexpected = model.load_state_dict(strip_prefixes(ckpt["model"]), strict=False)
     if missing or unexpected:
         raise CheckpointError(

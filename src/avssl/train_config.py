@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from avssl.methods.equiav import EquiAVConfig
+from avssl.methods.equiav_ft import EquiAVFinetuneConfig
 from avssl.methods.ssltie import SSLTIEConfig
 
 __all__ = ["DataConfig", "OptimConfig", "LoopConfig", "TrainConfig"]
@@ -134,6 +135,7 @@ class TrainConfig:
     method: str = "ssltie"
     ssltie: SSLTIEConfig = field(default_factory=SSLTIEConfig)
     equiav: EquiAVConfig = field(default_factory=EquiAVConfig)
+    equiav_ft: EquiAVFinetuneConfig = field(default_factory=EquiAVFinetuneConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
