@@ -49,6 +49,11 @@ class SSLTIEConfig:
     init: "ssltie" (BN weight N(1, 0.02)) or "torchvision" (BN weight 1).
     imagenet_init: optional path of a local torchvision resnet18 state dict loaded into the
         visual encoder after init (the paper trains from scratch: None).
+    audmix: the Audmix variant (METHODS 1.4, :mod:`avssl.methods.audmix`; read by the data
+        pipeline): after each epoch each training clip gets its nearest audio among a random
+        queue of ``audmix_queue`` clips; next epoch, with probability
+        ``audmix_p0 + audmix_p_step * k`` its waveform becomes ``(1 - a) x + a x_nn``,
+        ``a = audmix_alpha_step * k``, k = epochs of mixing so far.
     """
 
     width: int = 64
@@ -70,6 +75,11 @@ class SSLTIEConfig:
     share_audio_pass: bool = True
     init: str = "ssltie"
     imagenet_init: str | None = None
+    audmix: bool = False
+    audmix_queue: int = 4000
+    audmix_p0: float = 0.1
+    audmix_p_step: float = 0.01
+    audmix_alpha_step: float = 0.01
 
     def __post_init__(self) -> None:
         if self.width <= 0:
@@ -89,6 +99,10 @@ class SSLTIEConfig:
                         f"match the {int(s * self.heatmap_size)}-cell transformed map: use an image_size "
                         f"for which int(scale * image_size) is a multiple of 16 (e.g. a multiple of 32)"
                     )
+        if self.audmix_queue < 2 or not 0 <= self.audmix_p0 <= 1 or self.audmix_p_step < 0 \
+                or not 0 <= self.audmix_alpha_step <= 1:
+            raise ValueError(f"bad Audmix options: queue={self.audmix_queue}, p0={self.audmix_p0}, "
+                             f"p_step={self.audmix_p_step}, alpha_step={self.audmix_alpha_step}")
         if self.init not in INIT_MODES:
             raise ValueError(f"init must be one of {INIT_MODES}, got {self.init!r}")
 

@@ -6,7 +6,8 @@ device, batched (METHODS 1.1):
 
 * frames: training with invariance -> MoCo-v2 augmentation (:class:`avssl.augment.image.MoCoV2Transform`),
   else the evaluation transform (Resize + CenterCrop + ImageNet normalisation);
-* audio: :func:`avssl.data.audio.ssltie_spectrogram` (mel dB, SpecAugment when training).
+* audio: :func:`avssl.data.audio.ssltie_spectrogram` (mel dB, SpecAugment when training), after
+  Audmix's waveform mixing when ``ssltie.audmix`` is on (:mod:`avssl.methods.audmix`).
 
 All random draws come from the ``generator`` argument (CPU), so a step is reproducible from it.
 
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from avssl.data.audio import ssltie_spectrogram
 from avssl.data.datasets import AVFrameAudioDataset
 from avssl.data.manifest import Record
+from avssl.methods.audmix import apply_audmix
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ class SSLTIEBatchTransform:
         self.device = torch.device(device)
         self.train_image = MoCoV2Transform(size=image_size)
         self.eval_image = EvalTransform(image_size)
+        self.audmix = None  # AudmixState, set by avssl.methods.audmix.audmix_on_epoch_end
 
     @classmethod
     def from_config(cls, cfg, device: torch.device | str) -> SSLTIEBatchTransform:
@@ -74,12 +77,17 @@ class SSLTIEBatchTransform:
                  train: bool = False, shard: tuple[int, int] = (0, 1)) -> dict[str, Tensor]:
         """``shard = (rank, world)``: under torchrun each rank draws its own augmentation from the
         step generator re-seeded with its rank (SSL-TIE has no cross-rank loss: the original is a
-        one-GPU recipe, and its BatchNorm statistics are per process anyway)."""
+        one-GPU recipe, and its BatchNorm statistics are per process anyway).
+
+        Training batches are first Audmix-ed when a neighbour table is set (``self.audmix``,
+        :mod:`avssl.methods.audmix`); the Bernoulli draws then come first from the generator."""
         if generator is not None and shard[1] > 1:
             generator = torch.Generator(generator.device).manual_seed(
                 (generator.initial_seed() + 0x9E3779B1 * (shard[0] + 1)) % (1 << 63))
         image = batch["image"].to(self.device, non_blocking=True)
         wave = batch["wave"].to(self.device, non_blocking=True)
+        if train and self.audmix is not None:
+            wave = apply_audmix(batch, wave, self, generator)
         augment = train and self.invariance
         image = self.train_image(image, generator) if augment else self.eval_image(image)
         spec = ssltie_spectrogram(wave, int(batch["sample_rate"]), self.seconds, train=augment,
