@@ -155,8 +155,7 @@ def test_reference_scores_written_and_ordered(dataset):
         assert scores["perfect"][key] > scores["random"][key]
 
 
-def _scene_boxes(placement: str, n: int = 150) -> list[list[list[float]]]:
-    cfg = SynthConfig(placement=placement)
+def _scene_boxes(cfg: SynthConfig, n: int = 150) -> list[list[list[float]]]:
     classes = make_classes(cfg.classes)
     out = []
     for i in range(n):
@@ -167,19 +166,42 @@ def _scene_boxes(placement: str, n: int = 150) -> list[list[list[float]]]:
 
 
 def test_default_placement_defeats_the_centre_prior():
+    """Default ``corner`` placement vs ``centre`` and the old default (``spread``, boxes 10-45%)."""
     from avssl.eval.localisation import score
 
-    results = {}
-    for placement in ("spread", "centre"):
-        boxes = _scene_boxes(placement)
+    configs = {"default": SynthConfig(), "centre": SynthConfig(placement="centre"),
+               "old": SynthConfig(placement="spread", object_size=(0.10, 0.45))}
+    results, areas = {}, {}
+    for name, cfg in configs.items():
+        boxes = _scene_boxes(cfg)
+        areas[name] = np.median([(b[0][2] - b[0][0]) * (b[0][3] - b[0][1]) for b in boxes])
         maps = reference_heatmaps(boxes, size=224, seed=0)
-        results[placement] = {name: score(m, boxes) for name, m in maps.items()}
-    spread = results["spread"]
-    assert spread["perfect"]["ciou_at_0.5"] == pytest.approx(1.0)
-    assert spread["centre_prior"]["ciou_at_0.5"] < 0.35
-    assert spread["perfect"]["ciou_at_0.5"] > spread["random"]["ciou_at_0.5"]
+        results[name] = {k: score(m, boxes) for k, m in maps.items()}
+    d = results["default"]
+    assert SynthConfig().placement == "corner" and SynthConfig().object_size == (0.15, 0.30)
+    assert d["perfect"]["ciou_at_0.5"] == pytest.approx(1.0)
+    assert d["perfect"]["pointing_accuracy"] == pytest.approx(1.0)
+    # few sounding boxes cover the centre: a 1.5x-the-centre-prior pointing target is reachable
+    assert d["centre_prior"]["pointing_accuracy"] < 0.6
+    assert d["centre_prior"]["adaptive_ciou_at_0.5"] < 0.05
+    assert d["centre_prior"]["ciou_at_0.5"] < 0.05
+    assert d["perfect"]["ciou_at_0.5"] > d["random"]["ciou_at_0.5"]
+    assert 0.18 < areas["default"] < 0.3  # boxes stay large (the median rule caps cIoU at 2x area)
+    # the old default is still reachable, and a centre prior does better on it
+    assert results["old"]["centre_prior"]["pointing_accuracy"] > d["centre_prior"]["pointing_accuracy"] + 0.1
+    assert results["old"]["centre_prior"]["ciou_at_0.5"] > d["centre_prior"]["ciou_at_0.5"] + 0.15
     # a centred layout is what lets a centre prior look good
-    assert results["centre"]["centre_prior"]["ciou_at_0.5"] > spread["centre_prior"]["ciou_at_0.5"] + 0.2
+    assert results["centre"]["centre_prior"]["ciou_at_0.5"] > d["centre_prior"]["ciou_at_0.5"] + 0.2
+    assert results["centre"]["centre_prior"]["pointing_accuracy"] > 0.95
+
+
+def test_corner_placement_keeps_sounding_objects_off_centre():
+    """Every default sounding object's centre lies in the outer part of the frame on both axes."""
+    cfg = SynthConfig(size=128)
+    for i in range(40):
+        objects, pos, _ = plan_scene(np.random.default_rng(100 + i), "single", cfg)
+        o = objects[pos[0]]
+        assert abs(o.cx / cfg.size - 0.5) > 0.12 and abs(o.cy / cfg.size - 0.5) > 0.12
 
 
 def test_cli(tmp_path):

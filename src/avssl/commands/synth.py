@@ -72,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sounding-object box area as a share of the frame "
                         f"(default {d.object_size[0]:g},{d.object_size[1]:g})")
     parser.add_argument("--placement", choices=PLACEMENTS, default=d.placement,
-                        help="where sounding objects go: spread (off-centre, default), centre, uniform")
+                        help="where sounding objects go: corner (near a corner), spread (off-centre), centre, "
+                        f"uniform (default {d.placement}; spread with --object-size 0.1,0.45 is the old default)")
     parser.add_argument("--split", type=_floats(3), default=d.split, metavar="TRAIN,VAL,TEST",
                         help="split fractions (default 0.7,0.15,0.15)")
     parser.add_argument("--preset", default=d.preset,

@@ -57,7 +57,7 @@ __all__ = ["SynthConfig", "generate", "render_clip", "plan_dataset", "plan_scene
            "write_mp4", "video_codec", "clip_id", "load_config", "reference_heatmaps",
            "reference_scores"]
 
-PLACEMENTS = ("spread", "centre", "uniform")
+PLACEMENTS = ("corner", "spread", "centre", "uniform")
 KINDS = ("single", "two", "offscreen")
 _PLAN_KEY = 0x5EED  # RNG stream for the per-data-set plan (kinds, splits)
 
@@ -77,7 +77,16 @@ class SynthConfig:
         noise_db: background-noise SNR range (dB) drawn per clip; ``None`` for no noise.
         object_size: range of every object's box area, as a share of the frame (the
             median-rule cap keeps boxes under 25% below cIoU 0.5 for any smooth map).
-        placement: ``spread`` (off-centre, default), ``centre`` or ``uniform``.
+        placement: where sounding objects go (distractors are uniform): ``corner`` (default:
+            both coordinates in the outer 10% of their range), ``spread`` (one coordinate in
+            the outer 30%), ``centre`` or ``uniform``.
+
+    The defaults (``corner``, boxes of 15-30% of the frame) are chosen so that few sounding
+    boxes cover the frame centre: on the demo set (600 clips, 128 px, seed 0) the centre
+    prior's pointing accuracy is 0.49 on the test split (0.51 on all clips) and its adaptive
+    cIoU@0.5 is 0. A box covering >= 25% of the frame nearly always covers the centre, hence
+    the 30% ceiling. The earlier defaults, ``placement="spread", object_size=(0.10, 0.45)``,
+    remain available (centre-prior pointing 0.69, adaptive cIoU@0.5 0.26 on the same set).
         split: train/val/test fractions.
         workers: worker processes (``None`` = ``os.cpu_count()``).
         preset: libx264 speed preset.
@@ -91,8 +100,8 @@ class SynthConfig:
     two_source_frac: float = 0.0
     offscreen_frac: float = 0.0
     noise_db: tuple[float, float] | None = (10.0, 30.0)
-    object_size: tuple[float, float] = (0.10, 0.45)
-    placement: str = "spread"
+    object_size: tuple[float, float] = (0.15, 0.30)
+    placement: str = "corner"
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     workers: int | None = None
     preset: str = "ultrafast"
@@ -163,10 +172,12 @@ def plan_dataset(num_clips: int, seed: int, cfg: SynthConfig) -> tuple[list[str]
 
 
 def _axis_position(rng: np.random.Generator, lo: float, hi: float, how: str) -> float:
-    """A coordinate in ``[lo, hi]``: ``uniform``, ``edge`` (outer 30%, random side), ``centre``."""
+    """A coordinate in ``[lo, hi]``: ``uniform``, ``edge`` (outer 30% of the half-range, random
+    side), ``rim`` (outer 10%) or ``centre`` (inner 15%)."""
     mid, half = (lo + hi) / 2, max(hi - lo, 0.0) / 2
-    if how == "edge":
-        return mid + half * rng.uniform(0.7, 1.0) * rng.choice([-1.0, 1.0])
+    if how in ("edge", "rim"):
+        inner = 0.7 if how == "edge" else 0.9
+        return mid + half * rng.uniform(inner, 1.0) * rng.choice([-1.0, 1.0])
     return mid + half * rng.uniform(-1.0, 1.0) * (0.15 if how == "centre" else 1.0)
 
 
@@ -174,11 +185,13 @@ def _place(rng: np.random.Generator, extent: tuple[float, float, float, float], 
            margin: float, placement: str) -> tuple[float, float]:
     """A normalised centre keeping the object's box ``margin`` inside the frame.
 
-    ``spread`` pushes one axis (at random) into the outer 30% of its range.
+    ``corner`` pushes both axes into the outer 10% of their half-ranges (the box sits near a
+    corner); ``spread`` pushes one axis (at random) into the outer 30%; ``centre`` keeps both in
+    the inner 15%; ``uniform`` draws both uniformly.
     """
     xmin, xmax, ymin, ymax = (radius * e for e in extent)
     how = {"uniform": ("uniform", "uniform"), "centre": ("centre", "centre"),
-           "spread": ("edge", "uniform")}[placement]
+           "spread": ("edge", "uniform"), "corner": ("rim", "rim")}[placement]
     if rng.uniform() < 0.5:
         how = how[::-1]
     return (_axis_position(rng, margin - xmin, 1 - margin - xmax, how[0]),
