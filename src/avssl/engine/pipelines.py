@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from avssl.data.datasets import collate
-from avssl.methods import equiav_data, equiav_ft_data, ssltie_data
+from avssl.methods import audmix, equiav_data, equiav_ft_data, ssltie_data
 
 __all__ = ["Pipeline", "PIPELINES", "pipeline_for", "shard_rows", "register_pipeline"]
 
@@ -76,7 +76,7 @@ class Pipeline:
 
 PIPELINES: dict[str, Pipeline] = {
     "ssltie": Pipeline(ssltie_data.ssltie_dataset, ssltie_data.SSLTIEBatchTransform.from_config,
-                       ssltie_data.ssltie_infer),
+                       ssltie_data.ssltie_infer, on_epoch_end=audmix.audmix_on_epoch_end),
     "equiav": Pipeline(equiav_data.equiav_dataset, equiav_data.EquiAVBatchTransform.from_config,
                        equiav_data.equiav_infer, train_module=lambda model, cfg: equiav_data.EquiAVTrainModule(model)),
     "equiav_ft": Pipeline(equiav_ft_data.equiav_ft_dataset, equiav_ft_data.EquiAVFinetuneTransform.from_config,
