@@ -19,12 +19,17 @@ import torch
 log = logging.getLogger(__name__)
 
 METRICS = ("ciou_at_0.5", "auc", "mean_ciou", "adaptive_ciou_at_0.5", "pointing_accuracy")
-RETRIEVAL = (("a2v_instance", "R1"), ("a2v_class", "R1"), ("a2a_class", "R1"))
+RETRIEVAL = (("a2v_instance", "R1"), ("a2v_instance", "R5"), ("v2a_instance", "R1"), ("a2v_class", "R1"),
+             ("a2a_class", "R1"))
 RETRIEVAL_KEYS = tuple(f"{name} {k}" for name, k in RETRIEVAL)
+PROBE_KEYS = ("probe accuracy",)
+METHOD_PRESETS = {"ssltie": "synthetic/ssltie", "equiav": "synthetic/equiav"}
+METHOD_NAMES = {"ssltie": "SSL-TIE", "equiav": "EquiAV"}
 
 
-def demo_config(data: Path, run_dir: Path, seed: int, epochs: int | None = None, overrides=()):
-    """The packaged ``synthetic/ssltie`` preset pointed at ``data``."""
+def demo_config(data: Path, run_dir: Path, seed: int, epochs: int | None = None, overrides=(),
+                method: str = "ssltie"):
+    """The packaged ``synthetic/<method>`` preset pointed at ``data``."""
     from avssl.config import load_config
     from avssl.train_config import TrainConfig
 
@@ -34,7 +39,7 @@ def demo_config(data: Path, run_dir: Path, seed: int, epochs: int | None = None,
              f"train.out_dir={run_dir}", f"train.seed={seed}", "train.progress=false"]
     if epochs is not None:
         paths.append(f"train.epochs={epochs}")
-    return load_config(TrainConfig, ["synthetic/ssltie"], [*paths, *overrides])
+    return load_config(TrainConfig, [METHOD_PRESETS[method]], [*paths, *overrides])
 
 
 def _evaluate(model, cfg, data: Path, records, dataset) -> tuple[dict, object]:
@@ -52,6 +57,18 @@ def _row(scores: dict) -> dict:
     return row
 
 
+def _probe(model, cfg, train_ds, test_out) -> float:
+    """Linear-probe accuracy: logistic regression on the frozen [audio, visual] evaluation
+    embeddings of the training split, scored on the test split's."""
+    from avssl.engine.evaluate import evaluate_localisation
+    from avssl.eval.probe import linear_probe_accuracy
+
+    _, train_out = evaluate_localisation(model, train_ds.records, cfg, None, with_retrieval=False,
+                                         num_workers=0, dataset=train_ds)
+    feats = lambda o: torch.cat([o.audio, o.visual], dim=1)  # noqa: E731
+    return linear_probe_accuracy(feats(train_out), train_out.labels, feats(test_out), test_out.labels)
+
+
 def _only(rows: list[dict], keys) -> list[dict]:
     return [{k: r[k] for k in keys if k in r} for r in rows]
 
@@ -63,40 +80,87 @@ def _aggregate(rows: list[dict]) -> dict:
                 "runs": [r[k] for r in rows]} for k in rows[0]}
 
 
-def _curve(histories: dict[int, list[dict]], path: Path) -> Path:
+def _curve(histories: dict[str, dict[int, list[dict]]], path: Path) -> Path:
+    """One row per method: training loss, and the val metrics per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 3.5))
-    ax1, ax2 = fig.subplots(1, 2)
-    for seed, hist in histories.items():
-        ep = [h["epoch"] for h in hist]
-        ax1.plot(ep, [h["train/loss"] for h in hist], label=f"seed {seed}")
-        for key, style in (("val/adaptive_ciou_at_0.5", "-"), ("val/pointing_accuracy", "--")):
-            if all(key in h for h in hist):
-                ax2.plot(ep, [h[key] for h in hist], style, label=f"{key[4:]} (seed {seed})")
-    ax1.set(xlabel="epoch", ylabel="training loss", title="SSL-TIE training loss")
-    ax2.set(xlabel="epoch", ylabel="val score", title="validation localisation")
-    ax1.legend(fontsize=7)
-    ax2.legend(fontsize=7)
+    val_keys = {"ssltie": ("val/adaptive_ciou_at_0.5", "val/pointing_accuracy"),
+                "equiav": ("val/a2v_class_R1", "val/a2v_instance_R5")}
+    fig = Figure(figsize=(10, 3.5 * len(histories)))
+    axes = fig.subplots(len(histories), 2, squeeze=False)
+    for (ax1, ax2), (method, per_seed) in zip(axes, histories.items(), strict=True):
+        name = METHOD_NAMES.get(method, method)
+        for seed, hist in per_seed.items():
+            ep = [h["epoch"] for h in hist]
+            ax1.plot(ep, [h["train/loss"] for h in hist], label=f"seed {seed}")
+            for key, style in zip(val_keys.get(method, ()), ("-", "--"), strict=False):
+                if all(key in h for h in hist):
+                    ax2.plot(ep, [h[key] for h in hist], style, label=f"{key[4:]} (seed {seed})")
+        ax1.set(xlabel="epoch", ylabel="training loss", title=f"{name} training loss")
+        ax2.set(xlabel="epoch", ylabel="val score", title=f"{name} validation")
+        ax1.legend(fontsize=7)
+        ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
 
 
+def _train_and_score(method: str, data: Path, out: Path, seeds, epochs, overrides, test_records,
+                     timings: dict) -> dict:
+    """Train ``method`` per seed (a rerun reuses finished runs), score trained and untrained
+    models on the test split: localisation, retrieval and the linear probe."""
+    from avssl.data.manifest import read_manifest
+    from avssl.engine.pipelines import pipeline_for
+    from avssl.engine.train import fit
+    from avssl.registry import build_method, load_method
+
+    res: dict = {"trained": [], "untrained": [], "histories": {}, "cfg": None, "ds": None, "heatmaps": None}
+    train_records = read_manifest(data / "manifest.jsonl", split="train")
+    train_ds = None
+    for seed in seeds:
+        run_dir = out / "runs" / f"{method}_seed{seed}"
+        cfg = demo_config(data, run_dir, seed, epochs, overrides, method)
+        t0 = time.perf_counter()
+        if (run_dir / "summary.json").is_file():
+            summary = json.loads((run_dir / "summary.json").read_text())
+        else:
+            log.info("demo: training %s, seed %d -> %s", METHOD_NAMES[method], seed, run_dir)
+            summary = fit(cfg, resume=(run_dir / "last.pt").is_file())
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        timings[f"{METHOD_NAMES[method]} training, seed {seed} (s)"] = round(time.perf_counter() - t0, 1)
+        res["histories"][seed] = summary["history"]
+        if res["ds"] is None:
+            pipe = pipeline_for(cfg.method)
+            res["cfg"] = cfg
+            res["ds"] = pipe.dataset(test_records, cfg, train=False, classes=summary.get("classes"))
+            train_ds = pipe.dataset(train_records, cfg, train=False, classes=summary.get("classes"))
+        torch.manual_seed(cfg.train.seed)
+        models = {"untrained": build_method(cfg.method, cfg.method_config).eval(),
+                  "trained": load_method(run_dir / "best.pt")[0]}
+        for kind in ("trained", "untrained"):
+            scores, outputs = _evaluate(models[kind], cfg, data, test_records, res["ds"])
+            row = _row(scores)
+            row["probe accuracy"] = _probe(models[kind], cfg, train_ds, outputs)
+            res[kind].append(row)
+            if kind == "trained" and res["heatmaps"] is None:
+                res["heatmaps"] = outputs.heatmaps
+    return res
+
+
 def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds=(0,), epochs: int | None = None,
-             workers: int | None = None, size: int = 128, overrides=()) -> dict:
+             workers: int | None = None, size: int = 128, overrides=(), methods=("ssltie", "equiav")) -> dict:
     """Run the demo into ``out``; returns the report dict (also written as report.json/html)."""
     from avssl.data.manifest import read_manifest
     from avssl.data.synthetic import SynthConfig, generate
     from avssl.engine.evaluate import best_worst_sheet, load_annotations
-    from avssl.engine.pipelines import pipeline_for
-    from avssl.engine.train import fit
-    from avssl.registry import build_method, load_method
     from avssl.report import write_report
 
+    unknown = [m for m in methods if m not in METHOD_PRESETS]
+    if unknown or not methods:
+        raise ValueError(f"demo methods must be among {sorted(METHOD_PRESETS)}, got {list(methods)}")
     out = Path(out)
     data = out / "data"
     timings: dict[str, float] = {}
@@ -106,62 +170,55 @@ def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds
         generate(data, clips=clips, seed=data_seed, config=SynthConfig(size=size, workers=workers))
     timings["synthetic data (s)"] = round(time.perf_counter() - t0, 1)
     refs = json.loads((data / "reference_scores.json").read_text())
-
     test_records = read_manifest(data / "manifest.jsonl", split="test")
-    trained, untrained, histories, cfg0, ds = [], [], {}, None, None
-    for seed in seeds:
-        run_dir = out / "runs" / f"ssltie_seed{seed}"
-        cfg = demo_config(data, run_dir, seed, epochs, overrides)
-        t0 = time.perf_counter()
-        if (run_dir / "summary.json").is_file():
-            summary = json.loads((run_dir / "summary.json").read_text())
-        else:
-            log.info("demo: training SSL-TIE, seed %d -> %s", seed, run_dir)
-            summary = fit(cfg, resume=(run_dir / "last.pt").is_file())
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        timings[f"training seed {seed} (s)"] = round(time.perf_counter() - t0, 1)
-        histories[seed] = summary["history"]
-        model, _ = load_method(run_dir / "best.pt")
-        if ds is None:
-            cfg0 = cfg
-            ds = pipeline_for(cfg.method).dataset(test_records, cfg, train=False, classes=summary.get("classes"))
-        scores, outputs = _evaluate(model, cfg, data, test_records, ds)
-        trained.append(_row(scores))
-        if seed == seeds[0]:
-            heatmaps = outputs.heatmaps
-        torch.manual_seed(cfg.train.seed)
-        scores_u, _ = _evaluate(build_method(cfg.method, cfg.method_config).eval(), cfg, data, test_records, ds)
-        untrained.append(_row(scores_u))
+    boxes = load_annotations(data / "annotations" / "vggss.json", "vggss")
 
-    figures = {}
-    curve = _curve(histories, out / "training_curve.png")
-    figures["Training loss and validation localisation per epoch"] = curve.name
-    sheet = best_worst_sheet(ds, heatmaps, load_annotations(data / "annotations" / "vggss.json", "vggss"),
-                             "vggss", out / "best_worst.png")
-    if sheet is not None:
-        figures[f"Best and worst test clips by cIoU (seed {seeds[0]}; boxes in green)"] = sheet.name
+    n = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+    results = {m: _train_and_score(m, data, out, seeds, epochs, overrides, test_records, timings) for m in methods}
+    localisation, retrieval, probe, figures, details = {}, {}, {}, {}, {}
+    for m, r in results.items():
+        name = METHOD_NAMES[m]
+        zs = " (zero-shot)" if m == "equiav" else ""
+        localisation[f"{name} trained{zs} ({n})"] = _aggregate(_only(r["trained"], METRICS))
+        localisation[f"{name} untrained{zs}"] = _aggregate(_only(r["untrained"], METRICS))
+        for kind in ("trained", "untrained"):
+            retrieval[f"{name} {kind}"] = _aggregate(_only(r[kind], RETRIEVAL_KEYS))
+            probe[f"{name} {kind}"] = _aggregate(_only(r[kind], PROBE_KEYS))
+        c = r["cfg"]
+        details[f"{name} epochs"] = c.train.epochs
+        details[f"{name} model"] = (f"ResNet-18 width {c.ssltie.width}, {c.ssltie.image_size} px" if m == "ssltie"
+                                    else f"ViT width {c.equiav.embed_dim}, depth {c.equiav.depth}, patch "
+                                         f"{c.equiav.patch_size}, {c.equiav.img_size} px, centroid S={c.equiav.num_centroid}")
+        sheet = best_worst_sheet(r["ds"], r["heatmaps"], boxes, "vggss", out / f"best_worst_{m}.png")
+        if sheet is not None:
+            figures[f"{name}: best and worst test clips by cIoU (seed {seeds[0]}; boxes in green)"] = sheet.name
+    localisation.update({f"reference: {k.replace('_', ' ')}": {m: v[m] for m in (*METRICS, "n_scored")}
+                         for k, v in refs.items()})
+    curve = _curve({m: r["histories"] for m, r in results.items()}, out / "training_curve.png")
+    figures = {"Training loss and validation scores per epoch": curve.name, **figures}
 
     seed_txt = ",".join(str(s) for s in seeds)
     report = {
-        "title": "avssl demo: SSL-TIE on the synthetic audio-visual benchmark",
-        "commands": [f"avssl demo {out} --clips {clips} --seeds {seed_txt}"
-                     + (f" --epochs {epochs}" if epochs else "")],
+        "title": "avssl demo: " + " and ".join(METHOD_NAMES[m] for m in methods)
+                 + " on the synthetic audio-visual benchmark",
+        "commands": [f"avssl demo {out} --clips {clips} --seeds {seed_txt} --methods {','.join(methods)}"
+                     + (f" --epochs {epochs}" if epochs else "") + "".join(f" {o}" for o in overrides)],
         "data": {"clips": clips, "frame size": size, "data seed": data_seed, "training seeds": seed_txt,
-                 "epochs": cfg0.train.epochs, "ResNet width": cfg0.ssltie.width,
-                 "image size": cfg0.ssltie.image_size, **timings},
-        "localisation": {
-            f"SSL-TIE trained ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})": _aggregate(_only(trained, METRICS)),
-            "SSL-TIE untrained": _aggregate(_only(untrained, METRICS)),
-            **{f"reference: {k.replace('_', ' ')}": {m: v[m] for m in (*METRICS, "n_scored")} for k, v in refs.items()},
-        },
-        "retrieval": {"SSL-TIE trained": _aggregate(_only(trained, RETRIEVAL_KEYS)),
-                      "SSL-TIE untrained": _aggregate(_only(untrained, RETRIEVAL_KEYS))},
+                 **details, **timings},
+        "localisation": localisation,
+        "retrieval": retrieval,
+        "probe": probe,
         "figures": figures,
         "notes": [
-            "The checkpoint is the best epoch on the validation split; every score here is on the test split.",
+            "Each checkpoint is the best epoch on the validation split; every score here is on the test split.",
             "cIoU@0.5 uses the released median rule, which caps cIoU at twice the box's share of the image; "
             "adaptive cIoU@0.5 and pointing accuracy have no such cap.",
-            "Retrieval R1: a2v_instance = the paired clip ranks first; a2v/a2a_class = a clip of the same class does.",
+            "EquiAV's maps are zero-shot: the audio inter-modal embedding against every visual patch token "
+            "through the visual inter head (METHODS 2.7); EquiAV is not trained to localise.",
+            "Retrieval R1/R5: a2v_instance = the paired clip ranks in the top 1/5; a2v/a2a_class = a clip of the "
+            "same class ranks first (a2a excludes the query).",
+            "Linear probe: logistic regression on the frozen [audio, visual] evaluation embeddings of the "
+            "training split, accuracy on the test split's classes.",
         ],
     }
     write_report(report, out)

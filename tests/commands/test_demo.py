@@ -13,6 +13,7 @@ from avssl.report import render_html, write_report
 def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
     args = ["demo", str(tmp_path), "ssltie.image_size=64", "ssltie.heatmap_size=4", "ssltie.width=8",
             "train.batch_size=8", "data.num_workers=0", "train.threads=1",
+            "equiav.embed_dim=32", "equiav.num_heads=4", "equiav.depth=1", "equiav.num_centroid=2",
             "--clips", "24", "--size", "64", "--epochs", "1", "--seeds", "0,1", "--workers", "1"]
     assert main(args) == 0
     report = json.loads((tmp_path / "report.json").read_text())
@@ -22,12 +23,20 @@ def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
     assert len(trained["auc"]["runs"]) == 2 and 0.0 <= trained["auc"]["mean"] <= 1.0
     assert loc["reference: perfect"]["ciou_at_0.5"] == 1.0
     assert "a2v_instance R1" in report["retrieval"]["SSL-TIE trained"]
-    for png in ("training_curve.png", "best_worst.png"):
+    zero_shot = loc["EquiAV trained (zero-shot) (2 seeds)"]
+    assert len(zero_shot["pointing_accuracy"]["runs"]) == 2 and "EquiAV untrained (zero-shot)" in loc
+    for name in ("SSL-TIE trained", "EquiAV trained", "EquiAV untrained"):
+        acc = report["probe"][name]["probe accuracy"]
+        acc = acc["mean"] if isinstance(acc, dict) else acc
+        assert 0.0 <= acc <= 1.0
+    assert "a2v_instance R5" in report["retrieval"]["EquiAV trained"]
+    for png in ("training_curve.png", "best_worst_ssltie.png", "best_worst_equiav.png"):
         assert (tmp_path / png).stat().st_size > 0
     page = (tmp_path / "report.html").read_text()
     assert "adaptive cIoU@0.5" in page and "training_curve.png" in page
     for seed in (0, 1):
-        assert (tmp_path / "runs" / f"ssltie_seed{seed}" / "best.pt").is_file()
+        for method in ("ssltie", "equiav"):
+            assert (tmp_path / "runs" / f"{method}_seed{seed}" / "best.pt").is_file()
     # a rerun reuses data and runs and reproduces the report
     assert main(args) == 0
     assert json.loads((tmp_path / "report.json").read_text())["localisation"] == loc
