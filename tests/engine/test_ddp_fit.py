@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from avssl.engine.checkpoint import load_checkpoint
+from avssl.registry import build_method
 
 pytestmark = pytest.mark.distributed
 
@@ -70,3 +71,58 @@ def test_ssltie_under_torchrun_trains_evaluates_and_resumes(tiny_synth, tmp_path
     epochs = [r for r in _lines(run) if "time_s" in r]
     assert [r["epoch"] for r in epochs] == [1, 2]
     assert load_checkpoint(run / "last.pt")["step"] == 4
+
+
+def _equiav_args(synth: Path, out: Path, batch: int, *extra: str) -> list[str]:
+    m = synth / "manifest.jsonl"
+    return ["synthetic/equiav", f"data.train_manifest={m}", f"data.val_manifest={m}",
+            f"data.annotations={synth / 'annotations' / 'vggss.json'}", "data.seconds=1", "data.num_workers=0",
+            "data.load_size=32", "equiav.embed_dim=32", "equiav.num_heads=4", "equiav.depth=1", "equiav.img_size=32",
+            "equiav.audio_length=64", "equiav.num_mel_bins=32", "equiav.num_centroid=2", "equiav.aug_emb_dim=16",
+            "equiav.cross_attn_heads=2", "equiav.cross_attn_head_dim=8", "equiav.proj_hidden_dim=32",
+            "equiav.inter_out_dim=16", "equiav.intra_out_dim=16", "optim.lr=1e-3", "optim.warmup_epochs=0",
+            f"train.batch_size={batch}", "train.epochs=2", "train.log_every=1", "train.tensorboard=false",
+            "train.threads=1", *extra, f"--out={out}"]
+
+
+@pytest.mark.parametrize("gather", ["with_grad", "no_grad"])
+def test_equiav_two_processes_equal_one_process_on_the_concatenated_batch(tiny_synth, tmp_path, gather):
+    extra = [f"equiav.gather_inter={gather}"]
+    _train(_equiav_args(tiny_synth, tmp_path / "one", 4, *extra), nproc=1)
+    _train(_equiav_args(tiny_synth, tmp_path / "two", 2, *extra), nproc=2)
+    one, two = _lines(tmp_path / "one"), _lines(tmp_path / "two")
+    steps1 = [r for r in one if "time_s" not in r]
+    steps2 = [r for r in two if "time_s" not in r]
+    assert [r["step"] for r in steps1] == [r["step"] for r in steps2] == [1, 2, 3, 4]
+    # step 1: same weights, same global batch, same augmentation -> the same loss terms
+    for key in ("train/loss", "train/loss/inter", "train/loss/intra_a", "train/loss/intra_v"):
+        assert steps2[0][key] == pytest.approx(steps1[0][key], rel=1e-5, abs=1e-6), key
+    ckpt = load_checkpoint(tmp_path / "one" / "last.pt")
+    w1, w2 = ckpt["model"], load_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    torch.manual_seed(ckpt["config"]["train"]["seed"])  # the initial weights, as fit() builds them
+    w0 = build_method("equiav", ckpt["config"]["equiav"]).state_dict()
+    def flat(w: dict) -> torch.Tensor:
+        # key biases get an exactly-zero gradient (softmax ignores a constant per query), so Adam
+        # turns the float noise there into lr-sized steps of random sign: leave them out
+        parts = []
+        for k in sorted(w1):
+            x = w[k].float().flatten()
+            if k.endswith("to_k.bias"):
+                continue
+            if k.endswith("attn.qkv.bias"):
+                x = torch.cat([x[: x.numel() // 3], x[2 * x.numel() // 3:]])
+            parts.append(x)
+        return torch.cat(parts)
+
+    # the whole update compared: |w_two - w_one| relative to |w_one - w_init|
+    diff = float((flat(w2) - flat(w1)).norm() / (flat(w1) - flat(w0)).norm())
+    print(f"{gather}: relative weight difference {diff:.2e}")
+    if gather == "with_grad":
+        # exact gradients: every step and the final weights agree
+        for a, b in zip(steps1, steps2, strict=True):
+            assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-4), a["step"]
+        assert diff < 1e-4
+    else:
+        # the faithful inter-modal gather carries no gradient to other ranks' keys: same losses,
+        # different (documented) updates
+        assert diff > 0.05
