@@ -178,3 +178,32 @@ def test_cli_end_to_end(media, tmp_path, capsys):
     rc = main(["localize", str(media["silent"]), "--checkpoint", str(media["ckpt"]), "--out", str(tmp_path / "s"),
                "--no-video"])
     assert rc == 2 and "silent.mp4: no audio stream" in capsys.readouterr().err
+
+
+def test_pipeline_path_equals_the_ssltie_front_end(media):
+    from avssl.config import from_dict
+    from avssl.train_config import TrainConfig
+
+    model, ckpt = load_method(media["ckpt"])
+    cfg = from_dict(TrainConfig, ckpt["config"])
+    direct = infer.localise_video(model, media["wide"], num_frames=3)
+    through = infer.localise_video(model, media["wide"], num_frames=3, cfg=cfg)
+    np.testing.assert_allclose(through.crop_maps, direct.crop_maps, rtol=1e-5, atol=1e-6)
+
+
+def test_equiav_zero_shot_localize_cli(media, tmp_path, capsys):
+    eq = {"embed_dim": 32, "num_heads": 4, "depth": 1, "img_size": 32, "patch_size": 8, "audio_length": 64,
+          "num_mel_bins": 32, "num_centroid": 2, "aug_emb_dim": 16, "cross_attn_heads": 2, "cross_attn_head_dim": 8,
+          "proj_hidden_dim": 32, "inter_out_dim": 16, "intra_out_dim": 16}
+    torch.manual_seed(0)
+    model = build_method("equiav", eq)
+    path = save_checkpoint(tmp_path / "eq.pt", model=model.state_dict(),
+                           config={"method": "equiav", "equiav": eq, "data": {"seconds": 1.0}})
+    rc = main(["localize", str(media["stereo"]), "--checkpoint", str(path), "--frames", "2", "--out",
+               str(tmp_path / "o"), "--no-video"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "equiav" and summary["sample_rate"] == 16000  # resampled from 44.1 kHz
+    with np.load(tmp_path / "o" / "stereo_maps.npz") as z:
+        assert z["crop_maps"].shape == (2, 4, 4) and np.isfinite(z["crop_maps"]).all()
+        assert float(np.ptp(z["crop_maps"])) > 0

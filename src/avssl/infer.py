@@ -1,4 +1,10 @@
-"""Localise the sound in a user's video with a trained SSL-TIE model, and write overlays.
+"""Localise the sound in a user's video with a trained model (SSL-TIE, or EquiAV zero-shot), and write overlays.
+
+With ``cfg`` (the checkpoint's :class:`~avssl.train_config.TrainConfig`), the method's own
+pipeline prepares the inputs exactly as its evaluation does: its data set's audio settings
+(sample rate, window length, tiling or zero padding), its eval batch transform and its
+``infer`` heatmap — the same code path as ``avssl eval``. Without ``cfg`` the model must be an
+SSL-TIE model (``localise(image, spec)``) and the SSL-TIE front-end below is used.
 
 :func:`localise_video` decodes frames at chosen times and the whole audio track, builds one
 (frame, audio window) pair per time exactly as the test pipeline does (METHODS 1.1), runs
@@ -161,18 +167,66 @@ def _video_duration(p: str) -> float:
     return d
 
 
+def zero_padded_windows(wave: torch.Tensor, sample_rate: int, times: torch.Tensor, seconds: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`audio_windows`, but a track shorter than the window is zero-padded (EquiAV)
+    instead of tiled: ``((N, size) windows, (N,) true lengths)``."""
+    size = int(seconds * sample_rate)
+    n = wave.shape[-1]
+    if n < size:
+        padded = torch.nn.functional.pad(wave, (0, size - n)).expand(times.shape[0], size)
+        return padded, torch.full((times.shape[0],), n, dtype=torch.long)
+    return audio_windows(wave, sample_rate, times, seconds), torch.full((times.shape[0],), size, dtype=torch.long)
+
+
+def _pipeline_maps(model: nn.Module, cfg, frames: np.ndarray, wave: torch.Tensor, sr: int, t: np.ndarray,
+                   device: torch.device, batch_size: int, seconds: float, pad: str) -> np.ndarray:
+    """Heatmaps through the method's eval transform and ``infer`` (frames (N, H, W, 3) uint8)."""
+    from avssl.engine.pipelines import pipeline_for
+
+    pipe = pipeline_for(cfg.method)
+    if pipe.infer is None:
+        raise TypeError(f"method {cfg.method!r} gives no localisation maps")
+    transform = pipe.batch_transform(cfg, device)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(t), batch_size):
+            tt = torch.from_numpy(t[i:i + batch_size]).to(device)
+            if pad == "tile":
+                win = audio_windows(wave, sr, tt, seconds)
+                n = torch.full((win.shape[0],), win.shape[-1], dtype=torch.long)
+            else:
+                win, n = zero_padded_windows(wave, sr, tt, seconds)
+            img = torch.from_numpy(frames[i:i + batch_size]).permute(0, 3, 1, 2).contiguous()
+            k = img.shape[0]
+            batch = {"id": [str(x) for x in range(i, i + k)], "image": img, "wave": win.contiguous(),
+                     "num_samples": n, "label": torch.full((k,), -1), "sample_rate": sr}
+            out.append(pipe.infer(model, transform(batch, None, train=False))["heatmap"].float().cpu())
+    return torch.cat(out).numpy()
+
+
 def localise_video(model: nn.Module, path: PathLike, times: Sequence[float] | None = None,
                    num_frames: int | None = 8, fps: float | None = None, device: str | torch.device = "cpu",
                    batch_size: int = 8, image_size: int | None = None, sample_rate: int | None = None,
-                   audio_seconds: float = 10.0) -> LocalisationOutput:
+                   audio_seconds: float = 10.0, cfg=None) -> LocalisationOutput:
     """Localise the sound in ``path`` at ``times`` (s), or ``fps`` frames per second, or ``num_frames``
     evenly spaced frames (default 8). See the module docstring for the windowing and geometry.
 
-    ``model`` needs ``localise(image (B,3,S,S), spec (B,1,F,T)) -> (B,h,w)`` (SSL-TIE);
-    ``image_size`` defaults to ``model.config.image_size``; ``sample_rate`` None keeps the
-    track's native rate (as SSL-TIE does). Raises NoAudioStreamError for a video without sound.
+    With ``cfg`` (a TrainConfig, e.g. the checkpoint's), the method's pipeline prepares the
+    inputs and gives the maps, and ``image_size``/``sample_rate``/``audio_seconds`` come from its
+    evaluation data set. Without it ``model`` needs ``localise(image (B,3,S,S), spec (B,1,F,T))
+    -> (B,h,w)`` (SSL-TIE); ``image_size`` defaults to ``model.config.image_size``;
+    ``sample_rate`` None keeps the track's native rate (as SSL-TIE does). Raises
+    NoAudioStreamError for a video without sound.
     """
-    if not hasattr(model, "localise"):
+    pad = "tile"
+    if cfg is not None:
+        from avssl.engine.pipelines import pipeline_for
+
+        probe_ds = pipeline_for(cfg.method).dataset([], cfg, train=False)
+        image_size, sample_rate = probe_ds.image_size, probe_ds.sample_rate
+        audio_seconds, pad = probe_ds.seconds, getattr(probe_ds, "audio_pad", "tile")
+    elif not hasattr(model, "localise"):
         raise TypeError(f"{type(model).__name__} has no localise(image, spec); localisation needs SSL-TIE")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -190,15 +244,18 @@ def localise_video(model: nn.Module, path: PathLike, times: Sequence[float] | No
     t = np.asarray(clip.frame_times, np.float64)
     height, width = frames.shape[1:3]
     if clip.audio.shape[-1] < int(audio_seconds * sr):
-        logger.info("%s: audio is %.2f s, shorter than %.1f s: tiled as in training (same window for every frame)",
-                    p, clip.audio.shape[-1] / sr, audio_seconds)
+        logger.info("%s: audio is %.2f s, shorter than %.1f s: %s as in training (same window for every frame)",
+                    p, clip.audio.shape[-1] / sr, audio_seconds, "tiled" if pad == "tile" else "zero-padded")
     device = torch.device(device)
     wave = torch.from_numpy(clip.audio).to(device)
     transform = EvalTransform(size)
     model = model.to(device).eval()
     out = []
+    if cfg is not None:
+        out = [torch.from_numpy(_pipeline_maps(model, cfg, frames, wave, sr, t, device, batch_size, audio_seconds,
+                                               pad))] if len(t) else []
     with torch.no_grad():
-        for i in range(0, len(t), batch_size):
+        for i in range(0, len(t) if cfg is None else 0, batch_size):
             img = torch.from_numpy(frames[i:i + batch_size]).to(device).permute(0, 3, 1, 2)
             spec = ssltie_spectrogram(audio_windows(wave, sr, torch.from_numpy(t[i:i + batch_size]).to(device),
                                                     audio_seconds), sr)

@@ -47,15 +47,18 @@ def run(args: argparse.Namespace) -> int:
     from avssl.data.decode import MediaError
     from avssl.engine.checkpoint import CheckpointError
     from avssl.infer import localise_video, write_overlay_grid, write_overlay_video
+    from avssl.config import from_dict
     from avssl.registry import load_method
+    from avssl.train_config import TrainConfig
 
     video = Path(args.input)
     out = Path(args.out)
     try:
         model, ckpt = load_method(args.checkpoint, map_location=args.device)
         method = (ckpt.get("config") or {}).get("method")
+        cfg = from_dict(TrainConfig, ckpt["config"])
         result = localise_video(model, video, num_frames=args.frames if args.frames is not None else 8,
-                                fps=args.fps, device=args.device, batch_size=args.batch_size)
+                                fps=args.fps, device=args.device, batch_size=args.batch_size, cfg=cfg)
         out.mkdir(parents=True, exist_ok=True)
         stem = video.stem
         paths = {"grid": write_overlay_grid(result, out / f"{stem}_grid.png")}
