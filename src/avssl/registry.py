@@ -61,6 +61,9 @@ def load_method(path: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.
     options = dict(cfg.get(name, {}))
     if options.get("init_checkpoint"):
         options["init_checkpoint"] = None  # the checkpoint's weights replace any initialisation
+    backbone = options.get("backbone")
+    if isinstance(backbone, dict) and backbone.get("init_checkpoint"):
+        options["backbone"] = {**backbone, "init_checkpoint": None}
     model = build_method(name, options)
     missing, unexpected = model.load_state_dict(strip_prefixes(ckpt["model"]), strict=False)
     if missing or unexpected:

@@ -170,3 +170,17 @@ def test_configs_and_mae_init(tmp_path):
         assert torch.equal(enc.norm_aug.weight, torch.ones(64))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_mae_init(model, tmp_path / "missing.pth")
+    # the config option initialises at construction; a saved run reloads without the file
+    from avssl.engine.checkpoint import save_checkpoint
+    from avssl.registry import load_method
+
+    inited = EquiAV(equiav_tiny_config(init_checkpoint=str(path)))
+    assert torch.equal(inited.audio_encoder.blocks[0].attn.qkv.weight, mae["blocks.0.attn.qkv.weight"])
+    assert inited.init_report["skipped"] == ["pos_embed"]
+    options = {**{k: getattr(inited.cfg, k) for k in ("embed_dim", "depth", "num_heads", "img_size", "audio_length",
+                                                         "aug_emb_dim", "proj_hidden_dim", "inter_out_dim",
+                                                         "intra_out_dim")}, "init_checkpoint": str(path)}
+    ckpt = save_checkpoint(tmp_path / "run.pt", model=inited.state_dict(), config={"method": "equiav", "equiav": options})
+    path.unlink()
+    reloaded, _ = load_method(ckpt)
+    assert torch.equal(reloaded.audio_encoder.blocks[0].attn.qkv.weight, mae["blocks.0.attn.qkv.weight"])

@@ -84,6 +84,9 @@ class EquiAVConfig:
     visual_extended: bool = False  # 21-d visual vectors (+ rotation, vertical flip); aug_dim_v=21
     fbank_stats: tuple[float, float] = (-4.346, 4.332)  # fbank (mean, std): AudioSet; VGGSound -4.956/4.486
     sampler_seed: int = 0  # seed of the default param_sampler when called without a generator
+    # ImageNet MAE initialisation of both encoders: a local checkpoint file, or "timm:NAME" (online,
+    # e.g. timm:vit_base_patch16_224.mae); None = random init. Cleared when a checkpoint is reloaded.
+    init_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         want_v = 21 if self.visual_extended else 18
@@ -176,6 +179,7 @@ class EquiAV(nn.Module):
             self.tau_intra = nn.Parameter(torch.tensor(float(cfg.tau_intra)))
         else:
             self.tau_inter, self.tau_intra = cfg.tau_inter, cfg.tau_intra
+        self.init_report = load_mae_init(self, cfg.init_checkpoint) if cfg.init_checkpoint else None
 
     # ----------------------------------------------------------------------------- helpers
     def centroid_params(self, batch_size: int, device: torch.device,
@@ -413,11 +417,17 @@ def load_mae_init(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     """Initialise every ``audio_encoder`` / ``visual_encoder`` of ``model`` from an ImageNet MAE
     ViT checkpoint file (``{"model": state_dict}`` or a bare state dict): the patch embedding
     (a 1-channel one is repeated to 3), the blocks, and the final norm into the clean-view
-    ``norm`` only (``norm_aug`` keeps its identity init). Never downloads.
+    ``norm`` only (``norm_aug`` keeps its identity init). A file never downloads anything;
+    ``"timm:NAME"`` asks timm for its pretrained weights (online only).
 
     Returns:
         ``{encoder_name: [our keys loaded]}`` plus ``"skipped"``: MAE keys not used.
     """
+    if str(path).startswith("timm:"):  # online only: timm downloads the weights
+        import timm
+
+        name = str(path)[5:]
+        return _mae_into_encoders(model, timm.create_model(name, pretrained=True).state_dict(), f"timm {name}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MAE checkpoint not found: {path}")
@@ -428,6 +438,10 @@ def load_mae_init(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else None
     if not isinstance(state, Mapping):
         raise ValueError(f"{path} holds no state dict (got {type(ckpt).__name__})")
+    return _mae_into_encoders(model, state, str(path))
+
+
+def _mae_into_encoders(model: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     skipped: set[str] = set(state)
     for name in ("audio_encoder", "visual_encoder"):
