@@ -100,6 +100,8 @@ class LoopConfig:
     select_on: the val metric (a key of :func:`avssl.eval.localisation.score`'s summary, e.g.
         "ciou_at_0.5" or "adaptive_ciou_at_0.5") that picks ``best.pt``; never the test set.
     device: "auto" (CUDA when available, at LOCAL_RANK), "cpu", "cuda", "cuda:1", ...
+    grad_clip: max gradient norm (after unscaling under AMP); None: no clipping.
+        grad_clip_amp_only: clip only when AMP is in use (the released EquiAV loop).
     threads: torch intra-op CPU threads (None: torch's default). On a busy shared CPU, 1 can be
         several times faster than 2 for the small demo models (measured 10.5 s vs 69 s per epoch).
     """
@@ -111,6 +113,7 @@ class LoopConfig:
     seed: int = 4
     amp: bool = True
     grad_clip: float | None = None
+    grad_clip_amp_only: bool = False  # EquiAV's released loop clips only on its AMP path (fp32 unclipped)
     log_every: int = 20
     eval_every: int = 1
     checkpoint_every: int = 1

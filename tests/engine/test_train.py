@@ -162,3 +162,15 @@ def test_evaluator_heatmaps_match_localise_and_retrieval_runs(synth):
     scores, _ = evaluate_localisation(model, records, cfg, synth / "annotations" / "vggss.json", "vggss",
                                       batch_size=2, num_workers=0)
     assert scores["n_scored"] == len(records) and scores["unannotated"] == 0
+
+
+def test_grad_clip_amp_only_leaves_fp32_runs_unclipped(synth, tmp_path):
+    """On CPU (no AMP) a tiny grad_clip changes training unless grad_clip_amp_only is set."""
+    runs = {}
+    for name, extra in (("free", ()), ("clip", ("train.grad_clip=1e-6",)),
+                        ("amp_only", ("train.grad_clip=1e-6", "train.grad_clip_amp_only=true"))):
+        cfg = tiny_cfg(synth, tmp_path / name, "train.epochs=1", "train.eval_every=0", *extra)
+        fit(cfg)
+        runs[name] = load_checkpoint(tmp_path / name / "last.pt")["model"]
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    assert same(runs["free"], runs["amp_only"]) and not same(runs["free"], runs["clip"])

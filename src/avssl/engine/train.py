@@ -313,7 +313,7 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
                 loss = losses["loss"]
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                if cfg.train.grad_clip is not None:
+                if cfg.train.grad_clip is not None and (use_amp or not cfg.train.grad_clip_amp_only):
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
                 scaler.step(optimizer)
