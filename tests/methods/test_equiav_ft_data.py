@@ -266,6 +266,13 @@ def test_fit_two_epochs_logs_classification(tiny_synth, tmp_path):
     assert (tmp_path / "run" / "best.pt").is_file()
     model, ckpt = load_method(tmp_path / "run" / "last.pt")
     assert ckpt["config"]["method"] == "equiav_ft" and model.head[0].out_features == 3
+    # `avssl eval` scores a classifier with its pipeline's evaluation (the val split here: 4 clips)
+    from avssl.cli import main
+
+    assert main(["eval", str(tmp_path / "run" / "last.pt"), "--data", str(m), "--split", "val",
+                 "--out", str(tmp_path / "ev"), "--workers", "0"]) == 0
+    scores = json.loads((tmp_path / "ev" / "scores.json").read_text())
+    assert scores["clips"] == 4 and scores["accuracy"] == pytest.approx(epochs[-1]["val/accuracy"])
 
 
 @pytest.mark.distributed

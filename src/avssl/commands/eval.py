@@ -8,7 +8,11 @@ of the best and worst clips by cIoU, boxes in green; with --gt) and scores.json 
 measures under the standard protocol, plus recall@1/5/10: audio->audio by class,
 audio<->visual by class and by instance) into --out, and prints the scores as JSON.
 
+A fine-tuned classifier (method equiav_ft) is scored by its pipeline's own evaluation instead:
+mAP, mAUC, d-prime and top-1 accuracy over the whole set, written to scores.json.
+
 Examples:
+    avssl eval runs/synth_ft/best.pt --data data/synth/manifest.jsonl
     avssl eval runs/synth/best.pt --data data/synth/manifest.jsonl --gt data/synth/annotations/vggss.json
     avssl eval runs/flickr/best.pt --data flickr_test.jsonl --gt Annotations/ --format flickr --split all
 """
@@ -20,7 +24,7 @@ import logging
 import sys
 from pathlib import Path
 
-HELP = "evaluate a checkpoint on a test set: heatmaps.npz, scores.json (cIoU, AUC, retrieval)"
+HELP = "evaluate a checkpoint on a test set: heatmaps.npz, scores.json (cIoU, AUC, retrieval; mAP/accuracy)"
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--workers", type=int, default=None, help="data loader workers")
     parser.add_argument("--no-retrieval", action="store_true", help="skip the retrieval metrics")
+
+
+def _classification(args, model, cfg, pipe, dataset, device) -> int:
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=args.batch_size or cfg.train.eval_batch_size, shuffle=False,
+                        num_workers=cfg.data.num_workers if args.workers is None else args.workers,
+                        collate_fn=pipe.collate)
+    scores = pipe.evaluate(model.to(device), loader, pipe.batch_transform(cfg, device), device, cfg)
+    out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{Path(args.checkpoint).stem}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scores = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, **scores}
+    (out_dir / "scores.json").write_text(json.dumps(scores, indent=2))
+    print(json.dumps(scores, indent=2))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.data}: no clips of split {args.split!r}")
         fmt = args.format or ("flickr" if args.gt and Path(args.gt).is_dir() else "vggss")
         classes = (ckpt.get("extra") or {}).get("classes")
-        dataset = pipeline_for(cfg.method).dataset(records, cfg, train=False, classes=classes)
+        pipe = pipeline_for(cfg.method)
+        dataset = pipe.dataset(records, cfg, train=False, classes=classes)
+        if pipe.evaluate is not None:
+            return _classification(args, model, cfg, pipe, dataset, resolve_device(args.device))
         scores, out = evaluate_localisation(
             model, records, cfg, args.gt, fmt, device=resolve_device(args.device), batch_size=args.batch_size,
             with_retrieval=not args.no_retrieval, classes=classes, num_workers=args.workers, dataset=dataset)
