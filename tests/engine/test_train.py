@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from avssl.config import load_config
 from avssl.engine.checkpoint import load_checkpoint
 from avssl.engine.train import EpochSampler, fit, lr_factor, step_generator
 from avssl.registry import load_method
-from avssl.train_config import OptimConfig, TrainConfig
+from avssl.train_config import OptimConfig
+from train_utils import tiny_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -18,17 +18,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def synth(tiny_synth):
     return tiny_synth
-
-
-def tiny_cfg(synth, out_dir, *extra: str) -> TrainConfig:
-    m = synth / "manifest.jsonl"
-    return load_config(TrainConfig, [], [
-        f"data.train_manifest={m}", f"data.val_manifest={m}",
-        f"data.annotations={synth / 'annotations' / 'vggss.json'}",
-        "data.seconds=1", "data.num_workers=0", "data.cache_in_memory=true",
-        "ssltie.width=8", "ssltie.image_size=64", "ssltie.heatmap_size=4",
-        "train.batch_size=4", "train.epochs=2", f"train.out_dir={out_dir}", "train.log_every=1",
-        "train.progress=false", "train.tensorboard=false", "train.select_on=adaptive_ciou_at_0.5", *extra])
 
 
 def test_fit_logs_checkpoints_and_resumes_exactly(synth, tmp_path):

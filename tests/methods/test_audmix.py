@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from avssl.config import load_config
 from avssl.methods.audmix import (
     AudmixState,
     audmix_on_epoch_end,
@@ -18,7 +17,7 @@ from avssl.methods.audmix import (
     nearest_neighbours,
 )
 from avssl.methods.ssltie_data import SSLTIEBatchTransform
-from avssl.train_config import TrainConfig
+from train_utils import tiny_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,21 +113,10 @@ def test_option_off_changes_nothing():
     assert torch.equal(tf(_batch(), train=False)["spec"], plain)
 
 
-def _tiny_cfg(synth, out_dir, *extra: str) -> TrainConfig:
-    m = synth / "manifest.jsonl"
-    return load_config(TrainConfig, [], [
-        f"data.train_manifest={m}", f"data.val_manifest={m}",
-        f"data.annotations={synth / 'annotations' / 'vggss.json'}",
-        "data.seconds=1", "data.num_workers=0", "data.cache_in_memory=true",
-        "ssltie.width=8", "ssltie.image_size=64", "ssltie.heatmap_size=4",
-        "train.batch_size=4", "train.epochs=2", f"train.out_dir={out_dir}", "train.log_every=1",
-        "train.progress=false", "train.tensorboard=false", *extra])
-
-
 def test_fit_with_audmix_logs_the_hook(tiny_synth, tmp_path):
     from avssl.engine.train import fit
 
-    cfg = _tiny_cfg(tiny_synth, tmp_path / "run", "ssltie.audmix=true", "ssltie.audmix_queue=5")
+    cfg = tiny_cfg(tiny_synth, tmp_path / "run", "ssltie.audmix=true", "ssltie.audmix_queue=5")
     hist = fit(cfg)["history"]
     assert len(hist) == 2
     first, last = hist
@@ -149,7 +137,7 @@ def test_hook_table_matches_a_direct_search(tiny_synth):
     from avssl.methods.ssltie_data import ssltie_dataset, ssltie_infer
     from avssl.registry import build_method
 
-    cfg = _tiny_cfg(tiny_synth, "unused", "ssltie.audmix=true", "ssltie.audmix_queue=6", "train.epochs=5")
+    cfg = tiny_cfg(tiny_synth, "unused", "ssltie.audmix=true", "ssltie.audmix_queue=6", "train.epochs=5")
     ds = ssltie_dataset(read_manifest(tiny_synth / "manifest.jsonl", split="train"), cfg, train=True)
     torch.manual_seed(0)
     model = build_method("ssltie", cfg.ssltie).train()

@@ -44,10 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from avssl.config import from_dict
     from avssl.data.decode import MediaError
     from avssl.engine.checkpoint import CheckpointError
     from avssl.infer import localise_video, write_overlay_grid, write_overlay_video
-    from avssl.config import from_dict
     from avssl.registry import load_method
     from avssl.train_config import TrainConfig
 

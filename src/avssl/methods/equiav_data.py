@@ -63,9 +63,15 @@ def equiav_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequenc
     (10.255 s gives the 1024 frames of the recipe); frames of side ``data.load_size`` (default
     ``equiav.img_size``). ``keep_seconds`` applies to training sets only.
     """
-    d = cfg.data
+    return equiav_clip_dataset(records, cfg.data, cfg.equiav.img_size, train, classes)
+
+
+def equiav_clip_dataset(records: Sequence[Record], d, img_size: int, train: bool,
+                        classes: Sequence[str] | None = None) -> AVFrameAudioDataset:
+    """EquiAV's clip reading from a :class:`~avssl.train_config.DataConfig` ``d`` (pre-training and
+    fine-tuning alike): 16 kHz unless set, zero-padded audio, frames of ``d.load_size or img_size``."""
     return AVFrameAudioDataset(
-        records, image_size=d.load_size or cfg.equiav.img_size, seconds=d.seconds,
+        records, image_size=d.load_size or img_size, seconds=d.seconds,
         sample_rate=d.sample_rate or 16000, keep_seconds=d.keep_seconds if train else None,
         frame_time=d.frame_time, frame_index=d.frame_index, classes=classes,
         cache_in_memory=d.cache_in_memory, on_error=d.on_error, workers=max(1, d.num_workers),

@@ -41,6 +41,7 @@ from avssl.data.datasets import AVFrameAudioDataset
 from avssl.data.manifest import Record
 from avssl.engine import distributed as dist_utils
 from avssl.eval.classification import classification_summary
+from avssl.methods.equiav_data import equiav_clip_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +73,7 @@ def equiav_ft_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequ
         raise ValueError(f"{source} gives {len(classes)} classes but equiav_ft.ft.num_classes="
                          f"{ft.ft.num_classes}; set equiav_ft.ft.num_classes={len(classes)}"
                          + ("" if ft.class_list else " or equiav_ft.class_list (classes absent from training)"))
-    return AVFrameAudioDataset(
-        records, image_size=d.load_size or ft.backbone.img_size, seconds=d.seconds,
-        sample_rate=d.sample_rate or 16000, keep_seconds=d.keep_seconds if train else None,
-        frame_time=d.frame_time, frame_index=d.frame_index, classes=classes,
-        cache_in_memory=d.cache_in_memory, on_error=d.on_error, workers=max(1, d.num_workers),
-        audio_pad="zero")
+    return equiav_clip_dataset(records, d, ft.backbone.img_size, train, classes)
 
 
 def read_class_list(path: str | Path) -> list[str]:
