@@ -51,6 +51,15 @@ def build_method(name: str, options: Mapping | object | None = None) -> nn.Modul
     return spec.model(options)
 
 
+_INIT_KEYS = ("init_checkpoint", "imagenet_init")
+
+
+def _without_init(options: dict) -> dict:
+    """``options`` with every initialisation file (also in nested sections) set to None."""
+    return {k: (None if k in _INIT_KEYS else _without_init(v) if isinstance(v, dict) else v)
+            for k, v in options.items()}
+
+
 def load_method(path: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model saved in an avssl checkpoint; returns ``(model in eval mode, checkpoint)``."""
     ckpt = load_checkpoint(path, map_location=map_location)
@@ -58,12 +67,8 @@ def load_method(path: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.
     name = cfg.get("method")
     if name not in METHODS:
         raise CheckpointError(f"checkpoint {path}: its config names no known method ({name!r})")
-    options = dict(cfg.get(name, {}))
-    if options.get("init_checkpoint"):
-        options["init_checkpoint"] = None  # the checkpoint's weights replace any initialisation
-    backbone = options.get("backbone")
-    if isinstance(backbone, dict) and backbone.get("init_checkpoint"):
-        options["backbone"] = {**backbone, "init_checkpoint": None}
+    # the checkpoint's weights replace any initialisation: never re-read (or need) the init files
+    options = _without_init(dict(cfg.get(name, {})))
     model = build_method(name, options)
     missing, unexpected = model.load_state_dict(strip_prefixes(ckpt["model"]), strict=False)
     if missing or unexpected:
