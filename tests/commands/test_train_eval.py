@@ -57,7 +57,14 @@ def test_train_then_eval(synth, tmp_path, capsys):
     assert saved["n_scored"] == len(test_ids) and 0 <= saved["ciou_at_0.5"] <= 1
     assert {"auc", "adaptive_ciou_at_0.5", "pointing_accuracy"} <= set(saved)
     assert {"a2v_instance", "v2a_instance", "a2a_class", "a2v_class"} <= set(saved["retrieval"])
-    assert set(saved["retrieval"]["a2v_instance"]) >= {"R1", "R5", "R10"}
+    assert set(saved["retrieval"]["a2v_instance"]) >= {"R1", "R5", "R10", "MR"}
+
+    # a per-class subset (EquiAV's retrieval protocol): at most 1 clip of each class
+    assert main(["eval", str(run / "last.pt"), "--data", str(synth / "manifest.jsonl"), "--split", "all",
+                 "--per-class", "1", "--out", str(tmp_path / "sub"), "--workers", "0"]) == 0
+    sub = json.loads((tmp_path / "sub" / "scores.json").read_text())
+    assert sub["n_clips"] == 3  # tiny_synth has 3 classes
+    capsys.readouterr()
 
     # the saved heatmaps score identically with `avssl score`
     assert main(["score", "--pred", str(out / "heatmaps.npz"), "--gt", str(synth / "annotations" / "vggss.json")]) == 0

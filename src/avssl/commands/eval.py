@@ -42,6 +42,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--workers", type=int, default=None, help="data loader workers")
     parser.add_argument("--no-retrieval", action="store_true", help="skip the retrieval metrics")
+    parser.add_argument("--per-class", type=int, default=None, metavar="N",
+                        help="keep only the first N clips of each class (manifest order), e.g. 5 as EquiAV's "
+                             "retrieval subset; clips without a label are dropped")
+
+
+def per_class_subset(records, n: int) -> list:
+    """The first ``n`` records of each first label, in manifest order (unlabelled records dropped)."""
+    if n < 1:
+        raise ValueError(f"--per-class must be >= 1, got {n}")
+    seen: dict[str, int] = {}
+    kept = []
+    for r in records:
+        if r.labels and seen.get(r.labels[0], 0) < n:
+            seen[r.labels[0]] = seen.get(r.labels[0], 0) + 1
+            kept.append(r)
+    return kept
 
 
 def _classification(args, model, cfg, pipe, dataset, device) -> int:
@@ -80,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         model, ckpt = load_method(args.checkpoint)
         cfg = from_dict(TrainConfig, ckpt["config"])
         records = read_manifest(args.data, split=None if args.split == "all" else args.split)
+        if args.per_class is not None:
+            records = per_class_subset(records, args.per_class)
         if not records:
             raise ValueError(f"{args.data}: no clips of split {args.split!r}")
         fmt = args.format or ("flickr" if args.gt and Path(args.gt).is_dir() else "vggss")
