@@ -353,7 +353,9 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
                         checkpoint(run_dir / "best.pt", epoch + 1)
             history.append(record)
             writer.log(record, step)
-            shown = ("train/loss", "val/ciou_at_0.5", "val/auc", "val/adaptive_ciou_at_0.5", "val/pointing_accuracy")
+            shown = ("train/loss", f"val/{cfg.train.select_on}", "val/ciou_at_0.5", "val/auc",
+                     "val/adaptive_ciou_at_0.5", "val/pointing_accuracy")
+            shown = tuple(dict.fromkeys(shown))  # the selection metric first, once
             logger.info("epoch %d/%d (%.1f s): %s (all metrics: %s)", epoch + 1, cfg.train.epochs, record["time_s"],
                         ", ".join(f"{k} {record[k]:.4f}" for k in shown if k in record),
                         run_dir / "metrics.jsonl")
