@@ -81,3 +81,29 @@ def test_eval_reports_a_broken_checkpoint(tmp_path, capsys):
     bad.write_bytes(b"")
     assert main(["eval", str(bad), "--data", str(tmp_path / "m.jsonl")]) == 2
     assert "x.pt" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_the_options(monkeypatch):
+    """`avssl train P --out D k=v`: a key=value after the options joins the overrides; a stray
+    option is still rejected."""
+    import avssl.cli as cli
+
+    seen = {}
+
+    def fake_run(args):
+        seen.update(overrides=list(args.overrides), out=args.out)
+        return 0
+
+    make = cli.build_parser
+
+    def parser_with_fake_train():
+        p = make()
+        p._subparsers._group_actions[0].choices["train"].set_defaults(_run=fake_run)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", parser_with_fake_train)
+    assert cli.main(["train", "synthetic/ssltie", "a.b=1", "--out", "D", "c.d=2"]) == 0
+    assert seen == {"overrides": ["a.b=1", "c.d=2"], "out": "D"}
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "synthetic/ssltie", "--out", "D", "--bogus"])
+    assert e.value.code == 2
