@@ -12,7 +12,7 @@ Steps (a rerun reuses what is already there):
      OUT/best_worst_<method>.png.
 
 KEY=VALUE overrides apply to every method's preset (ssltie.* options only matter to SSL-TIE,
-equiav.* only to EquiAV). Overrides go before the --options.
+equiav.* only to EquiAV). Overrides may come before or after the --options.
 
 Examples:
     avssl demo runs/demo
