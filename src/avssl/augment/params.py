@@ -147,7 +147,7 @@ def _mask(batch: int, size: int, max_width: int, generator: torch.Generator | No
 
 
 def sample_audio_params(batch: int, generator: torch.Generator | None = None, frames: int = 1024,
-                        bins: int = 128, time_mask: int = 192, freq_mask: int = 48,
+                        bins: int = 128, time_mask: int | None = None, freq_mask: int | None = None,
                         specaug_p: float = 0.8, crop_scale: Sequence[float] = (0.08, 1.0),
                         crop_ratio: Sequence[float] = (1 / 10, 1.5 / 8), jitter_p: float = 0.8,
                         jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1), blur_p: float = 0.5,
@@ -157,8 +157,14 @@ def sample_audio_params(batch: int, generator: torch.Generator | None = None, fr
 
     The crop is torchvision's RandomResizedCrop rule on the (frames, bins) plane with aspect ratio
     (bins-width / frames-height) in ``crop_ratio``. ``original_bugs`` selects the crop encoding.
+    ``time_mask`` / ``freq_mask`` (max SpecAugment widths) default to the released 192 frames / 48
+    bins scaled to the fbank: ``round(192 frames / 1024)``, ``round(48 bins / 128)``.
     Returns float32 on the generator's device.
     """
+    if time_mask is None:
+        time_mask = round(192 * frames / 1024)
+    if freq_mask is None:
+        freq_mask = round(48 * bins / 128)
     dev = _dev(generator)
     t = torch.zeros(batch, AUDIO_DIM, device=dev)
     u = torch.rand((batch, 4), generator=generator, device=dev)
@@ -240,16 +246,14 @@ def sample_param_lists(batch: int, num: int, generator: torch.Generator | None =
 
     Has the :data:`avssl.methods.equiav.ParamSampler` signature
     ``(batch, S, generator, device) -> (t_a_list, t_v_list)``; the vectors are never applied.
-    Audio vectors are drawn for a ``frames x bins`` fbank with the mask widths scaled from the
-    released 192 / 48 at 1024 x 128 (``round(192 frames / 1024)``, ``round(48 bins / 128)``);
-    visual ones for ``height x width`` frames (``extended``: 21-d). ``original_bugs`` selects the
+    Audio vectors are drawn for a ``frames x bins`` fbank (mask widths scaled as in
+    :func:`sample_audio_params`); visual ones for ``height x width`` frames (``extended``: 21-d). ``original_bugs`` selects the
     audio crop encoding. ``seed``: with ``generator=None``, draw from a fresh generator seeded
     with it (the same vectors on every call) instead of torch's global generator.
     """
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(seed)
-    t_a = sample_audio_params(batch * num, generator, frames, bins, time_mask=round(192 * frames / 1024),
-                              freq_mask=round(48 * bins / 128), original_bugs=original_bugs)
+    t_a = sample_audio_params(batch * num, generator, frames, bins, original_bugs=original_bugs)
     t_v = sample_visual_params(batch * num, generator, height, width, extended=extended)
     t_a, t_v = t_a.view(batch, num, AUDIO_DIM), t_v.view(batch, num, t_v.shape[-1])
     if device is not None:

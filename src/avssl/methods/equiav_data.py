@@ -78,11 +78,6 @@ def equiav_clip_dataset(records: Sequence[Record], d, img_size: int, train: bool
         audio_pad="zero")
 
 
-def _mask_widths(frames: int, bins: int) -> tuple[int, int]:
-    """SpecAugment max widths scaled from the released 192 frames / 48 bins at 1024 x 128."""
-    return round(192 * frames / 1024), round(48 * bins / 128)
-
-
 class EquiAVBatchTransform:
     """Collated batch -> EquiAV inputs on ``device`` (module docstring).
 
@@ -134,9 +129,7 @@ class EquiAVBatchTransform:
         h, w = image.shape[-2:]
         gdev = generator.device if generator is not None else torch.device("cpu")
         roll = torch.randint(-n_t, n_t, (g,), generator=generator, device=gdev)
-        tm, fm = _mask_widths(n_t, n_f)
-        t_a = sample_audio_params(g, generator, n_t, n_f, time_mask=tm, freq_mask=fm,
-                                  original_bugs=c.aug_original_bugs)
+        t_a = sample_audio_params(g, generator, n_t, n_f, original_bugs=c.aug_original_bugs)
         t_v = sample_visual_params(g, generator, h, w, extended=c.visual_extended)
         rows = lambda x: shard_rows(x, shard).to(self.device, non_blocking=True)  # noqa: E731
         roll, t_a, t_v = rows(roll), rows(t_a), rows(t_v)
