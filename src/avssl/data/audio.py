@@ -222,6 +222,15 @@ def equiav_fbank(wave: torch.Tensor, sample_rate: float, target_frames: int = 10
     return fbank.sub_(mean).div_(std)  # == normalise_fbank, in place on our own fresh tensor
 
 
+def subtract_valid_mean(wave: torch.Tensor, num_samples: torch.Tensor) -> torch.Tensor:
+    """(B, N) zero-padded waveforms minus each clip's mean over its first ``num_samples`` (B,)
+    samples; the padding stays 0."""
+    n = num_samples.to(wave.device).long()
+    valid = torch.arange(wave.shape[-1], device=wave.device)[None] < n[:, None]
+    mean = (wave * valid).sum(-1, keepdim=True) / n[:, None].to(wave.dtype)
+    return torch.where(valid, wave - mean, 0.0)
+
+
 def equiav_fbank_batch(wave: torch.Tensor, num_samples: torch.Tensor | None, sample_rate: float,
                        target_frames: int = 1024, stats: str | tuple[float, float] | None = "audioset",
                        num_mel_bins: int = 128) -> torch.Tensor:
@@ -243,9 +252,7 @@ def equiav_fbank_batch(wave: torch.Tensor, num_samples: torch.Tensor | None, sam
     n = num_samples.to(wave.device).long()
     if bool((n < 1).any()) or bool((n > n_total).any()):
         raise ValueError(f"num_samples must lie in [1, {n_total}], got {n.tolist()}")
-    valid = torch.arange(n_total, device=wave.device)[None] < n[:, None]
-    mean = (wave * valid).sum(-1, keepdim=True) / n[:, None].to(wave.dtype)
-    centred = torch.where(valid, wave - mean, 0.0)
+    centred = subtract_valid_mean(wave, n)
     fbank = pad_or_cut(kaldi_fbank(centred, sample_rate, num_mel_bins=num_mel_bins), target_frames)
     size, shift = int(sample_rate * 0.025), int(sample_rate * 0.010)
     frames_ok = torch.div(n - size, shift, rounding_mode="floor") + 1  # snip_edges frame count

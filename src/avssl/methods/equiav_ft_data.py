@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avssl.augment.audio import time_roll
 from avssl.augment.image import EvalTransform
-from avssl.data.audio import equiav_fbank_batch
+from avssl.data.audio import equiav_fbank_batch, subtract_valid_mean
 from avssl.data.datasets import AVFrameAudioDataset
 from avssl.data.manifest import Record
 from avssl.engine import distributed as dist_utils
@@ -195,11 +196,10 @@ class EquiAVFinetuneTransform:
             if self.mixup_p > 0:
                 wave, v, target = self._mixup(wave, n, v, target, lam)
         a = equiav_fbank_batch(wave, n, int(batch["sample_rate"]), self.audio_length, self.stats, self.num_mel_bins)
+        a = a[:, None].expand(-1, 3, -1, -1)
         if train and self.time_roll:
-            t = torch.arange(self.audio_length, device=a.device)
-            src = (t[None] - shift[:, None]) % self.audio_length  # roll: out[t] = in[t - shift]
-            a = torch.gather(a, 1, src[..., None].expand_as(a))
-        a = a[:, None].expand(-1, 3, -1, -1).contiguous()
+            a = time_roll(a, shift, torch.ones_like(shift, dtype=torch.bool))
+        a = a.contiguous()
         out = {"a": a, "v": v.contiguous(), "target": target}
         if lam is not None:
             out["lam"] = lam
@@ -215,7 +215,7 @@ class EquiAVFinetuneTransform:
                ) -> tuple[Tensor, Tensor, Tensor]:
         p = self.partner(wave.shape[0], wave.device)
         valid = torch.arange(wave.shape[1], device=wave.device)[None] < n[:, None]
-        centred = torch.where(valid, wave - (wave * valid).sum(1, keepdim=True) / n[:, None].to(wave.dtype), 0.0)
+        centred = subtract_valid_mean(wave, n)
         l1 = lam[:, None]
         wave = torch.where(valid, l1 * centred + (1 - l1) * centred[p], 0.0)  # partner cut to this clip's length
         v = lam[:, None, None, None] * v + (1 - lam[:, None, None, None]) * v[p]
@@ -272,16 +272,6 @@ def gather_rows(x: Tensor) -> Tensor:
     return torch.cat([o[:c] for o, c in zip(out, counts, strict=True)])
 
 
-def _gather_ids(ids: list[str]) -> list[str]:
-    if dist_utils.world_size() == 1:
-        return ids
-    import torch.distributed as dist
-
-    out: list[list[str] | None] = [None] * dist_utils.world_size()
-    dist.all_gather_object(out, ids)
-    return [i for part in out for i in part]  # type: ignore[union-attr]
-
-
 @torch.no_grad()
 def finetune_evaluate(model: nn.Module, loader, transform, device: torch.device, cfg) -> dict[str, float]:
     """Classification metrics over the whole val/test set: each rank scores its shard, the logits
@@ -308,7 +298,7 @@ def finetune_evaluate(model: nn.Module, loader, transform, device: torch.device,
     all_logits, all_targets = gather_rows(torch.cat(logits)), gather_rows(torch.cat(targets))
     if all_logits.shape[0] == 0:
         raise ValueError("the evaluation set is empty")
-    all_ids = _gather_ids(ids)
+    all_ids = [i for part in dist_utils.all_gather_object(ids) for i in part]
     first: dict[str, int] = {}
     for i, cid in enumerate(all_ids):
         first.setdefault(cid, i)
