@@ -34,6 +34,7 @@ __all__ = [
     "all_reduce_mean",
     "shard_indices",
     "all_gather_object",
+    "broadcast_from_main",
     "gather_inference",
 ]
 
@@ -128,6 +129,17 @@ def shard_indices(n: int, rank_: int | None = None, world: int | None = None) ->
     base, extra = divmod(n, w)
     start = r * base + min(r, extra)
     return list(range(start, start + base + (1 if r < extra else 0)))
+
+
+def broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``t`` on every rank (same shape and dtype everywhere; through the backend's
+    device: CUDA for NCCL, CPU otherwise); ``t`` itself on one process."""
+    if world_size() == 1:
+        return t
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    buf = t.to(dev).contiguous()
+    dist.broadcast(buf, src=0)
+    return buf.to(t.device)
 
 
 def all_gather_object(obj) -> list:

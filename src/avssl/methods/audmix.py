@@ -30,16 +30,18 @@ rebuilds the table with the right ``k``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from avssl.engine import distributed as dist_utils
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["AudmixState", "mix_schedule", "nearest_neighbours", "draw_queue", "embed_audio",
-           "mix_waves", "apply_audmix", "audmix_on_epoch_end"]
+           "mix_waves", "audmix_on_epoch_end"]
 
 
 @dataclass
@@ -169,20 +171,6 @@ def mix_waves(wave: Tensor, ids: Sequence[str], state: AudmixState,
     return out
 
 
-def _broadcast(t: Tensor) -> Tensor:
-    import torch.distributed as dist
-
-    from avssl.engine import distributed as dist_utils
-
-    if not dist_utils.is_distributed():
-        return t
-    backend = dist.get_backend()
-    dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-    buf = t.to(dev).contiguous()
-    dist.broadcast(buf, src=0)
-    return buf.to(t.device)
-
-
 def audmix_on_epoch_end(model: nn.Module, dataset, transform, cfg, epoch: int,
                         device: torch.device | str) -> dict[str, float]:
     """Pipeline hook: rebuild the neighbour table for the next epoch.
@@ -198,7 +186,7 @@ def audmix_on_epoch_end(model: nn.Module, dataset, transform, cfg, epoch: int,
     emb = embed_audio(model, dataset, cfg, device)
     queue = draw_queue(len(emb), opts.audmix_queue, cfg.train.seed, epoch)
     nbr, sim = nearest_neighbours(emb.to(device), queue.to(device))
-    nbr, sim = _broadcast(nbr), _broadcast(sim)
+    nbr, sim = dist_utils.broadcast_from_main(nbr), dist_utils.broadcast_from_main(sim)
     state = AudmixState(neighbour=nbr, similarity=sim, k=epoch + 1,
                         index={r.id: i for i, r in enumerate(dataset.records)}, dataset=dataset,
                         p0=opts.audmix_p0, p_step=opts.audmix_p_step, alpha_step=opts.audmix_alpha_step)
@@ -207,11 +195,3 @@ def audmix_on_epoch_end(model: nn.Module, dataset, transform, cfg, epoch: int,
                 epoch + 2, state.k, state.probability, state.alpha, len(queue), float(sim.mean()))
     return {"audmix_nn_cos": float(sim.mean()), "audmix_k": float(state.k),
             "audmix_p": state.probability, "audmix_alpha": state.alpha}
-
-
-def apply_audmix(batch: Mapping, wave: Tensor, transform, generator: torch.Generator | None) -> Tensor:
-    """The transform's call site: ``wave`` mixed when a table is set on ``transform``, else as is."""
-    state = getattr(transform, "audmix", None)
-    if state is None:
-        return wave
-    return mix_waves(wave, batch["id"], state, generator)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from avssl.data.audio import ssltie_spectrogram
 from avssl.data.datasets import AVFrameAudioDataset
 from avssl.data.manifest import Record
-from avssl.methods.audmix import apply_audmix
+from avssl.methods.audmix import mix_waves
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class SSLTIEBatchTransform:
         image = batch["image"].to(self.device, non_blocking=True)
         wave = batch["wave"].to(self.device, non_blocking=True)
         if train and self.audmix is not None:
-            wave = apply_audmix(batch, wave, self, generator)
+            wave = mix_waves(wave, batch["id"], self.audmix, generator)
         augment = train and self.invariance
         image = self.train_image(image, generator) if augment else self.eval_image(image)
         spec = ssltie_spectrogram(wave, int(batch["sample_rate"]), self.seconds, train=augment,
