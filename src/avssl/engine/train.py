@@ -119,8 +119,6 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         order = self._order()
-        if self.world == 1 and not self.drop_last:
-            return iter(order.tolist())
         b, glob = self.batch_size, self.batch_size * self.world
         full = (self.n // glob) * glob
         mine = order[:full].view(-1, self.world, b)[:, self.rank].reshape(-1)
@@ -196,6 +194,13 @@ class _Writer:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Scalar tensors -> floats averaged over ranks, in one collective (and one device sync)."""
+    keys = list(values)
+    stacked = dist_utils.all_reduce_mean(torch.stack([values[k].float().reshape(()) for k in keys]))
+    return dict(zip(keys, stacked.tolist(), strict=True))
 
 
 def _validate(model, loader, transform, pipe, cfg: TrainConfig, device, boxes) -> dict:
@@ -325,7 +330,7 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v.detach().float()
                 if step % cfg.train.log_every == 0:  # the mean over ranks (= the global batch's loss)
-                    rec = {k: float(dist_utils.all_reduce_mean(v.detach().float())) for k, v in losses.items()}
+                    rec = _mean_over_ranks({k: v.detach() for k, v in losses.items()})
                     if not math.isfinite(rec["loss"]):
                         raise FloatingPointError(f"non-finite loss {rec['loss']} at epoch {epoch}, step {step}")
                     rec.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0])
@@ -333,7 +338,7 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
                                step)
                     if bar is not loader:
                         bar.set_postfix(loss=f"{rec['loss']:.4f}")
-            means = {k: float(dist_utils.all_reduce_mean(v / n_batches)) for k, v in sums.items()}
+            means = _mean_over_ranks({k: v / n_batches for k, v in sums.items()})
             last_loss = means["loss"]
             if not math.isfinite(last_loss):
                 raise FloatingPointError(f"non-finite mean loss {last_loss} in epoch {epoch}")
