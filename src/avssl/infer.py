@@ -180,8 +180,9 @@ def zero_padded_windows(wave: torch.Tensor, sample_rate: int, times: torch.Tenso
 
 
 def _pipeline_maps(model: nn.Module, cfg, frames: np.ndarray, wave: torch.Tensor, sr: int, t: np.ndarray,
-                   device: torch.device, batch_size: int, seconds: float, pad: str) -> np.ndarray:
-    """Heatmaps through the method's eval transform and ``infer`` (frames (N, H, W, 3) uint8)."""
+                   device: torch.device, batch_size: int, seconds: float, pad: str) -> list[torch.Tensor]:
+    """Heatmaps through the method's eval transform and ``infer`` (frames (N, H, W, 3) uint8), one
+    (b, h, w) CPU tensor per batch."""
     from avssl.engine.pipelines import pipeline_for
 
     pipe = pipeline_for(cfg.method)
@@ -202,7 +203,7 @@ def _pipeline_maps(model: nn.Module, cfg, frames: np.ndarray, wave: torch.Tensor
             batch = {"id": [str(x) for x in range(i, i + k)], "image": img, "wave": win.contiguous(),
                      "num_samples": n, "label": torch.full((k,), -1), "sample_rate": sr}
             out.append(pipe.infer(model, transform(batch, None, train=False))["heatmap"].float().cpu())
-    return torch.cat(out).numpy()
+    return out
 
 
 def localise_video(model: nn.Module, path: PathLike, times: Sequence[float] | None = None,
@@ -248,18 +249,17 @@ def localise_video(model: nn.Module, path: PathLike, times: Sequence[float] | No
                     p, clip.audio.shape[-1] / sr, audio_seconds, "tiled" if pad == "tile" else "zero-padded")
     device = torch.device(device)
     wave = torch.from_numpy(clip.audio).to(device)
-    transform = EvalTransform(size)
     model = model.to(device).eval()
-    out = []
     if cfg is not None:
-        out = [torch.from_numpy(_pipeline_maps(model, cfg, frames, wave, sr, t, device, batch_size, audio_seconds,
-                                               pad))] if len(t) else []
-    with torch.no_grad():
-        for i in range(0, len(t) if cfg is None else 0, batch_size):
-            img = torch.from_numpy(frames[i:i + batch_size]).to(device).permute(0, 3, 1, 2)
-            spec = ssltie_spectrogram(audio_windows(wave, sr, torch.from_numpy(t[i:i + batch_size]).to(device),
-                                                    audio_seconds), sr)
-            out.append(model.localise(transform(img), spec).float().cpu())
+        out = _pipeline_maps(model, cfg, frames, wave, sr, t, device, batch_size, audio_seconds, pad)
+    else:
+        transform, out = EvalTransform(size), []
+        with torch.no_grad():
+            for i in range(0, len(t), batch_size):
+                img = torch.from_numpy(frames[i:i + batch_size]).to(device).permute(0, 3, 1, 2)
+                spec = ssltie_spectrogram(audio_windows(wave, sr, torch.from_numpy(t[i:i + batch_size]).to(device),
+                                                        audio_seconds), sr)
+                out.append(model.localise(transform(img), spec).float().cpu())
     crop_maps = torch.cat(out).numpy() if out else np.empty((0, size // 16, size // 16), np.float32)
     box = crop_geometry(height, width, size)
     logger.info("%s: localised %d frames (%dx%d, crop box %s, audio %d Hz)", p, len(t), width, height,
