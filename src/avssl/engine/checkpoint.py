@@ -104,7 +104,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except (RuntimeError, EOFError, OSError, ValueError, TypeError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"checkpoint {path}: unreadable ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    return check_checkpoint(ckpt, path)
+
+
+def is_avssl_checkpoint(obj: Any) -> bool:
+    """True for a loaded object written by :func:`save_checkpoint` (checked no further)."""
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def check_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict:
+    """``ckpt`` (already loaded from ``path``) if it is a usable avssl checkpoint, else a
+    :class:`CheckpointError` naming ``path`` and the cause."""
+    if not is_avssl_checkpoint(ckpt):
         raise CheckpointError(
             f"checkpoint {path}: not an avssl checkpoint (for the authors' files use `avssl convert`)"
         )

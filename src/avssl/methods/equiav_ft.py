@@ -278,7 +278,12 @@ def load_init_checkpoint(model: EquiAVClassifier, path: str | os.PathLike) -> Co
     prefixes). Raises :class:`avssl.engine.checkpoint.CheckpointError` naming the file when it
     is missing or unreadable, or when no encoder weight fits the model (wrong sizes).
     """
-    from avssl.engine.checkpoint import CheckpointError, load_checkpoint, unwrap_state_dict
+    from avssl.engine.checkpoint import (
+        CheckpointError,
+        check_checkpoint,
+        is_avssl_checkpoint,
+        unwrap_state_dict,
+    )
 
     path = str(path)
     if not os.path.isfile(path):
@@ -287,8 +292,8 @@ def load_init_checkpoint(model: EquiAVClassifier, path: str | os.PathLike) -> Co
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, OSError, ValueError, TypeError) as e:
         raise CheckpointError(f"init checkpoint {path}: unreadable ({type(e).__name__}: {e})") from e
-    if isinstance(obj, dict) and obj.get("format") == "avssl-checkpoint":
-        state, kind = load_checkpoint(path)["model"], "avssl"
+    if is_avssl_checkpoint(obj):
+        state, kind = check_checkpoint(obj, path)["model"], "avssl"
     else:
         try:
             state, kind = unwrap_state_dict(obj), "official"
