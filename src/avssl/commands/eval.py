@@ -67,8 +67,17 @@ def _classification(args, model, cfg, pipe, dataset, device) -> int:
                         num_workers=cfg.data.num_workers if args.workers is None else args.workers,
                         collate_fn=pipe.collate)
     scores = pipe.evaluate(model.to(device), loader, pipe.batch_transform(cfg, device), device, cfg)
+    return _write_scores(args, _out_dir(args), scores)
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
     out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{Path(args.checkpoint).stem}"
     out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _write_scores(args: argparse.Namespace, out_dir: Path, scores: dict) -> int:
+    """scores.json in ``out_dir`` (with what was evaluated), and the same JSON on stdout."""
     scores = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, **scores}
     (out_dir / "scores.json").write_text(json.dumps(scores, indent=2))
     print(json.dumps(scores, indent=2))
@@ -112,13 +121,9 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, ConfigError, ManifestError, MediaError, AnnotationError, ValueError) as e:
         print(f"avssl eval: error: {e}", file=sys.stderr)
         return 2
-    out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{Path(args.checkpoint).stem}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _out_dir(args)
     save_heatmaps(out_dir / "heatmaps.npz", out.heatmaps)
     if args.gt:
         sheet = best_worst_sheet(dataset, out.heatmaps, load_annotations(args.gt, fmt), fmt, out_dir / "best_worst.png")
         scores["contact_sheet"] = str(sheet) if sheet else None
-    scores = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, **scores}
-    (out_dir / "scores.json").write_text(json.dumps(scores, indent=2))
-    print(json.dumps(scores, indent=2))
-    return 0
+    return _write_scores(args, out_dir, scores)
