@@ -4,8 +4,9 @@ Every function works whether or not ``torch.distributed`` is available or initia
 no process group (or a world of one) ``rank() == 0``, ``world_size() == 1`` and both gathers
 return their input unchanged (same tensor object, so autograd is untouched).
 
-Gathers concatenate along dim 0 in rank order and need the same shape on every rank (use
-``drop_last`` in the sampler; collectives with ragged shapes are not supported).
+Gathers concatenate along dim 0 in rank order. The two autograd-aware gathers need the same
+shape on every rank (``drop_last`` in the sampler); :func:`all_gather_rows` (evaluation outputs)
+takes a different number of rows per rank.
 
 Gradient convention (``all_gather_with_grad``): each rank computes a loss that is a *mean*
 over its local queries, and DDP averages parameter gradients over ranks. The backward pass
@@ -35,6 +36,7 @@ __all__ = [
     "shard_indices",
     "all_gather_object",
     "broadcast_from_main",
+    "all_gather_rows",
     "gather_inference",
 ]
 
@@ -129,6 +131,23 @@ def shard_indices(n: int, rank_: int | None = None, world: int | None = None) ->
     base, extra = divmod(n, w)
     start = r * base + min(r, extra)
     return list(range(start, start + base + (1 if r < extra else 0)))
+
+
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's (n_r, ...) tensor in rank order, the n_r may differ (padded to
+    the largest for the collective, then trimmed); no autograd. ``x`` itself on one process."""
+    ws = world_size()
+    if ws == 1:
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    sizes = [torch.zeros_like(n) for _ in range(ws)]
+    dist.all_gather(sizes, n)
+    counts = [int(s) for s in sizes]
+    padded = torch.zeros((max(counts), *x.shape[1:]), dtype=x.dtype, device=x.device)
+    padded[:x.shape[0]] = x
+    out = [torch.empty_like(padded) for _ in range(ws)]
+    dist.all_gather(out, padded.contiguous())
+    return torch.cat([o[:c] for o, c in zip(out, counts, strict=True)])
 
 
 def broadcast_from_main(t: torch.Tensor) -> torch.Tensor:

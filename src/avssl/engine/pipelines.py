@@ -23,7 +23,7 @@ from torch import nn
 from avssl.data.datasets import collate
 from avssl.methods import audmix, equiav_data, equiav_ft_data, ssltie_data
 
-__all__ = ["Pipeline", "PIPELINES", "pipeline_for", "shard_rows", "register_pipeline"]
+__all__ = ["Pipeline", "PIPELINES", "pipeline_for", "shard_rows"]
 
 
 def _as_is(model: nn.Module, cfg) -> nn.Module:
@@ -84,11 +84,6 @@ PIPELINES: dict[str, Pipeline] = {
                           param_groups=equiav_ft_data.finetune_param_groups,
                           sample_weights=equiav_ft_data.finetune_sample_weights),
 }
-
-
-def register_pipeline(method: str, pipeline: Pipeline) -> None:
-    """Add (or replace) the pipeline of ``method``."""
-    PIPELINES[method] = pipeline
 
 
 def pipeline_for(method: str) -> Pipeline:

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "equiav_ft_dataset", "EquiAVFinetuneTransform", "FinetuneLoss", "finetune_train_module",
     "finetune_evaluate", "finetune_param_groups", "finetune_sample_weights", "read_sample_weights",
-    "sample_beta", "gather_rows", "read_class_list",
+    "sample_beta", "read_class_list",
 ]
 
 
@@ -251,27 +251,6 @@ def finetune_train_module(model: nn.Module, cfg) -> FinetuneLoss:
     return FinetuneLoss(model, cfg.equiav_ft.loss)
 
 
-def gather_rows(x: Tensor) -> Tensor:
-    """Concatenate (n_r, ...) tensors of every rank whose n_r differ (pad to the max, gather, trim).
-
-    ``x`` itself on one process.
-    """
-    ws = dist_utils.world_size()
-    if ws == 1:
-        return x
-    import torch.distributed as dist
-
-    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
-    sizes = [torch.zeros_like(n) for _ in range(ws)]
-    dist.all_gather(sizes, n)
-    counts = [int(s) for s in sizes]
-    padded = torch.zeros((max(counts), *x.shape[1:]), dtype=x.dtype, device=x.device)
-    padded[:x.shape[0]] = x
-    out = [torch.empty_like(padded) for _ in range(ws)]
-    dist.all_gather(out, padded.contiguous())
-    return torch.cat([o[:c] for o, c in zip(out, counts, strict=True)])
-
-
 @torch.no_grad()
 def finetune_evaluate(model: nn.Module, loader, transform, device: torch.device, cfg) -> dict[str, float]:
     """Classification metrics over the whole val/test set: each rank scores its shard, the logits
@@ -295,7 +274,8 @@ def finetune_evaluate(model: nn.Module, loader, transform, device: torch.device,
     if not logits:  # this rank's shard is empty (fewer val clips than ranks)
         c = model.cfg.num_classes
         logits, targets = [torch.zeros(0, c, device=device)], [torch.zeros(0, c, device=device)]
-    all_logits, all_targets = gather_rows(torch.cat(logits)), gather_rows(torch.cat(targets))
+    all_logits, all_targets = (dist_utils.all_gather_rows(torch.cat(logits)),
+                                dist_utils.all_gather_rows(torch.cat(targets)))
     if all_logits.shape[0] == 0:
         raise ValueError("the evaluation set is empty")
     all_ids = [i for part in dist_utils.all_gather_object(ids) for i in part]
