@@ -10,10 +10,10 @@ A sample is a dict::
 
 * ``image``: a raw video (``Record.video``) gives the frame displayed at ``frame_time`` (config),
   else at ``extra["annotation_time"]``, else at the clip middle; a pre-extracted record
-  (``frames`` + ``audio``) gives ``frames[frame_index]`` (default: the middle file). The frame
-  is resized so that its short side is ``S`` (bilinear, antialiased) and centre-cropped to
-  ``S x S``; for square frames this equals a plain resize, so box annotations in normalised
-  coordinates stay valid.
+  (``frames`` + ``audio``) gives ``frames[frame_index]`` (default: the middle file). The
+  ORIGINAL frame is resized so that its short side is ``S`` and centre-cropped to ``S x S``
+  (:func:`resize_crop`; default the authors' PIL bicubic test transform, exactly), as both
+  methods' test loaders do; boxes stay on the centre-cropped map, as in the authors' scoring.
 * ``wave``: mono, at the native rate or resampled to ``sample_rate``; tiled/cut to exactly
   ``seconds * rate`` samples (:func:`avssl.data.audio.tile_to_duration`; training sets first
   keep only ``keep_seconds``). With ``audio_pad="zero"`` (EquiAV: the original pads the
@@ -46,7 +46,7 @@ from avssl.data.manifest import Record
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AVFrameAudioDataset", "collate", "resize_crop", "class_list"]
+__all__ = ["AVFrameAudioDataset", "collate", "resize_crop", "class_list", "FRAME_RESIZE"]
 
 
 def class_list(records: Sequence[Record]) -> list[str]:
@@ -54,13 +54,39 @@ def class_list(records: Sequence[Record]) -> list[str]:
     return sorted({r.labels[0] for r in records if r.labels})
 
 
-def resize_crop(frame: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 ``(H, W, 3)`` -> uint8 ``(3, size, size)``: short side to ``size`` (antialiased bilinear), centre crop."""
+#: Loader frame resizes (:func:`resize_crop`); "pil_bicubic" is the authors' test transform.
+FRAME_RESIZE = ("pil_bicubic", "torch_bilinear")
+
+
+def resize_crop(frame: np.ndarray, size: int, method: str = "pil_bicubic") -> torch.Tensor:
+    """uint8 ``(H, W, 3)`` ORIGINAL frame -> uint8 ``(3, size, size)``: short side to ``size``, centre crop.
+
+    ``"pil_bicubic"`` is what SSL-TIE's and EquiAV's (CAV-MAE's) test loaders do,
+    ``transforms.Resize(size, BICUBIC)`` on the PIL image then ``CenterCrop(size)``, reproduced
+    exactly: PIL's antialiased bicubic resize to short side ``size`` and long side
+    ``int(size * long / short)`` (torchvision truncates), no resize when the short side already
+    is ``size``, crop offsets ``int(round((n - size) / 2))``, PIL's rounded and clamped uint8
+    output. ``ToTensor`` + normalisation of that uint8 image then gives the authors' tensor.
+    ``"torch_bilinear"``: antialiased bilinear in torch with rounded sizes (the loader before
+    0.2; kept for comparison: it moves SSL-TIE heatmaps by up to ~1% of their maximum).
+    """
+    if method not in FRAME_RESIZE:
+        raise ValueError(f"frame resize must be one of {FRAME_RESIZE}, got {method!r}")
     frame = np.ascontiguousarray(frame)
+    h, w = frame.shape[:2]
+    if method == "pil_bicubic":
+        from PIL import Image
+
+        if min(h, w) != size:
+            nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+            frame = np.asarray(Image.fromarray(frame).resize((nw, nh), Image.BICUBIC))
+            h, w = nh, nw
+        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+        crop = np.array(frame[top:top + size, left:left + size], dtype=np.uint8, copy=True)
+        return torch.from_numpy(crop).permute(2, 0, 1).contiguous()
     if not frame.flags.writeable:
         frame = frame.copy()
     x = torch.from_numpy(frame).permute(2, 0, 1)
-    h, w = x.shape[1:]
     if (h, w) == (size, size):
         return x.contiguous()
     scale = size / min(h, w)
@@ -86,18 +112,22 @@ class AVFrameAudioDataset(Dataset):
         on_error: "raise" or "skip" (pre-screen at construction).
         workers: threads for the construction-time decoding.
         audio_pad: "tile" (SSL-TIE: tile short audio) or "zero" (cut / zero-pad, true length kept).
+        frame_resize: :data:`FRAME_RESIZE` method of :func:`resize_crop`.
     """
 
     def __init__(self, records: Sequence[Record], image_size: int = 224, seconds: float = 10.0,
                  sample_rate: int | None = None, keep_seconds: float | None = None,
                  frame_time: float | None = None, frame_index: int | None = None,
                  classes: Sequence[str] | None = None, cache_in_memory: bool = False,
-                 on_error: str = "raise", workers: int = 2, audio_pad: str = "tile") -> None:
+                 on_error: str = "raise", workers: int = 2, audio_pad: str = "tile",
+                 frame_resize: str = "pil_bicubic") -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if audio_pad not in ("tile", "zero"):
             raise ValueError(f"audio_pad must be 'tile' or 'zero', got {audio_pad!r}")
-        self.audio_pad = audio_pad
+        if frame_resize not in FRAME_RESIZE:
+            raise ValueError(f"frame_resize must be one of {FRAME_RESIZE}, got {frame_resize!r}")
+        self.audio_pad, self.frame_resize = audio_pad, frame_resize
         self.records = list(records)
         self.image_size, self.seconds, self.sample_rate = image_size, seconds, sample_rate
         self.keep_seconds, self.frame_time, self.frame_index = keep_seconds, frame_time, frame_index
@@ -170,7 +200,7 @@ class AVFrameAudioDataset(Dataset):
     def load(self, index: int) -> dict:
         """Decode record ``index`` (no cache); raises MediaError naming the file on failure."""
         r = self.records[index]
-        image = resize_crop(self._frame(r), self.image_size)
+        image = resize_crop(self._frame(r), self.image_size, self.frame_resize)
         wave, sr = self._wave(r)
         wave_t = torch.from_numpy(wave)
         if self.audio_pad == "tile":

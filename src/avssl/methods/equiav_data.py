@@ -75,7 +75,7 @@ def equiav_clip_dataset(records: Sequence[Record], d, img_size: int, train: bool
         sample_rate=d.sample_rate or 16000, keep_seconds=d.keep_seconds if train else None,
         frame_time=d.frame_time, frame_index=d.frame_index, classes=classes,
         cache_in_memory=d.cache_in_memory, on_error=d.on_error, workers=max(1, d.num_workers),
-        audio_pad="zero")
+        audio_pad="zero", frame_resize=d.frame_resize)
 
 
 class EquiAVBatchTransform:

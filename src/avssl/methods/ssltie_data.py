@@ -45,7 +45,8 @@ def ssltie_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequenc
         records, image_size=d.load_size or cfg.ssltie.image_size, seconds=d.seconds,
         sample_rate=d.sample_rate, keep_seconds=d.keep_seconds if train else None,
         frame_time=d.frame_time, frame_index=d.frame_index, classes=classes,
-        cache_in_memory=d.cache_in_memory, on_error=d.on_error, workers=max(1, d.num_workers))
+        cache_in_memory=d.cache_in_memory, on_error=d.on_error, workers=max(1, d.num_workers),
+        frame_resize=d.frame_resize)
 
 
 class SSLTIEBatchTransform:
