@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from avssl.data.datasets import FRAME_RESIZE
 from avssl.methods.equiav import EquiAVConfig
 from avssl.methods.equiav_ft import EquiAVFinetuneConfig
 from avssl.methods.ssltie import SSLTIEConfig
@@ -33,7 +34,11 @@ class DataConfig:
     seconds: audio length after tiling/cutting; keep_seconds: keep only the first seconds of
         training audio before tiling (Flickr training: 4).
     load_size: side of the square uint8 frame the loader returns (None: the method's
-        image_size); frames are resized (short side, antialiased) then centre-cropped.
+        image_size); frames are resized (short side) then centre-cropped.
+    frame_resize: how the loader resizes the ORIGINAL frame to ``load_size``: "pil_bicubic"
+        (default: the authors' test transform, torchvision ``Resize(S, BICUBIC)`` on the PIL
+        image + ``CenterCrop(S)``, bit-exact) or "torch_bilinear" (antialiased bilinear in
+        torch, the earlier loader; SSL-TIE heatmaps then differ from the authors' by up to ~1%).
     on_error: "raise" (a clip that fails to decode raises MediaError naming it) or "skip"
         (every clip is decoded once at construction; failures are logged, counted, dropped).
     """
@@ -52,6 +57,7 @@ class DataConfig:
     seconds: float = 10.0
     keep_seconds: float | None = None
     load_size: int | None = None
+    frame_resize: str = "pil_bicubic"
     num_workers: int = 4
     cache_in_memory: bool = False
     on_error: str = "raise"
@@ -61,6 +67,8 @@ class DataConfig:
             raise ValueError(f"annotation_format must be 'vggss' or 'flickr', got {self.annotation_format!r}")
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        if self.frame_resize not in FRAME_RESIZE:
+            raise ValueError(f"frame_resize must be one of {FRAME_RESIZE}, got {self.frame_resize!r}")
         if self.seconds <= 0 or self.num_workers < 0:
             raise ValueError("seconds must be > 0 and num_workers >= 0")
 
