@@ -67,8 +67,8 @@ def resize_crop(frame: np.ndarray, size: int, method: str = "pil_bicubic") -> to
     ``int(size * long / short)`` (torchvision truncates), no resize when the short side already
     is ``size``, crop offsets ``int(round((n - size) / 2))``, PIL's rounded and clamped uint8
     output. ``ToTensor`` + normalisation of that uint8 image then gives the authors' tensor.
-    ``"torch_bilinear"``: antialiased bilinear in torch with rounded sizes (the loader before
-    0.2; kept for comparison: it moves SSL-TIE heatmaps by up to ~1% of their maximum).
+    ``"torch_bilinear"``: antialiased bilinear in torch with rounded sizes (the earlier
+    loader; kept for comparison: it moves SSL-TIE heatmaps by up to ~1% of their maximum).
     """
     if method not in FRAME_RESIZE:
         raise ValueError(f"frame resize must be one of {FRAME_RESIZE}, got {method!r}")
