@@ -41,28 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(path: Path):
-    import pickle
+    from avssl.engine.checkpoint import safe_load
 
-    import torch
-
-    from avssl.engine.checkpoint import CheckpointError
-
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    errors = (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
-        # released training checkpoints also pickle their argparse options
-        log.warning("%s holds non-tensor objects; loading it with full unpickling (trust the file)", path)
-    except errors as e:
-        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except errors as e:
-        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    # weights_only with argparse.Namespace allowed (released training files pickle their options)
+    return safe_load(path, map_location="cpu", what="official checkpoint")
 
 
 def convert(source: str, input_path: str | Path, output_path: str | Path, preset: str = "vit_b16",

@@ -7,15 +7,24 @@ A checkpoint is one ``torch.save`` dict::
      "config": resolved config as a plain dict, "rng": RNG states, "extra": {...}}
 
 It is written to a temporary file in the same folder, flushed and fsynced, then renamed
-over the target, so a run killed mid-write leaves the previous checkpoint intact.
+over the target, so a run killed mid-write leaves the previous checkpoint intact. NumPy values
+(e.g. the NumPy RNG state, metric scalars) are stored as tensors / Python numbers, so that the
+file holds only tensors and plain containers.
+
+Every checkpoint avssl reads (its own, the authors' released files, MAE / init weights) goes
+through :func:`safe_load`: ``torch.load(weights_only=True)`` with a short allow-list
+(:data:`SAFE_GLOBALS`), never full unpickling, so an untrusted file cannot run code.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import pickle
 import random
+import re
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +63,92 @@ class ConversionReport:
                 f"unexpected, {len(self.missing)} missing")
 
 
+def _numpy_globals() -> list:
+    """The NumPy reconstructors older avssl checkpoints need (a NumPy RNG state: a uint32 array;
+    metric values: float scalars), under the names NumPy 1 and NumPy 2 pickle them with."""
+    try:
+        from numpy._core import multiarray  # NumPy >= 2
+    except ImportError:  # pragma: no cover - NumPy 1
+        from numpy.core import multiarray
+    out: list = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out += [(multiarray._reconstruct, f"{mod}._reconstruct"), (multiarray.scalar, f"{mod}.scalar")]
+    dtypes = getattr(np, "dtypes", None)  # NumPy >= 1.25 pickles dtypes as these classes
+    for name in ("UInt32DType", "Float32DType", "Float64DType"):
+        if dtypes is not None and hasattr(dtypes, name):
+            out.append(getattr(dtypes, name))
+    return out
+
+
+#: Everything beyond tensors and plain containers / numbers / strings that :func:`safe_load`
+#: accepts: ``argparse.Namespace`` (the authors' training files pickle their options) and the
+#: NumPy array / scalar reconstructors for uint32 / float32 / float64 (older avssl checkpoints).
+SAFE_GLOBALS: list = [argparse.Namespace, *_numpy_globals()]
+
+_REFUSED = (r"Unsupported global: (GLOBAL [^ ]+)", r"but got <(class '[^']+')>")
+
+
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` allowing only :data:`SAFE_GLOBALS` besides tensors and
+    plain containers; never unpickles arbitrary objects (so never runs code from the file).
+
+    Raises :class:`CheckpointError` (one line, naming ``what`` and ``path``) when the file is
+    missing, empty, unreadable, or refused because it holds other Python objects.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path}: no such file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{what} {path}: empty file (an interrupted copy?)")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        found = next((m.group(1) for m in (re.search(r, msg) for r in _REFUSED) if m), None)
+        if found is not None:  # an object beyond the allow-list: never unpickled
+            raise CheckpointError(
+                f"{what} {path}: refused to load: it contains Python objects other than tensors and plain "
+                f"containers ({found}); avssl never unpickles arbitrary code") from None
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", msg)
+        if detail:  # garbage, or pickle opcodes the weights-only unpickler refuses
+            raise CheckpointError(
+                f"{what} {path}: unreadable (not a weights-only torch file: {_one_line(detail.group(1))}); "
+                "avssl never unpickles arbitrary code") from None
+        raise CheckpointError(f"{what} {path}: unreadable ({type(e).__name__}: {_one_line(msg)})") from e
+    except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError, ImportError,
+            IndexError, KeyError) as e:
+        raise CheckpointError(f"{what} {path}: unreadable ({type(e).__name__}: {_one_line(str(e))})") from e
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` with NumPy arrays as tensors and NumPy scalars as Python numbers (containers are
+    rebuilt only where something changed, so state dicts keep their ``_metadata``)."""
+    if isinstance(obj, np.ndarray) and obj.dtype != object:
+        return torch.from_numpy(np.ascontiguousarray(obj).copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        new = {k: _plain(v) for k, v in obj.items()}
+        if all(new[k] is obj[k] for k in obj):
+            return obj
+        out = OrderedDict(new) if isinstance(obj, OrderedDict) else dict(new)
+        if hasattr(obj, "_metadata"):
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        new = [_plain(v) for v in obj]
+        if all(a is b for a, b in zip(new, obj, strict=True)):
+            return obj
+        return type(obj)(new)
+    return obj
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` atomically (temp file + fsync + rename)."""
     path = Path(path)
@@ -73,7 +168,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 def rng_state() -> dict:
     """Every RNG the training loop draws from (Python, NumPy, torch CPU and CUDA)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -81,7 +179,9 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]  # keys: a tensor (or a NumPy array in older checkpoints)
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((name, keys.astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -89,22 +189,13 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: str | os.PathLike, **fields: Any) -> Path:
     """Save a training state (see the module docstring for the fields) atomically."""
-    payload = {"format": FORMAT, "version": VERSION, **fields}
+    payload = {"format": FORMAT, "version": VERSION, **_plain(fields)}
     return atomic_torch_save(payload, path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load and check an avssl checkpoint; raise :class:`CheckpointError` naming the cause."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path}: empty file (an interrupted copy?)")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError, TypeError, pickle.UnpicklingError) as e:
-        raise CheckpointError(f"checkpoint {path}: unreadable ({type(e).__name__}: {e})") from e
-    return check_checkpoint(ckpt, path)
+    return check_checkpoint(safe_load(path, map_location), path)
 
 
 def is_avssl_checkpoint(obj: Any) -> bool:

@@ -431,10 +431,9 @@ def load_mae_init(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MAE checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError) as err:
-        raise RuntimeError(f"cannot read MAE checkpoint {path}: {err}") from err
+    from avssl.engine.checkpoint import safe_load
+
+    ckpt = safe_load(path, map_location="cpu", what="MAE checkpoint")  # weights_only, never code
     state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else None
     if not isinstance(state, Mapping):
         raise ValueError(f"{path} holds no state dict (got {type(ckpt).__name__})")

@@ -282,16 +282,14 @@ def load_init_checkpoint(model: EquiAVClassifier, path: str | os.PathLike) -> Co
         CheckpointError,
         check_checkpoint,
         is_avssl_checkpoint,
+        safe_load,
         unwrap_state_dict,
     )
 
     path = str(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"init checkpoint {path}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError, TypeError) as e:
-        raise CheckpointError(f"init checkpoint {path}: unreadable ({type(e).__name__}: {e})") from e
+    obj = safe_load(path, map_location="cpu", what="init checkpoint")  # weights_only, never code
     if is_avssl_checkpoint(obj):
         state, kind = check_checkpoint(obj, path)["model"], "avssl"
     else:
