@@ -94,3 +94,17 @@ def test_silent_ids_add_open_set(tiny, capsys):
     res = json.loads(out)
     assert rc == 0 and res["missing_gt"] == [] and res["open_set"]["n_silent"] == 1
     assert 0.0 <= res["open_set"]["ap"] <= 1.0
+
+
+def test_empty_gt_kept_as_failure_unless_excluded(tiny, capsys):
+    d, maps, boxes = tiny
+    boxes = dict(boxes)
+    boxes["clip1"] = np.array([[1.1, 1.2, 1.4, 1.5]])  # outside the image: empty after clipping
+    write_vggss(d / "outside.json", boxes)
+    rc, out, _ = _run(capsys, "--pred", d / "pred.npz", "--gt", d / "outside.json")
+    res = json.loads(out)
+    assert rc == 0 and res["n_scored"] == 6 and res["n_empty_gt"] == 1 and res["empty_gt"] == ["clip1"]
+    rc, out, _ = _run(capsys, "--pred", d / "pred.npz", "--gt", d / "outside.json", "--exclude-empty-gt")
+    ex = json.loads(out)
+    assert rc == 0 and ex["n_scored"] == 5 and ex["n_empty_gt"] == 1 and ex["exclude_empty_gt"] is True
+    assert res["ciou_at_0.5"] == ex["ciou_at_0.5"] * 5 / 6

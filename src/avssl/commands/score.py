@@ -6,7 +6,10 @@ PRED.npz maps each sample id (the array name) to a 2-D heatmap of any resolution
 mean cIoU under the chosen protocol, plus, always, the adaptive-threshold cIoU@0.5 and the
 pointing accuracy (the median rule caps cIoU at twice the box area for small boxes). Ids that
 could not be scored are listed: missing_pred, missing_gt, invalid (NaN/inf maps, or an error
-with --strict), empty_gt.
+with --strict). Samples without a ground-truth pixel (a box outside the image, empty after
+clipping) stay in N as failures, as in the official validate() (cIoU 0/0 = NaN, below every
+threshold); they are listed in empty_gt and counted in n_empty_gt, and --exclude-empty-gt
+drops them from N instead.
 
 Protocol variants: --protocol median (default: strictly above the value at sorted index
 H*W//2), median_ge (>=), adaptive (top-k pixels, k = ground-truth pixels), fixed (>= 0.5 after
@@ -46,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--silent", metavar="IDS.txt", default=None,
                         help="file listing ids of silent pairs (one per line): adds open-set AP / max-F1")
     parser.add_argument("--strict", action="store_true", help="fail on a NaN/inf heatmap instead of excluding it")
+    parser.add_argument("--exclude-empty-gt", action="store_true",
+                        help="drop samples whose boxes are empty after clipping (e.g. outside the image) from N; "
+                             "default: keep them as failures, as the official validate() does")
 
 
 def _load_pred(path: Path) -> dict:
@@ -74,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
                 silent = [s.strip() for s in Path(args.silent).read_text().splitlines() if s.strip()]
             except OSError as e:
                 raise ValueError(f"{args.silent}: cannot read silent-id list: {e}") from e
-        result = evaluate(pred, gt, fmt, protocol, strict=args.strict, silent=silent)
+        result = evaluate(pred, gt, fmt, protocol, strict=args.strict, silent=silent,
+                          exclude_empty_gt=args.exclude_empty_gt)
     except (AnnotationError, InvalidHeatmapError, ValueError) as e:
         print(f"avssl score: error: {e}", file=sys.stderr)
         return 2

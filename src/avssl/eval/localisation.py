@@ -23,20 +23,27 @@ map (normalisation skipped, ``p = 1 + h``) becomes all ones when ``h >= 0`` and 
 :func:`score` always also reports the adaptive-threshold cIoU@0.5 and the pointing accuracy,
 which do not have the median rule's cap ``cIoU <= 2 * box area / image area``.
 
-Bilinear upsampling: OpenCV's coefficients (``fx = float((d + 0.5) * scale - 0.5)``, border
-taps clamped) in float32, vertical pass first, each tap product rounded before the add. Among
-the float32 formulations tried, this one reproduces the golden thresholded maps and all 400 golden
-cIoUs; ``torch.nn.functional.interpolate`` (fused multiply-add) misses one sample.
+Bilinear upsampling is bit-identical to ``cv2.resize(h, (224, 224), interpolation=INTER_LINEAR)``
+of a float32 map as the standard opencv-python wheels run it: through IPP, horizontal pass first,
+then vertical, each a fused lerp ``fma(S1 - S0, f, S0)`` with coordinates in double (see
+:func:`_bilinear_t`; the FMA is emulated exactly in float64). Measured: equal to cv2 5.1 (IPP on)
+on every pixel of ~2,300 random maps (14/7/2 -> 224, 14 -> 120, 10x13, 13x10, 28x16;
+ties, small and offset values), and it reproduces all 400 golden cIoUs. OpenCV's own non-IPP
+float path (``cv2.ipp.setUseIPP(False)``) differs by an ulp on about half the pixels and misses
+2 golden cIoUs per dataset; so did the previous formulation here (vertical pass first, rounded
+products; ~58% of pixels off by an ulp vs cv2). Exception: a map with one row or one column
+(cv2 then bypasses IPP) is not bit-exact. ``torch.nn.functional.interpolate`` misses a golden
+sample too.
 
 Speed (:func:`score_arrays`, the batched core): maps are processed in batches, in threads
 (numpy releases the GIL), with reused scratch memory. Each batch is upsampled in (x, y) layout
-(long contiguous loops); the median and the per-sample adaptive rank come from in-place
+(the layout of the later passes); the median and the per-sample adaptive rank come from in-place
 ``np.partition`` calls on one padded copy; the threshold is moved from p back to h exactly
 (p is monotone in h, so ``p > c`` is ``h >= t`` for one float32 t, found by a search over float32
 bit patterns); and the kept pixels inside each ground-truth cell (box edges cut the grid into
 rectangles of constant value) are counted for both thresholds with one float32 matrix product.
-No ground-truth map is rasterised and no per-sample Python loop runs. Any map size works; an
-even integer width factor (14 -> 224) uses a faster upsampling pass with identical results.
+No ground-truth map is rasterised and no per-sample Python loop runs. Any map size works. The
+exact bilinear pass (float64 TwoSum) costs about 2.5x the previous rounded-product one.
 """
 from __future__ import annotations
 
@@ -165,49 +172,19 @@ def _vertical(maps: np.ndarray, size: int, mode: str) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=64)
-def _periodic(w: int, size: int, mode: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Weights (s,) of knots g and g+1 when column g*s + s/2 + t is ``V[g]*w0[t] + V[g+1]*w1[t]``.
-
-    True for bilinear upsampling by an even integer factor s (14 -> 224: 16): the border s/2
-    columns copy the edge knots. None otherwise (the generic gather path is used).
-    """
-    s = size // w
-    if mode != "bilinear" or size % w or s < 2 or s % 2:
-        return None
-    idx, wt = _coeffs(w, size, mode)
-    h = s // 2
-    cols = h + np.arange(w - 1)[:, None] * s + np.arange(s)[None, :]
-    ok = (np.all(idx[cols, 0] == np.arange(w - 1)[:, None]) and np.all(idx[cols, 1] == np.arange(1, w)[:, None])
-          and np.all(wt[cols] == wt[h:h + s][None]) and np.all(idx[:h, 0] == 0)
-          and np.all(idx[size - h:, 0] == w - 1) and not wt[:h, 1].any() and not wt[size - h:, 1].any())
-    return _frozen(wt[h:h + s, 0].copy(), wt[h:h + s, 1].copy()) if ok else None
-
-
 def _upsample_t(maps: np.ndarray, size: int, mode: str, ws: _Workspace | None = None) -> np.ndarray:
-    """Upsampled maps in (N, x, y) layout (transposed: long contiguous inner loops), float32.
+    """Upsampled maps in (N, x, y) layout (transposed), float32.
 
-    Vertical pass first, then the horizontal one; every tap product is rounded to float32
-    before the taps are added in order, so the periodic fast path and the generic gather path
-    give identical values.
+    Bilinear: :func:`_bilinear_t` (== cv2). Bicubic: vertical pass first, then the horizontal
+    one, every tap product rounded to float32 before the taps are added in order.
     """
+    if mode == "bilinear":
+        return _bilinear_t(maps, size, ws)
     n = len(maps)
     vt = np.ascontiguousarray(_vertical(maps, size, mode).transpose(0, 2, 1))  # (n, w, size_y)
     w = vt.shape[1]
     ws = ws or _Workspace()
     out = ws.get("ot", (n, size, size), _F32)
-    per = _periodic(w, size, mode)
-    if per is not None:
-        s = size // w
-        h = s // 2
-        out[:, :h] = vt[:, :1]
-        out[:, size - h:] = vt[:, -1:]
-        inner = out[:, h:size - h].reshape(n, w - 1, s, size)
-        np.multiply(vt[:, :-1, None, :], per[0][None, None, :, None], out=inner)
-        tmp = ws.get("tmp", inner.shape, _F32)
-        np.multiply(vt[:, 1:, None, :], per[1][None, None, :, None], out=tmp)
-        np.add(inner, tmp, out=inner)
-        return out
     idx, wt = _coeffs(w, size, mode)
     np.take(vt, idx[:, 0], axis=1, out=out)
     out *= wt[None, :, 0, None]
@@ -219,12 +196,85 @@ def _upsample_t(maps: np.ndarray, size: int, mode: str, ws: _Workspace | None = 
     return out
 
 
+@lru_cache(maxsize=64)
+def _lerp_coeffs(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IPP's linear taps for one axis: indices i0, i1 (dst,) int64 (clamped) and the float32
+    fraction ``f = float32(x - floor(x))``, ``x = (d + 0.5) * (src / dst) - 0.5`` in double."""
+    x = (np.arange(dst) + 0.5) * (src / dst) - 0.5
+    sx = np.floor(x)
+    f = (x - sx).astype(_F32)
+    sx = sx.astype(np.int64)
+    return _frozen(np.clip(sx, 0, src - 1), np.clip(sx + 1, 0, src - 1), f)
+
+
+def _fma32(d: np.ndarray, t: np.ndarray, a: np.ndarray, out: np.ndarray | None = None,
+           ws: _Workspace | None = None) -> np.ndarray:
+    """Correctly rounded float32 ``d * t + a`` (one rounding, as a hardware FMA), in numpy.
+
+    The float64 product of two float32 values is exact and the float64 sum ``s`` is rounded
+    once; casting ``s`` to float32 is then the correctly rounded result unless ``s`` landed
+    exactly on a float32 rounding midpoint (double rounding). Those rare entries are redone
+    with the TwoSum error term (the odd float64 neighbour towards the exact value).
+    """
+    ws = ws or _Workspace()
+    shape = np.broadcast_shapes(d.shape, np.shape(t), a.shape)
+    p, a64, s, bp, e = (ws.get(k, shape, np.float64) for k in ("fma_p", "fma_a", "fma_s", "fma_b", "fma_e"))
+    np.copyto(p, d)
+    p *= t  # exact
+    np.copyto(a64, a)
+    np.add(p, a64, out=s)
+    np.subtract(s, a64, out=bp)  # TwoSum: e = (p + a) - s exactly
+    np.subtract(s, bp, out=e)
+    np.subtract(a64, e, out=e)
+    np.subtract(p, bp, out=bp)
+    e += bp
+    bits = s.reshape(-1).view(np.int64)
+    fix = np.flatnonzero(((bits & 0x1FFFFFFF) == 0x10000000) & (e.reshape(-1) != 0))
+    if fix.size:  # s sits on a float32 midpoint but is not exact: step to the odd neighbour
+        sf, ef = s.reshape(-1), e.reshape(-1)
+        sf[fix] = np.nextafter(sf[fix], np.where(ef[fix] > 0, np.inf, -np.inf))
+    if out is None:
+        return s.astype(_F32)
+    np.copyto(out, s, casting="same_kind")
+    return out
+
+
+def _bilinear_t(maps: np.ndarray, size: int, ws: _Workspace | None = None) -> np.ndarray:
+    """``cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR)`` of float32 maps, bit for
+    bit with the default opencv-python build (IPP enabled), in (N, x, y) layout.
+
+    Measured, not documented: with IPP (``cv2.ipp.useIPP()`` true, the wheel default, and what
+    produced the golden ``ssltie_metrics.npz``) a 2-D float32 resize runs the horizontal pass
+    first, then the vertical one, each as a fused lerp ``fma(S1 - S0, f, S0)`` (one rounding);
+    coordinates ``x = (d + 0.5) * (src / dst) - 0.5`` and the fraction ``f = float32(x - floor(x))``
+    both in double (not OpenCV's float ``fx``), taps clamped to the border (a clamped tap gives
+    ``S0`` exactly). OpenCV's own
+    generic path (``cv2.ipp.setUseIPP(False)``: ``S0 * (1 - f) + S1 * f`` products rounded,
+    vertical border weights not reset) differs from it by an ulp on about half the pixels;
+    it is not what the released evaluator ran.
+    """
+    n, h, w = maps.shape
+    x0, x1, fx = _lerp_coeffs(w, size)
+    y0, y1, fy = _lerp_coeffs(h, size)
+    a = maps[:, :, x0]
+    ws = ws or _Workspace()
+    rows = _fma32(maps[:, :, x1] - a, fx, a, ws.get("rows", (n, h, size), _F32), ws)  # horizontal pass
+    r0 = np.take(rows, y0, axis=1, out=ws.get("r0", (n, size, size), _F32))
+    d = np.take(rows, y1, axis=1, out=ws.get("d", (n, size, size), _F32))
+    d -= r0
+    res = _fma32(d, fy[:, None], r0, d, ws)  # vertical pass, (n, size_y, size_x)
+    out = ws.get("ot", (n, size, size), _F32)
+    np.copyto(out, res.transpose(0, 2, 1))
+    return out
+
+
 def upsample(heatmaps, size: int = 224, mode: str = "bilinear") -> np.ndarray:
     """Resize heatmaps (N, h, w) (any h, w; a 2-D map is one sample) to (N, size, size) float32.
 
-    ``bilinear`` reproduces ``cv2.resize(h, (size, size), interpolation=INTER_LINEAR)`` on
-    float32 maps as used by the released evaluator (see module docstring); ``bicubic`` uses
-    OpenCV's cubic taps. A map already ``size x size`` is returned unchanged.
+    ``bilinear`` is bit-identical to ``cv2.resize(h, (size, size), interpolation=INTER_LINEAR)``
+    on float32 maps (default IPP-enabled opencv-python, as used by the released evaluator; not
+    for maps with a single row or column; see :func:`_bilinear_t`); ``bicubic`` uses OpenCV's
+    cubic taps (not verified bit-exact). A map already ``size x size`` is returned unchanged.
     """
     if mode not in UPSAMPLERS:
         raise ValueError(f"mode must be one of {UPSAMPLERS}, got {mode!r}")
@@ -675,7 +725,7 @@ def _nan_to_none(x: float) -> float | None:
 
 
 def evaluate(heatmaps, gt, box_format: str = "vggss", protocol: Protocol = Protocol(), *,
-             strict: bool = False, silent=None, chunk: int = 16,
+             strict: bool = False, silent=None, exclude_empty_gt: bool = False, chunk: int = 16,
              workers: int | None = None) -> LocalisationResult:
     """Score heatmaps against box annotations, matched by id.
 
@@ -689,12 +739,18 @@ def evaluate(heatmaps, gt, box_format: str = "vggss", protocol: Protocol = Proto
         strict: raise :class:`InvalidHeatmapError` on a NaN/inf map instead of excluding it.
         silent: ids of silent (no visible source) pairs among the maps; enables the open-set
             metrics (:func:`open_set_metrics`) in the summary.
+        exclude_empty_gt: drop samples without any ground-truth pixel (e.g. a VGG-SS box lying
+            outside the image, empty after clipping) from N. Default False, as the released
+            ``validate()``: such a sample keeps its place in N with cIoU 0/0 = NaN, which fails
+            ``>= 0.5`` and every AUC threshold (it counts as 0 in the mean cIoUs, as a miss in the
+            pointing accuracy).
         chunk, workers: batch size and threads (:func:`score_arrays`).
 
     Returns:
-        :class:`LocalisationResult`. Every id that is not scored is listed in the summary:
-        ``missing_pred`` (in gt, no map), ``missing_gt`` (map, no gt), ``invalid`` (NaN/inf map),
-        ``empty_gt`` (no ground-truth pixel).
+        :class:`LocalisationResult`. Ids not scored are listed in the summary: ``missing_pred``
+        (in gt, no map), ``missing_gt`` (map, no gt), ``invalid`` (NaN/inf map); ``empty_gt``
+        lists the samples without a ground-truth pixel and ``n_empty_gt`` counts them (scored as
+        failures, or excluded with ``exclude_empty_gt``); ``n_scored`` is N.
     """
     if box_format not in ("vggss", "flickr"):
         raise ValueError(f"box_format must be 'vggss' or 'flickr', got {box_format!r}")
@@ -732,8 +788,10 @@ def evaluate(heatmaps, gt, box_format: str = "vggss", protocol: Protocol = Proto
         ci[js], ad[js], hit[js], ngt[js] = res["ciou"], res["adaptive_ciou"], res["pointing_hit"], res["n_gt"]
     empty = [i for i, k in zip(ids, ngt, strict=True) if k == 0]
     if empty:
-        logger.warning("%d samples have no ground-truth pixel (not scored), e.g. %s", len(empty), empty[:5])
-    keep = ngt > 0
+        logger.warning("%d samples have no ground-truth pixel (%s), e.g. %s", len(empty),
+                       "excluded" if exclude_empty_gt else "scored as failures", empty[:5])
+    keep = ngt > 0 if exclude_empty_gt else np.ones(n, bool)
+    mci, mad = np.nan_to_num(ci, nan=0.0), np.nan_to_num(ad, nan=0.0)
     scored = [i for i, k in zip(ids, keep, strict=True) if k]
     conf = _confidence([maps[i] for i in scored])
     at05, auc = success_rate_auc(ci[keep])
@@ -742,11 +800,12 @@ def evaluate(heatmaps, gt, box_format: str = "vggss", protocol: Protocol = Proto
         "protocol": {"threshold": protocol.threshold, "upsample": protocol.upsample, "size": protocol.size},
         "box_format": box_format, "n_pred": len(pred), "n_gt": len(boxes), "n_scored": len(scored),
         "ciou_at_0.5": _nan_to_none(at05), "auc": _nan_to_none(auc),
-        "mean_ciou": _nan_to_none(float(ci[keep].mean()) if keep.any() else math.nan),
+        "mean_ciou": _nan_to_none(float(mci[keep].mean()) if keep.any() else math.nan),
         "adaptive_ciou_at_0.5": _nan_to_none(ad05), "adaptive_auc": _nan_to_none(ad_auc),
-        "adaptive_mean_ciou": _nan_to_none(float(ad[keep].mean()) if keep.any() else math.nan),
+        "adaptive_mean_ciou": _nan_to_none(float(mad[keep].mean()) if keep.any() else math.nan),
         "pointing_accuracy": _nan_to_none(float(hit[keep].mean()) if keep.any() else math.nan),
         "missing_pred": missing_pred, "missing_gt": missing_gt, "invalid": invalid, "empty_gt": empty,
+        "n_empty_gt": len(empty), "exclude_empty_gt": bool(exclude_empty_gt),
     }
     if silent is not None:
         sil = [i for i in silent_ids if i in maps]
