@@ -207,3 +207,76 @@ def test_equiav_zero_shot_localize_cli(media, tmp_path, capsys):
     with np.load(tmp_path / "o" / "stereo_maps.npz") as z:
         assert z["crop_maps"].shape == (2, 4, 4) and np.isfinite(z["crop_maps"]).all()
         assert float(np.ptp(z["crop_maps"])) > 0
+
+
+def make_vfr_video(path: Path, width: int = 97, height: int = 65) -> Path:
+    """Odd-sized H.264 (yuv444p allows odd sides) with irregular frame times (a VFR phone clip:
+    the average rate comes out as 496000/19061) and 1.5 s of AAC."""
+    gaps = [33, 17, 50, 41, 9, 70, 33, 33, 120, 5] * 3
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=30)
+        v.width, v.height, v.pix_fmt = width, height, "yuv444p"
+        v.time_base = v.codec_context.time_base = Fraction(1, 1000)
+        a = c.add_stream("aac", rate=16000, layout="mono")
+        for i, t in enumerate(np.cumsum([0, *gaps])):
+            img = np.full((height, width, 3), 40, np.uint8)
+            img[10:30, 3 * i:3 * i + 20] = (250, 200, 30)
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts, f.time_base = int(t), Fraction(1, 1000)
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+        af = av.AudioFrame.from_ndarray((0.3 * np.sin(np.arange(24000) * 0.17)).astype(np.float32)[None],
+                                        format="fltp", layout="mono")
+        af.sample_rate, af.pts, af.time_base = 16000, 0, Fraction(1, 16000)
+        c.mux(a.encode(af))
+        c.mux(a.encode(None))
+    return path
+
+
+def test_overlay_video_of_odd_sized_vfr_input(tmp_path):
+    src = make_vfr_video(tmp_path / "vfr.mp4")
+    with av.open(str(src)) as c:
+        assert c.streams.video[0].average_rate.denominator > 1001  # the case that broke libx264/mp4
+    out = infer.localise_video(PatternModel(), src, num_frames=3)
+    assert out.frames.shape[1:3] == (65, 97)
+    dst = infer.write_overlay_video(out, tmp_path / "vfr_overlay.mp4", src)
+    with av.open(str(dst)) as c:
+        vs = c.streams.video[0]
+        assert (vs.codec_context.width, vs.codec_context.height) == (98, 66)  # padded to even
+        times = [f.time for f in c.decode(vs)]
+    with av.open(str(src)) as c:
+        src_times = [f.time for f in c.decode(video=0)]
+    assert len(times) == len(src_times) == 31
+    assert np.all(np.diff(times) > 0)
+    np.testing.assert_allclose(np.asarray(times) - times[0], np.asarray(src_times) - src_times[0], atol=2e-3)
+
+
+def test_late_audio_stays_in_sync_in_windows_and_overlay(tmp_path):
+    """Audio stream starting 0.5 s after the first frame (phone recordings): the burst at container
+    time 1.0 s must be at 1.0 s in the model's track and in the overlay MP4's audio."""
+    sr, path = 16000, tmp_path / "late.mp4"
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 64, "yuv420p"
+        a = c.add_stream("aac", rate=sr, layout="mono")
+        for i in range(20):
+            f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 40 + 8 * i, np.uint8), format="rgb24")
+            f.pts = i
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+        wave = np.zeros(int(1.5 * sr), np.float32)
+        wave[sr // 2: sr // 2 + 1600] = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(1600) / sr)
+        for s in range(0, len(wave), 1024):
+            af = av.AudioFrame.from_ndarray(wave[None, s:s + 1024].copy(), format="fltp", layout="mono")
+            af.sample_rate, af.pts, af.time_base = sr, s + sr // 2, Fraction(1, sr)
+            c.mux(a.encode(af))
+        c.mux(a.encode(None))
+    out = infer.localise_video(PatternModel(), path, num_frames=2)
+    track, got_sr = decode.read_audio(path)
+    assert np.flatnonzero(np.abs(track) > 0.1)[0] / got_sr == pytest.approx(1.0, abs=0.01)
+    mp4 = infer.write_overlay_video(out, tmp_path / "late_overlay.mp4", path)
+    heard, hsr = decode.read_audio(mp4, align_to_video=False)
+    with av.open(str(mp4)) as c:
+        v0 = decode._start(c.streams.video[0])
+        a0 = next(iter(c.decode(audio=0))).time
+    assert (a0 - v0) + np.flatnonzero(np.abs(heard) > 0.1)[0] / hsr == pytest.approx(1.0, abs=0.03)

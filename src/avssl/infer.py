@@ -287,7 +287,9 @@ def write_overlay_video(output: LocalisationOutput, path_out_mp4: PathLike, sour
     nearest localised time, at the source's frame timing, with the source's audio re-encoded.
 
     Each localised map is shown from the midpoint before its time to the midpoint after it.
-    Odd frame sizes lose their last row/column (yuv420p needs even sides). The audio track is
+    Odd frame sizes gain a copy of their last row/column (yuv420p needs even sides); any frame
+    rate works, variable ones included: frames keep their source times (on a 90 kHz clock, made
+    strictly increasing) and the nominal rate is the source's, limited to a denominator of 1001. The audio track is
     decoded and re-encoded as AAC (any source codec works); rates AAC lacks are resampled to 48 kHz.
     """
     src = decode._check_path(source_video or output.source)
@@ -312,6 +314,16 @@ def write_overlay_video(output: LocalisationOutput, path_out_mp4: PathLike, sour
     return dst
 
 
+def _nominal_rate(rate) -> Fraction:
+    """A frame rate H.264/MP4 accept: the source's (VFR averages such as 496000/19061 included)
+    limited to a denominator of 1001 and to 1-240 fps; 25 when the source states none."""
+    try:
+        r = Fraction(rate).limit_denominator(1001) if rate else Fraction(25)
+    except (TypeError, ValueError, ZeroDivisionError):
+        r = Fraction(25)
+    return min(max(r, Fraction(1)), Fraction(240)) if r > 0 else Fraction(25)
+
+
 def _encode_overlay(src: str, tmp: Path, times: np.ndarray, maps: np.ndarray, audio: np.ndarray, sr: int,
                     alpha: float, cmap: str, crf: int) -> tuple[int, int, int]:
     """Write the overlay MP4 to ``tmp``; returns (width, height, audio rate)."""
@@ -323,11 +335,12 @@ def _encode_overlay(src: str, tmp: Path, times: np.ndarray, maps: np.ndarray, au
         vin = decode._video_stream(cin)
         if vin is None:
             raise decode.NoVideoStreamError(p, "no video stream")
-        rate = vin.average_rate or vin.guessed_rate or Fraction(25)
-        w, h = vin.codec_context.width // 2 * 2, vin.codec_context.height // 2 * 2
+        rate = _nominal_rate(vin.average_rate or vin.guessed_rate)
+        sw, sh = vin.codec_context.width, vin.codec_context.height
+        w, h = sw + sw % 2, sh + sh % 2
         vout = cout.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": "veryfast"})
         vout.width, vout.height, vout.pix_fmt = w, h, "yuv420p"
-        vout.time_base = Fraction(1, 90000)
+        vout.time_base = vout.codec_context.time_base = Fraction(1, 90000)
         out_sr = sr if sr in AAC_RATES else 48000
         aout = cout.add_stream("aac", rate=out_sr, layout="stereo" if audio.shape[0] == 2 else "mono")
         start = decode._start(vin)
@@ -336,10 +349,13 @@ def _encode_overlay(src: str, tmp: Path, times: np.ndarray, maps: np.ndarray, au
         for frame in cin.decode(vin):
             ft = (frame.time if frame.time is not None else start) - start
             k = _segment_index(times, ft)
-            img = frame.to_ndarray(format="rgb24")[:h, :w]
+            img = frame.to_ndarray(format="rgb24", width=sw, height=sh)  # a size change mid-stream is rescaled
             if cached[0] != k:
-                cached = (k, heat_layer(maps[k], h, w, alpha, cmap))
-            out = av.VideoFrame.from_ndarray(blend(img, *cached[1]), format="rgb24")
+                cached = (k, heat_layer(maps[k], sh, sw, alpha, cmap))
+            img = blend(img, *cached[1])
+            if (h, w) != (sh, sw):
+                img = np.pad(img, ((0, h - sh), (0, w - sw), (0, 0)), mode="edge")
+            out = av.VideoFrame.from_ndarray(img, format="rgb24")
             pts = max(int(round(ft * 90000)), prev_pts + 1)
             out.pts, out.time_base, prev_pts = pts, Fraction(1, 90000), pts
             cout.mux(vout.encode(out))

@@ -7,6 +7,7 @@ right ``0.3 sin(1 kHz)``, so the mono downmix holds 440 Hz at 0.25 and 1 kHz at 
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import av
@@ -353,3 +354,110 @@ def test_errors_pickle():
     err = pickle.loads(pickle.dumps(D.NoAudioStreamError("/x/a.mp4", "no audio stream")))
     assert type(err) is D.NoAudioStreamError and (err.path, err.reason) == ("/x/a.mp4", "no audio stream")
     assert str(err) == "/x/a.mp4: no audio stream"
+
+
+# ----------------------------------------------------------------------------- real-world quirks
+def _offset_audio_media(path: Path, audio_offset: float, sr: int = 16000) -> Path:
+    """1 s video (10 fps) whose audio stream starts ``audio_offset`` s after the first frame.
+    The audio holds a 1 kHz burst 0.5 s into its own samples, so at container time
+    ``audio_offset + 0.5`` s."""
+    from fractions import Fraction
+
+    _need("libx264", "aac")
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=FPS)
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        a = c.add_stream("aac", rate=sr, layout="mono")
+        for i in range(2 * FPS):
+            f = av.VideoFrame.from_ndarray(np.full((H, W, 3), 10 + 12 * i, np.uint8), format="rgb24")
+            f.pts = i
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+        n = round((2.0 - audio_offset) * sr)
+        wave = np.zeros(n, np.float32)
+        wave[sr // 2: sr // 2 + sr // 10] = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(sr // 10) / sr)
+        for s in range(0, n, 1024):
+            af = av.AudioFrame.from_ndarray(wave[None, s:s + 1024].copy(), format="fltp", layout="mono")
+            af.sample_rate, af.pts, af.time_base = sr, s + round(audio_offset * sr), Fraction(1, sr)
+            c.mux(a.encode(af))
+        c.mux(a.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_late_audio_is_aligned_on_the_container_timeline(tmp_path, ext, caplog):
+    path = _offset_audio_media(tmp_path / f"late.{ext}", 0.5)
+    with caplog.at_level("INFO", logger="avssl.data.decode"):
+        wave, sr = D.read_audio(path, 16000)
+    assert re.search(r"audio starts 0\.(4[3-9]|50)\d* s after the video; padded with", caplog.text)  # mp4: less AAC priming
+    loud = np.flatnonzero(np.abs(wave) > 0.1)
+    assert loud[0] / sr == pytest.approx(1.0, abs=0.01)  # the burst, at its container time
+    assert np.abs(wave[: int(0.45 * sr)]).max() < 1e-3  # the gap before the audio is silence
+    assert len(wave) / sr == pytest.approx(2.0, abs=0.07)  # spans the video (+ AAC padding)
+    clip = D.read_clip(path, num_frames=2, sample_rate=16000)
+    assert np.flatnonzero(np.abs(clip.audio) > 0.1)[0] / 16000 == pytest.approx(1.0, abs=0.01)
+    own, _ = D.read_audio(path, 16000, align_to_video=False)  # the stream's own clock
+    assert np.flatnonzero(np.abs(own) > 0.1)[0] / sr < 0.6
+
+
+def _ogg_with_bad_packets(path: Path) -> Path:
+    """VP8 + Vorbis in Ogg (this PyAV has no Theora encoder) with one garbage packet in each
+    stream, as in damaged real-world .ogg files: FFmpeg's players skip them."""
+    from fractions import Fraction
+
+    _need("libvpx", "vorbis")
+    sr = 44100
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libvpx", rate=FPS)
+        v.width, v.height, v.pix_fmt = W, H, "yuv420p"
+        v.codec_context.gop_size = 5
+        a = c.add_stream("vorbis", rate=sr, layout="stereo", options={"strict": "experimental"})
+        for i in range(NFRAMES):
+            f = av.VideoFrame.from_ndarray(np.full((H, W, 3), 10 + 12 * i, np.uint8), format="rgb24")
+            f.pts = i
+            for pkt in v.encode(f):
+                if pkt.pts == 7:
+                    pkt = av.Packet(b"\xff" * 40)
+                    pkt.pts = pkt.dts = 7
+                    pkt.time_base, pkt.stream = v.time_base, v
+                c.mux(pkt)
+        c.mux(v.encode(None))
+        wave = _stereo(sr, DUR).astype(np.float32)
+        for s in range(0, wave.shape[1], 1024):
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[:, s:s + 1024]), format="fltp", layout="stereo")
+            af.sample_rate, af.pts, af.time_base = sr, s, Fraction(1, sr)
+            for pkt in a.encode(af):
+                if 30000 < pkt.pts <= 31000:  # a packet whose type bit says "audio" but is noise
+                    bad = av.Packet(b"\x00" + b"\xff" * 39)
+                    bad.pts = bad.dts = pkt.pts
+                    bad.time_base, bad.stream = pkt.time_base, a
+                    pkt = bad
+                c.mux(pkt)
+        c.mux(a.encode(None))
+    return path
+
+
+def test_ogg_bad_packets_are_skipped_not_fatal(tmp_path, caplog):
+    path = _ogg_with_bad_packets(tmp_path / "damaged.ogg")
+    with caplog.at_level("WARNING", logger="avssl.data.decode"):
+        frames = D.read_frames(path, [0.05, 0.95, 1.95])
+        wave, sr = D.read_audio(path)
+    idx = frame_index(frames).tolist()  # decoding went on past the bad packet (one frame lost)
+    assert idx[0] == 0 and idx[1] in (8, 9) and idx[2] == 19
+    assert "skipped 1 video packets the decoder rejected" in caplog.text
+    assert len(wave) / sr == pytest.approx(DUR, abs=0.05)
+    assert peak_hz(wave, sr) in (440, 441)
+
+
+def test_truncated_mp4_names_the_cause_after_a_seek(tmp_path):
+    """Index up front, keyframes every second: a seek past the cut used to find nothing and
+    report "no decodable frames"; the cause is the truncation, and the intact half still reads."""
+    src = write_media(tmp_path / "full.mp4", "libx264", acodec="aac", n=50, options={"movflags": "faststart"}, gop=10)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    for times in ([4.5], [0.5, 4.5]):
+        with pytest.raises(D.CorruptMediaError, match=r"file truncated/corrupt after \d+ frames \(times up to "
+                                                      r"[\d.]+ s decode\): video stream ends at") as e:
+            D.read_frames(cut, times)
+        assert "no decodable frames" not in str(e.value) and str(cut) in str(e.value)
+    assert frame_index(D.read_frames(cut, [0.5, 1.5])).tolist() == [5, 15]  # frames that decoded are used

@@ -278,3 +278,85 @@ def test_resize_matches_torchvision_resize_centercrop(hw):
     pil = Image.fromarray(img)
     np.testing.assert_array_equal(_resize(img, 224, None), np.asarray(T.CenterCrop(224)(T.Resize(224)(pil))))
     np.testing.assert_array_equal(_resize(img, None, 112), np.asarray(T.Resize(112)(pil)))
+
+
+# ----------------------------------------------------------------------------- real-world inputs
+def _ogg_video(path: Path) -> Path:
+    """VP8 + Vorbis in Ogg (this PyAV has no Theora encoder), 1 s at 10 fps."""
+    from fractions import Fraction
+
+    if not {"libvpx", "vorbis"} <= set(av.codecs_available):
+        pytest.skip("this PyAV build cannot encode VP8 + Vorbis")
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libvpx", rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        a = c.add_stream("vorbis", rate=44100, layout="stereo", options={"strict": "experimental"})
+        for i in range(FPS):
+            f = av.VideoFrame.from_ndarray(np.full((H, W, 3), 20 * i + 10, np.uint8), format="rgb24")
+            f.pts = i
+            c.mux(vs.encode(f))
+        c.mux(vs.encode())
+        wave = (0.5 * np.sin(2 * np.pi * 440 * np.arange(44100) / 44100)).astype(np.float32)
+        for s in range(0, len(wave), 1024):
+            fr = av.AudioFrame.from_ndarray(np.stack([wave[s:s + 1024]] * 2), format="fltp", layout="stereo")
+            fr.sample_rate, fr.pts, fr.time_base = 44100, s, Fraction(1, 44100)
+            c.mux(a.encode(fr))
+        c.mux(a.encode())
+    return path
+
+
+def test_directory_is_probed_not_filtered_by_extension(tmp_path, caplog):
+    src = tmp_path / "in"
+    make_video(src / "a.mp4")
+    _ogg_video(src / "b.ogg")
+    make_video(src / "c.mp4").rename(src / "c.video")  # an mp4 under a name no list knows
+    (src / "notes.txt").write_text("not a video")
+    _wav(src / "music.flac", 16000, 0.5)  # audio only
+    (src / "empty.dat").write_bytes(b"")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="avssl.data.prepare"):
+        report = prepare(src, out, workers=0)
+    assert (report.done, report.failed, report.total) == (3, 0, 3)
+    assert [r.id for r in read_manifest(report.manifest)] == ["a", "b", "c"]
+    ignored = {Path(p).name: why for p, why in report.ignored}
+    assert set(ignored) == {"notes.txt", "music.flac", "empty.dat"}
+    assert "no video stream" in ignored["music.flac"] and ignored["empty.dat"] == "zero-byte file"
+    assert "not a media file" in ignored["notes.txt"]
+    assert "ignored 3 files" in caplog.text and "3 files ignored as not videos" in report.summary()
+    with open(out / "ignored.csv", newline="", encoding="utf-8") as f:
+        assert {Path(r["path"]).name for r in csv.DictReader(f)} == set(ignored)
+
+
+def test_disk_full_keeps_what_is_done_and_cleans_up_on_rerun(tmp_path, monkeypatch):
+    import errno
+
+    from avssl.data import prepare as P
+
+    src = tmp_path / "in"
+    for k in range(3):
+        make_video(src / f"v{k}.mp4")
+    make_video(src / "silent.mp4", audio=False)
+    out = tmp_path / "out"
+    real = P._write_wav
+    calls = []
+
+    def full_after_one(path, wave, sr):
+        calls.append(path)
+        if len(calls) > 1:
+            (path.parent / f".{path.name}.999.tmp").write_bytes(b"half a wav")  # as a killed write leaves
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, wave, sr)
+
+    monkeypatch.setattr(P, "_write_wav", full_after_one)
+    with pytest.raises(PrepareError, match=r"No space left on device; stopped after 1 clips finished") as e:
+        prepare(src, out, workers=0)
+    assert "\n" not in str(e.value) and "rerun" in str(e.value)
+    assert [r.id for r in read_manifest(out / "manifest.jsonl")] == ["v0"]
+    assert list(_failures(out)) == ["silent"]  # the clip that failed on its own merits
+    assert list((out / "audio").glob(".*.tmp"))
+
+    monkeypatch.setattr(P, "_write_wav", real)
+    again = prepare(src, out, workers=0)
+    assert (again.done, again.skipped, again.failed) == (2, 1, 1)
+    assert [r.id for r in read_manifest(again.manifest)] == ["v0", "v1", "v2"]
+    assert not list((out / "audio").glob(".*.tmp")) and not list(out.rglob("*.tmp"))

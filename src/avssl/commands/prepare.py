@@ -1,8 +1,10 @@
 """Prepare a data set for training: decode frames and audio once, into the layout read fastest.
 
 INPUT is one of:
-  * a directory of videos, searched recursively (mp4 mkv webm avi mov m4v flv mpg); clip ids
-    are the file stems (stems that repeat get their relative path, '/' -> '__');
+  * a directory of videos, searched recursively: files with a video extension (mp4 mkv webm
+    avi mov m4v flv mpg) and any other file FFmpeg opens as a video (.ogg, .ogv, .ts, ...);
+    files that are not videos are listed with the reason in OUT/ignored.csv and counted in the
+    summary. Clip ids are the file stems (stems that repeat get their relative path, '/' -> '__');
   * a text file listing video paths, one per line (relative to its folder, or to --root);
   * an avssl JSONL manifest (records with 'video'; labels, split and extra fields carry over);
   * a CAV-MAE / EquiAV JSON manifest ({"data": [{"video_id", "wav", "video_path", "labels"}]});
@@ -18,8 +20,10 @@ A clip is finished when OUT/done/<id>.json is written (atomically, last): a reru
 clips and redoes unfinished ones. Clips that cannot be used are listed in OUT/failures.csv (id,
 path, reason); nothing is substituted for them. OUT/manifest.jsonl lists every finished clip.
 
-Exit status: 0 when the run completes (even with failed clips), 1 on a bad input or, with
---on-error stop, at the first failed clip.
+Exit status: 0 when the run completes (even with failed clips), 1 on a bad input, when the
+output disk fills up (manifest.jsonl and failures.csv still list the clips finished; a rerun
+resumes and removes the temporary files a killed write left) or, with --on-error stop, at the
+first failed clip.
 
 Examples:
     avssl prepare videos/ data/vggsound --size 224 --workers 8

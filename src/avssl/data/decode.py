@@ -6,8 +6,12 @@ files that users extracted beforehand are read with soundfile, and JPEG frames w
 cause; nothing here ever returns partial or placeholder data.
 
 Conventions:
-* Times are seconds from the start of the stream (its first timestamp is 0), so the clip spans
-  ``[0, duration]``. The frame "at" time ``t`` is the one displayed then: the last frame whose
+* Times are seconds from the start of the video stream (its first timestamp is 0), so the clip
+  spans ``[0, duration]``; audio is placed on the same clock (a late audio stream is preceded by
+  silence, an early one loses its lead), so sound and frames stay in sync.
+* Packets a decoder rejects (damaged Ogg/Theora/Vorbis files, ...) are skipped and counted, as
+  FFmpeg's players do; a stream that stops decoding before its declared end is reported as
+  truncated, naming how far it got. The frame "at" time ``t`` is the one displayed then: the last frame whose
   presentation time is ``<= t``; ``t`` is clamped into the clip.
 * Frames are ``uint8`` RGB ``(N, H, W, 3)``; audio is ``float32`` in ``[-1, 1]``, shape ``(N,)``
   (mono, the average of all channels) or ``(C, N)`` with ``mono=False``.
@@ -254,24 +258,40 @@ def _decode_frames(c: av.container.InputContainer, vs: av.video.stream.VideoStre
             reformat.update(width=arr.shape[1], height=arr.shape[0])
         return arr
 
+    bad: list[str] = []  # packets the decoder rejected (skipped)
+
     def decode_from(t_seek: float | None) -> Iterator[av.VideoFrame]:
         if t_seek is not None:
             c.seek(int(t_seek / vs.time_base), stream=vs, backward=True, any_frame=False)
-        return c.decode(vs)
+        return _decode_skipping(c, vs, p, bad)
 
     i, prev, prev_t = 0, None, -math.inf  # next target; last frame shown at or before it
     last_key, gop = None, 0.0  # last keyframe time and longest keyframe interval seen
+    can_seek = True  # False once a seek found no data
     seeked = targets[0] - start > seek_threshold
     frames = decode_from(targets[0] if seeked else None)
     while i < len(targets):
         try:
             frame = next(frames, None)
         except av.error.FFmpegError as e:
-            raise CorruptMediaError(p, f"video decoding failed after {max(prev_t - start, 0):.3f} s: {e}") from e
+            at = max(prev_t - start, 0.0)
+            raise CorruptMediaError(p, f"file truncated/corrupt after {round(at / step) + (prev is not None)} "
+                                       f"frames: video decoding failed after {at:.3f} s: {e}") from e
         if frame is None:  # end of stream: the remaining times show the last frame
             if prev is None:
-                raise CorruptMediaError(p, "video stream has no decodable frames")
-            _check_complete(p, "video stream", prev_t + step - start, duration, source, step)
+                if seeked:  # the seek landed past the readable data (a truncated file): go sequentially
+                    logger.debug("%s: nothing decodes after a seek to %.3f s; decoding from the start", p, targets[i])
+                    frames, seeked, can_seek, prev_t = decode_from(start), False, False, -math.inf
+                    continue
+                why = f" ({len(bad)} packets rejected, first: {bad[0]})" if bad else ""
+                raise CorruptMediaError(p, f"video stream has no decodable frames{why}")
+            end = prev_t + step - start
+            try:
+                _check_complete(p, "video stream", end, duration, source, step)
+            except CorruptMediaError as e:
+                bad_note = f"; {len(bad)} packets rejected, first: {bad[0]}" if bad else ""
+                raise CorruptMediaError(p, f"file truncated/corrupt after {round(end / step)} frames (times up to "
+                                           f"{end:.3f} s decode): {e.reason}{bad_note}") from e
             out[i:] = convert(prev)
             break
         ft = frame.time if frame.time is not None else (prev_t + step if prev is not None else start)
@@ -291,11 +311,13 @@ def _decode_frames(c: av.container.InputContainer, vs: av.video.stream.VideoStre
                 out[i] = arr
                 i += 1
             since_key = ft - last_key if last_key is not None else 0.0
-            if i < len(targets) and targets[i] - ft > max(seek_threshold, gop, since_key):
+            if can_seek and i < len(targets) and targets[i] - ft > max(seek_threshold, gop, since_key):
                 frames, seeked, prev = decode_from(targets[i]), True, None
                 prev_t, last_key = ft, None  # keyframe intervals are measured within one run
                 continue
         prev, prev_t = frame, ft
+    if bad:
+        logger.warning("%s: skipped %d video packets the decoder rejected (first: %s)", p, len(bad), bad[0])
     return out[inverse]
 
 
@@ -357,39 +379,92 @@ _resample = resample  # read_wav's argument ``resample`` shadows the function na
 
 
 # ----------------------------------------------------------------------------- audio
-def read_audio(path: PathLike, sample_rate: int | None = None, mono: bool = True) -> tuple[np.ndarray, int]:
+def read_audio(path: PathLike, sample_rate: int | None = None, mono: bool = True,
+               align_to_video: bool = True) -> tuple[np.ndarray, int]:
     """Decode the first audio stream of any container -> (float32 wave, rate).
 
     Shape ``(N,)`` (channel average) or ``(C, N)`` with ``mono=False``. With ``sample_rate`` the
     stream is resampled by libswresample while decoding. Codec padding past the duration the
-    stream header declares is trimmed; a stream ending well before it raises CorruptMediaError."""
+    stream header declares is trimmed; a stream ending well before it raises CorruptMediaError.
+
+    With ``align_to_video`` (default) and a video stream, sample 0 is the video's start on the
+    container timeline (where frame time 0 is): audio that starts later is preceded by silence,
+    audio that starts earlier loses its leading part (both logged). Packets the decoder rejects
+    are skipped (counted, logged) rather than ending the track."""
     with _open(path) as (c, p):
         a = _audio_stream(c)
         if a is None:
             raise NoAudioStreamError(p, "no audio stream")
+        vs = _video_stream(c) if align_to_video else None
         declared, source = _stream_duration(a, c)
+        c_start = c.start_time / av.time_base if c.start_time else 0.0
+        v_start = _start(vs) if vs is not None else None
         resampler = av.AudioResampler(format="fltp", rate=sample_rate)
         chunks: list[np.ndarray] = []
         n, rate = 0, sample_rate or a.codec_context.sample_rate
-        try:
-            for frame in c.decode(a):
-                for r in resampler.resample(frame):
-                    chunks.append(r.to_ndarray())
-                    n, rate = n + r.samples, r.sample_rate
-            for r in resampler.resample(None):
+        first: float | None = None  # container time of the first decoded sample
+        bad: list[str] = []
+
+        def take(frames) -> None:
+            nonlocal n, rate
+            for r in frames:
                 chunks.append(r.to_ndarray())
                 n, rate = n + r.samples, r.sample_rate
+
+        try:
+            for frame in _decode_skipping(c, a, p, bad):
+                if first is None:
+                    first = float(frame.time) if frame.time is not None else _start(a)
+                take(resampler.resample(frame))
+            take(resampler.resample(None))
         except (av.error.FFmpegError, ValueError) as e:
             at = f" of {declared:.3f} s" if declared else ""
             raise CorruptMediaError(p, f"audio decoding failed after {n / rate:.3f} s{at}: {e}") from e
     if n == 0:
-        raise EmptyAudioError(p, "audio stream decodes to zero samples")
+        why = f" ({len(bad)} packets rejected, first: {bad[0]})" if bad else ""
+        raise EmptyAudioError(p, f"audio stream decodes to zero samples{why}")
+    if bad:
+        logger.warning("%s: skipped %d audio packets the decoder rejected (first: %s)", p, len(bad), bad[0])
     wave = np.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
-    _check_complete(p, "audio stream", n / rate, declared, source, 0.0)
+    first = _start(a) if first is None else first
+    # a per-stream "stream" duration counts from the stream's first sample; the matroska tag
+    # and the container duration are end times on the container timeline
+    origin = 0.0 if source == "stream" else first - c_start
+    _check_complete(p, "audio stream", origin + n / rate, declared, source, 0.0)
     if declared is not None and source in ("stream", "tag"):
-        wave = wave[:, : max(1, round(declared * rate))]
+        wave = wave[:, : max(1, round((declared - origin) * rate))]
+    if v_start is not None:
+        wave = _align(wave, rate, first - v_start, p)
     wave = wave.mean(axis=0) if mono else wave
     return np.ascontiguousarray(wave, dtype=np.float32), int(rate)
+
+
+def _align(wave: np.ndarray, rate: int, offset: float, p: str) -> np.ndarray:
+    """Shift ``(C, N)`` audio that starts ``offset`` s after the video onto the video's clock."""
+    k = int(round(offset * rate))
+    if k > 0:
+        logger.info("%s: audio starts %.3f s after the video; padded with %.3f s of silence", p, offset, k / rate)
+        return np.concatenate([np.zeros((wave.shape[0], k), wave.dtype), wave], axis=1)
+    if k < 0:
+        logger.info("%s: audio starts %.3f s before the video; its first %.3f s dropped", p, -offset, -k / rate)
+        if -k >= wave.shape[1]:
+            raise EmptyAudioError(p, f"audio ends {(-k - wave.shape[1]) / rate:.3f} s before the video starts")
+        return wave[:, -k:]
+    return wave
+
+
+def _decode_skipping(c: av.container.InputContainer, stream: av.stream.Stream, p: str,
+                     bad: list[str]) -> Iterator:
+    """Decoded frames of ``stream``; packets the decoder rejects (EINVAL / invalid data) are
+    skipped and described in ``bad`` instead of ending the stream. Demuxer errors still raise."""
+    for packet in c.demux(stream):
+        try:
+            frames = packet.decode()
+        except (av.error.InvalidDataError, av.error.ArgumentError) as e:
+            bad.append(f"pts {packet.pts}: {e}")
+            logger.debug("%s: skipped a bad %s packet at pts %s: %s", p, stream.type, packet.pts, e)
+            continue
+        yield from frames
 
 
 def _check_wav_size(p: str) -> None:

@@ -20,6 +20,7 @@ converted into ``OUT/audio`` unless it already is a mono wav at ``sample_rate``.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import multiprocessing
@@ -59,6 +60,7 @@ class PrepareReport:
     manifest: Path
     failures: Path
     failed_ids: list[str] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not videos
 
     @property
     def clips_per_second(self) -> float:
@@ -66,9 +68,11 @@ class PrepareReport:
         return (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
+        ignored = (f"; {len(self.ignored)} files ignored as not videos (see {self.out_dir / 'ignored.csv'})"
+                   if self.ignored else "")
         return (f"prepare: {self.done} done, {self.skipped} skipped as already done, "
                 f"{self.failed} failed, of {self.total} clips in {self.seconds:.1f} s "
-                f"({self.clips_per_second:.2f} clips/s); manifest {self.manifest}")
+                f"({self.clips_per_second:.2f} clips/s); manifest {self.manifest}{ignored}")
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class _Result:
     ok: bool
     path: str = ""
     reason: str = ""
+    fatal: bool = False  # the output disk is full / read-only: stop the whole run
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -95,30 +100,78 @@ def collect_inputs(input: str | os.PathLike, layout: str | None = None,
 
     Records with ``video`` are raw videos; the others are pre-extracted (``frames`` + ``audio``).
     Raises PrepareError (nothing found, unreadable list) or ManifestError (bad manifest)."""
+    return _collect(input, layout, root)[0]
+
+
+def _collect(input: str | os.PathLike, layout: str | None = None, root: str | os.PathLike | None = None
+             ) -> tuple[list[Record], list[tuple[str, str]]]:
+    """:func:`collect_inputs` plus the (path, reason) of the files a directory input ignored."""
     src = Path(input).expanduser().absolute()  # records must not hold paths relative to the cwd
     root = Path(root).expanduser().absolute() if root is not None else None
     if src.is_dir():
-        paths = sorted((p for p in src.rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS
-                        and p.is_file()), key=lambda p: p.relative_to(src).as_posix())
+        paths, ignored = scan_directory(src)
         if not paths:
-            raise PrepareError(f"no media files ({', '.join(MEDIA_EXTENSIONS)}) under {src}")
-        return [Record(id=i, video=str(p)) for i, p in zip(_ids_from_paths(paths, src), paths, strict=True)]
+            why = f"; ignored {len(ignored)} files, e.g. {ignored[0][0]}: {ignored[0][1]}" if ignored else ""
+            raise PrepareError(f"no media files (videos FFmpeg reads) under {src}{why}")
+        return [Record(id=i, video=str(p)) for i, p in zip(_ids_from_paths(paths, src), paths, strict=True)], ignored
     if not src.is_file():
         raise PrepareError(f"input {src}: no such file or directory")
     suffix = src.suffix.lower()
     if suffix in (".jsonl", ".json"):
         if layout is not None:
             log.warning("--layout %s is ignored for a %s manifest", layout, suffix)
-        return read_manifest(src, root=root)
+        return read_manifest(src, root=root), []
     if layout is not None or suffix == ".csv":
-        return read_manifest(src, root=root, layout=layout)
+        return read_manifest(src, root=root, layout=layout), []
     base = root if root is not None else src.parent
     with open(src, encoding="utf-8") as f:
         lines = [s for s in (line.strip() for line in f) if s and not s.startswith("#")]
     if not lines:
         raise PrepareError(f"input list {src} names no files")
     paths = [p if p.is_absolute() else base / p for p in (Path(s).expanduser() for s in lines)]
-    return [Record(id=i, video=str(p)) for i, p in zip(_ids_from_paths(paths, base), paths, strict=True)]
+    return [Record(id=i, video=str(p)) for i, p in zip(_ids_from_paths(paths, base), paths, strict=True)], []
+
+
+def _probe_video(path: Path) -> str | None:
+    """None when FFmpeg opens ``path`` as a video (a moving-picture stream, not an image or cover
+    art); else why it is not one."""
+    import av
+
+    try:
+        with av.open(str(path), metadata_errors="replace") as c:
+            fmt = c.format.name
+            if "image2" in fmt or fmt.endswith("_pipe") or fmt in ("tty", "gif"):
+                return f"a still image ({fmt}), not a video"
+            if not any(not (int(s.disposition) & int(av.stream.Disposition.attached_pic)) for s in c.streams.video):
+                return "no video stream" + (" (audio only)" if c.streams.audio else "")
+    except (av.error.FFmpegError, OSError) as e:
+        return f"not a media file FFmpeg reads ({getattr(e, 'strerror', None) or e})"
+    return None
+
+
+def scan_directory(src: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Video files under ``src`` (recursive, sorted by relative path) and the (path, reason)
+    of every other file. Files with a :data:`MEDIA_EXTENSIONS` extension are taken as they are
+    (a bad one fails later, with its reason, in failures.csv); any other file is probed with
+    FFmpeg, so e.g. ``.ogg``/``.ogv``/``.ts`` videos are found whatever their extension."""
+    paths: list[Path] = []
+    ignored: list[tuple[str, str]] = []
+    for p in sorted((p for p in src.rglob("*") if p.is_file()), key=lambda p: p.relative_to(src).as_posix()):
+        if p.suffix.lower() in MEDIA_EXTENSIONS:
+            paths.append(p)
+        elif p.name.startswith("."):
+            continue  # hidden files (editor swap files, our own *.tmp) are not inputs
+        elif p.stat().st_size == 0:
+            ignored.append((str(p), "zero-byte file"))
+        elif (why := _probe_video(p)) is None:
+            paths.append(p)
+        else:
+            ignored.append((str(p), why))
+    if ignored:
+        reasons = Counter(r.split(" (")[0] for _, r in ignored)
+        log.warning("ignored %d files under %s that are not videos (%s); see ignored.csv in the output folder",
+                    len(ignored), src, ", ".join(f"{n} {r}" for r, n in reasons.most_common()))
+    return paths, ignored
 
 
 def _ids_from_paths(paths: list[Path], base: Path) -> list[str]:
@@ -193,7 +246,13 @@ def _write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> str:
     import soundfile as sf
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a killed write leaves only this
+    try:
+        sf.write(str(tmp), np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return str(path)
 
 
@@ -251,19 +310,31 @@ def _process(task: tuple[Record, str, _Options]) -> _Result:
     from avssl.data.decode import MediaError
 
     rec, name, opts = task
+    out = Path(opts.out_dir)
     try:
         done = (_prepare_video if rec.video else _prepare_extracted)(rec, name, opts)
+        _atomic_write(out / "done" / f"{name}.json", json.dumps(done.to_json(out)) + "\n")
     except MediaError as e:
         return _Result(rec.id, False, e.path, e.reason)
-    out = Path(opts.out_dir)
-    _atomic_write(out / "done" / f"{name}.json", json.dumps(done.to_json(out)) + "\n")
+    except OSError as e:
+        if e.errno not in _FATAL_ERRNOS:
+            raise
+        return _Result(rec.id, False, e.filename or str(out), e.strerror or os.strerror(e.errno), fatal=True)
     return _Result(rec.id, True)
+
+
+#: errors writing the outputs that no other clip can avoid: stop the run (a rerun resumes)
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ----------------------------------------------------------------------------- driver
@@ -304,6 +375,15 @@ def _write_failures(path: Path, rows: list[_Result]) -> None:
     os.replace(tmp, path)
 
 
+def _write_ignored(path: Path, rows: list[tuple[str, str]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "reason"])
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
 def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int = 10,
             sample_rate: int = 16000, size: int | None = None, short_side: int | None = None,
             workers: int | None = None, layout: str | None = None,
@@ -340,7 +420,8 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int
             raise ValueError(f"{key} must be >= 1, got {v}")
     out = Path(out_dir).resolve()
     opts = _Options(str(out), frames, sample_rate, size, short_side)
-    records = collect_inputs(input, layout=layout, root=root)[:limit]
+    records, ignored = _collect(input, layout=layout, root=root)
+    records = records[:limit]
     names = [_file_name(r.id) for r in records]
     clash = [n for n, c in Counter(names).items() if c > 1]
     if clash:
@@ -348,8 +429,13 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int
     for sub in ("done", "frames", "audio"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     _check_options(out, opts)
-    for stale in (out / "done").glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+    stale = [p for d in (out, out / "done", out / "audio") for p in d.glob(".*.tmp")]
+    for p in stale:  # left by a write that was killed (or hit a full disk)
+        p.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d leftover temporary files in %s", len(stale), out)
+    if ignored:
+        _write_ignored(out / "ignored.csv", ignored)
     todo = [(r, n, opts) for r, n in zip(records, names, strict=True)
             if not (out / "done" / f"{n}.json").is_file()]
     skipped = len(records) - len(todo)
@@ -357,6 +443,7 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int
         log.info("skipping %d of %d clips already done in %s", skipped, len(records), out)
     nproc = min((os.cpu_count() or 1) if workers is None else workers, len(todo))
     failures: list[_Result] = []
+    fatal: _Result | None = None
     done = 0
     with logging_redirect_tqdm(), tqdm(total=len(todo), unit="clip", desc="prepare",
                                        disable=None, dynamic_ncols=True) as bar:
@@ -369,6 +456,9 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int
                 if res.ok:
                     done += 1
                     continue
+                if res.fatal:
+                    fatal = res
+                    break
                 failures.append(res)
                 log.warning("failed %s: %s: %s", res.id, res.path, res.reason)
                 if on_error == "stop":
@@ -378,16 +468,29 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int
             if pool is not None:
                 pool.terminate()
                 pool.join()
-    _write_failures(out / "failures.csv", failures)
-    finished = sorted((_load_sidecar(p, out) for p in (out / "done").glob("*.json")), key=lambda r: r.id)
-    manifest = write_manifest(out / "manifest.jsonl", finished)
+    try:
+        _write_failures(out / "failures.csv", failures)
+        finished = sorted((_load_sidecar(p, out) for p in (out / "done").glob("*.json")), key=lambda r: r.id)
+        manifest = write_manifest(out / "manifest.jsonl", finished)
+    except OSError as e:
+        if fatal is None and e.errno not in _FATAL_ERRNOS:
+            raise
+        cause = fatal or _Result("", False, e.filename or str(out), e.strerror or str(e))
+        raise PrepareError(f"cannot write to {cause.path}: {cause.reason}; {done} clips finished in this run "
+                           f"(their done/*.json are kept) but manifest.jsonl could not be written ({e}); "
+                           f"free space and rerun to resume") from e
+    if fatal is not None:
+        raise PrepareError(f"cannot write to {fatal.path}: {fatal.reason}; stopped after {done} clips finished "
+                           f"in this run ({len(finished)} in all, listed in {manifest}; failures in "
+                           f"{out / 'failures.csv'}); free space and rerun to resume")
     report = PrepareReport(done=done, skipped=skipped, failed=len(failures), total=len(records),
                            seconds=time.perf_counter() - t0, out_dir=out, manifest=manifest,
-                           failures=out / "failures.csv", failed_ids=sorted(r.id for r in failures))
+                           failures=out / "failures.csv", failed_ids=sorted(r.id for r in failures),
+                           ignored=ignored)
     log.info("%s", report.summary())
     if failures:
         log.warning("%d clips failed; see %s", len(failures), report.failures)
     return report
 
 
-__all__ = ["MEDIA_EXTENSIONS", "PrepareError", "PrepareReport", "collect_inputs", "prepare"]
+__all__ = ["MEDIA_EXTENSIONS", "PrepareError", "PrepareReport", "collect_inputs", "prepare", "scan_directory"]
