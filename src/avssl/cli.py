@@ -7,7 +7,9 @@ so that ``avssl --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -60,7 +62,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except Exception as e:  # noqa: BLE001 - only user errors are caught, see user_error_message
+        message = user_error_message(e)
+        if message is None or os.environ.get("AVSSL_DEBUG", "").strip() not in ("", "0"):
+            raise
+        print(f"avssl: {message}", file=sys.stderr)
+        return 2
+
+
+def _user_error_classes() -> tuple[type[BaseException], ...]:
+    """The project's exceptions that report a user's mistake (a bad file, config or checkpoint)."""
+    from avssl.config import ConfigError
+    from avssl.data.annotations import AnnotationError
+    from avssl.data.decode import MediaError
+    from avssl.data.manifest import ManifestError
+    from avssl.engine.checkpoint import CheckpointError
+
+    classes: list[type[BaseException]] = [ConfigError, AnnotationError, MediaError, ManifestError, CheckpointError]
+    try:
+        from avssl.data.prepare import PrepareError
+
+        classes.append(PrepareError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from avssl.engine.distributed import DistributedTimeoutError
+
+        classes.append(DistributedTimeoutError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(classes)
+
+
+def _one_line(text: str) -> str:
+    lines = [x.strip() for x in str(text).strip().splitlines() if x.strip()]
+    return lines[0] if lines else ""
+
+
+def user_error_message(e: BaseException) -> str | None:
+    """``"FILE: cause"`` for an error that is the user's to fix (a missing or unwritable file, a full
+    disk, a bad config, checkpoint or media file, CUDA requested without CUDA); None for a bug
+    (then the traceback is shown)."""
+    if isinstance(e, OSError) and not isinstance(e, _user_error_classes()):
+        name = e.filename if e.filename is not None else None
+        if e.errno == errno.ENOSPC:
+            where = name if name is not None else "a file"
+            return f"{where}: disk full while writing {where} (No space left on device)"
+        if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+                          FileExistsError)) or name is not None:
+            cause = e.strerror or _one_line(str(e)) or type(e).__name__
+            return f"{name}: {cause}" if name is not None else cause
+        return None
+    if isinstance(e, _user_error_classes()):
+        return _one_line(str(e)) or type(e).__name__
+    if isinstance(e, (AssertionError, RuntimeError)) and (
+            "not compiled with cuda" in str(e).lower() or "no cuda gpus are available" in str(e).lower()
+            or "found no nvidia driver" in str(e).lower()):
+        return f"CUDA requested but not available: {_one_line(str(e))} (use --device cpu / train.device=cpu)"
+    return None
 
 
 if __name__ == "__main__":

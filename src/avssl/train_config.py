@@ -112,6 +112,9 @@ class LoopConfig:
         grad_clip_amp_only: clip only when AMP is in use (the released EquiAV loop).
     threads: torch intra-op CPU threads (None: torch's default). On a busy shared CPU, 1 can be
         several times faster than 2 for the small demo models (measured 10.5 s vs 69 s per epoch).
+    dist_timeout_s: under torchrun, the process-group timeout: a collective that waits longer
+        (a rank stalled or died) fails with an error naming the rank instead of hanging
+        (env ``AVSSL_DIST_TIMEOUT`` overrides it).
     """
 
     epochs: int = 100
@@ -131,8 +134,11 @@ class LoopConfig:
     threads: int | None = None
     tensorboard: bool = True
     progress: bool = True
+    dist_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
+        if not self.dist_timeout_s > 0:
+            raise ValueError(f"train.dist_timeout_s must be > 0, got {self.dist_timeout_s}")
         if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1:
             raise ValueError("epochs, batch_size and log_every must be >= 1")
         if self.eval_every < 0 or self.checkpoint_every < 1:

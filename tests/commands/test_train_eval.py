@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +110,122 @@ def test_overrides_may_follow_the_options(monkeypatch):
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "synthetic/ssltie", "--out", "D", "--bogus"])
     assert e.value.code == 2
+
+
+# ---- user errors: one line "avssl: FILE: cause" on stderr, exit code 2, no traceback ----------
+
+AVSSL = Path(sys.executable).parent / "avssl"
+
+
+def _avssl(*args: str, debug: bool = False) -> subprocess.CompletedProcess:
+    if not AVSSL.is_file():
+        pytest.skip(f"{AVSSL} not installed")
+    env = {k: v for k, v in os.environ.items() if k != "AVSSL_DEBUG"}
+    if debug:
+        env["AVSSL_DEBUG"] = "1"
+    return subprocess.run([str(AVSSL), *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("avssl")]
+    assert len(errors) == 1, proc.stderr
+    for n in needles:
+        assert n in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(synth, tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli_run") / "run"
+    assert main(["train", str(PRESET), *_overrides(synth), "--out", str(run)]) == 0
+    return run
+
+
+def test_eval_refuses_non_positive_counts(synth, tiny_run, capsys):
+    base = ["eval", str(tiny_run / "last.pt"), "--data", str(synth / "manifest.jsonl")]
+    for opt, value in (("--batch-size", "0"), ("--batch-size", "-3"), ("--per-class", "0"), ("--workers", "-1"),
+                       ("--batch-size", "four")):
+        with pytest.raises(SystemExit) as e:
+            main([*base, opt, value])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert opt in err and value in err
+
+
+def test_train_cuda_requested_without_cuda_is_one_line(synth, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = _avssl("train", str(PRESET), *_overrides(synth), "train.device=cuda", "--out", str(tmp_path / "r"))
+    _one_line_error(proc, "cuda", "CUDA is not available")
+
+
+def test_train_out_under_a_file_is_one_line(synth, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    proc = _avssl("train", str(PRESET), *_overrides(synth), "--out", str(blocker / "run"))
+    _one_line_error(proc, "avssl: ", str(blocker))
+    debug = _avssl("train", str(PRESET), *_overrides(synth), "--out", str(blocker / "run"), debug=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_resume_from_another_methods_checkpoint_is_one_line(synth, tiny_run, tmp_path):
+    import torch
+
+    from avssl.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    ours = load_checkpoint(tiny_run / "last.pt")
+    other = tmp_path / "equiav_last.pt"  # an EquiAV run's checkpoint: other weights, other method
+    save_checkpoint(other, model={"audio_encoder.proj.weight": torch.zeros(4, 4)}, optimizer=ours["optimizer"],
+                    scheduler=ours["scheduler"], scaler=ours["scaler"], epoch=1, step=2,
+                    config={**ours["config"], "method": "equiav"}, rng=ours["rng"], extra={})
+    proc = _avssl("train", str(PRESET), *_overrides(synth), "train.epochs=2", "--out", str(tmp_path / "r"),
+                  "--resume", str(other))
+    _one_line_error(proc, str(other), "equiav")
+
+
+def test_eval_data_is_a_folder_is_one_line(synth, tiny_run, tmp_path):
+    proc = _avssl("eval", str(tiny_run / "last.pt"), "--data", str(tmp_path), "--out", str(tmp_path / "e"))
+    _one_line_error(proc, str(tmp_path))
+
+
+def test_disk_full_and_missing_files_are_one_line(monkeypatch, capsys):
+    import errno
+
+    import avssl.cli as cli
+
+    make = cli.build_parser
+    raised: list[BaseException] = []
+
+    def parser_raising():
+        p = make()
+
+        def boom(args):
+            raise raised[0]
+
+        p._subparsers._group_actions[0].choices["train"].set_defaults(_run=boom)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", parser_raising)
+    monkeypatch.delenv("AVSSL_DEBUG", raising=False)
+    cases = [(OSError(errno.ENOSPC, "No space left on device", "runs/x/last.pt"),
+              "avssl: runs/x/last.pt: disk full while writing runs/x/last.pt (No space left on device)"),
+             (FileNotFoundError(errno.ENOENT, "No such file or directory", "data/m.jsonl"),
+              "avssl: data/m.jsonl: No such file or directory"),
+             (PermissionError(errno.EACCES, "Permission denied", "/root/runs"), "avssl: /root/runs: Permission denied"),
+             (IsADirectoryError(errno.EISDIR, "Is a directory", "data"), "avssl: data: Is a directory")]
+    for exc, line in cases:
+        raised[:] = [exc]
+        assert cli.main(["train", "synthetic/ssltie"]) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == line, err
+    raised[:] = [KeyError("a bug")]  # not a user error: the traceback stays
+    with pytest.raises(KeyError):
+        cli.main(["train", "synthetic/ssltie"])
+    monkeypatch.setenv("AVSSL_DEBUG", "1")
+    raised[:] = [cases[0][0]]
+    with pytest.raises(OSError):
+        cli.main(["train", "synthetic/ssltie"])

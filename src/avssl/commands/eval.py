@@ -21,12 +21,36 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 HELP = "evaluate a checkpoint on a test set: heatmaps.npz, scores.json (cIoU, AUC, retrieval; mAP/accuracy)"
 
 log = logging.getLogger(__name__)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a batch size or count of 0 would silently mean "default")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1), got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (data loader workers: 0 loads in the main process)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,11 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="annotation format (default: flickr for a folder, vggss for a file)")
     parser.add_argument("--split", default="test", help="manifest split to evaluate ('all': every record)")
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: next to the checkpoint)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the checkpoint's eval_batch_size")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="default: the checkpoint's eval_batch_size")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--workers", type=int, default=None, help="data loader workers")
+    parser.add_argument("--workers", type=non_negative_int, default=None, help="data loader workers")
     parser.add_argument("--no-retrieval", action="store_true", help="skip the retrieval metrics")
-    parser.add_argument("--per-class", type=int, default=None, metavar="N",
+    parser.add_argument("--per-class", type=positive_int, default=None, metavar="N",
                         help="keep only the first N clips of each class (manifest order), e.g. 5 as EquiAV's "
                              "retrieval subset; clips without a label are dropped")
 
@@ -73,13 +97,34 @@ def _classification(args, model, cfg, pipe, dataset, device) -> int:
 def _out_dir(args: argparse.Namespace) -> Path:
     out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{Path(args.checkpoint).stem}"
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".scores.json.*.tmp"):  # left by a killed write
+        stale.unlink(missing_ok=True)
     return out_dir
 
 
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, renamed when
+    complete: a full disk or a kill never leaves a truncated (or 0-byte) ``path``. An OSError
+    names ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno or 0), str(path)) from e
+        raise
+    return path
+
+
 def _write_scores(args: argparse.Namespace, out_dir: Path, scores: dict) -> int:
-    """scores.json in ``out_dir`` (with what was evaluated), and the same JSON on stdout."""
+    """scores.json in ``out_dir`` (with what was evaluated, written atomically), and the same JSON on stdout."""
     scores = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, **scores}
-    (out_dir / "scores.json").write_text(json.dumps(scores, indent=2))
+    write_text_atomic(out_dir / "scores.json", json.dumps(scores, indent=2))
     print(json.dumps(scores, indent=2))
     return 0
 

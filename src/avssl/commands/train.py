@@ -5,7 +5,9 @@ The preset holds only the differences from the defaults of avssl.train_config.Tr
 config.yaml (the resolved config), metrics.jsonl, TensorBoard logs, last.pt (every epoch) and
 best.pt (the best epoch on the val split by train.select_on). --resume continues a run exactly
 from its last.pt (or from the checkpoint given). Multi-GPU: launch with torchrun; the process
-group is initialised from its environment.
+group is initialised from its environment, with a timeout of train.dist_timeout_s seconds
+(env AVSSL_DIST_TIMEOUT overrides it): a rank that stalls makes the others stop with an error
+naming it instead of hanging.
 
 Examples:
     avssl synth data/synth --clips 200
@@ -54,9 +56,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     started = False
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
-        import torch
+        from avssl.engine.distributed import init_process_group
 
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        try:
+            init_process_group(timeout_s=cfg.train.dist_timeout_s)
+        except ValueError as e:  # a malformed AVSSL_DIST_TIMEOUT
+            print(f"avssl train: error: {e}", file=sys.stderr)
+            return 2
         started = True
     try:
         result = fit(cfg, resume=args.resume)

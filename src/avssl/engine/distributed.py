@@ -16,6 +16,8 @@ mean loss on the concatenated batch (tested in ``tests/engine/test_distributed.p
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import logging
 import os
 
@@ -38,7 +40,119 @@ __all__ = [
     "broadcast_from_main",
     "all_gather_rows",
     "gather_inference",
+    "DistributedTimeoutError",
+    "DEFAULT_TIMEOUT_S",
+    "resolve_timeout_s",
+    "init_process_group",
+    "mark_progress",
+    "stalled_ranks",
+    "guard",
 ]
+
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+class DistributedTimeoutError(RuntimeError):
+    """A collective did not complete within the process-group timeout: a rank stalled or died."""
+
+
+def resolve_timeout_s(configured: float | None = None) -> float:
+    """The process-group timeout in seconds: env ``AVSSL_DIST_TIMEOUT`` if set, else
+    ``configured`` (``train.dist_timeout_s``), else :data:`DEFAULT_TIMEOUT_S`."""
+    env = os.environ.get("AVSSL_DIST_TIMEOUT")
+    if env:
+        try:
+            value = float(env)
+        except ValueError:
+            raise ValueError(f"AVSSL_DIST_TIMEOUT must be a number of seconds, got {env!r}") from None
+    else:
+        value = DEFAULT_TIMEOUT_S if configured is None else float(configured)
+    if not value > 0:
+        raise ValueError(f"the process-group timeout must be > 0 seconds, got {value}")
+    return value
+
+
+_TIMEOUT_S: float | None = None
+_PROGRESS = 0
+
+
+def init_process_group(backend: str | None = None, timeout_s: float | None = None, **kwargs) -> None:
+    """``torch.distributed.init_process_group`` with a timeout (:func:`resolve_timeout_s`), so that a
+    rank that stalls makes the others fail with :class:`DistributedTimeoutError` instead of hanging."""
+    global _TIMEOUT_S, _PROGRESS
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    _TIMEOUT_S = resolve_timeout_s(timeout_s)
+    _PROGRESS = 0
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=_TIMEOUT_S), **kwargs)
+    mark_progress()
+
+
+def _store():
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        return _get_default_store()
+    except Exception:  # noqa: BLE001 - no store: no progress bookkeeping
+        return None
+
+
+def mark_progress() -> None:
+    """Record in the process group's store that this rank reached its next collective (so a rank
+    whose collective times out can name the ranks that fell behind)."""
+    global _PROGRESS
+    if not is_distributed():
+        return
+    _PROGRESS += 1
+    store = _store()
+    if store is not None:
+        with contextlib.suppress(Exception):
+            store.set(f"avssl/progress/{rank()}", str(_PROGRESS))
+
+
+def stalled_ranks() -> list[int]:
+    """The ranks whose recorded progress is behind the furthest rank's (or never recorded)."""
+    store = _store()
+    if store is None or not is_distributed():
+        return []
+    progress: dict[int, int] = {}
+    for r in range(world_size()):
+        key = f"avssl/progress/{r}"
+        try:
+            progress[r] = int(store.get(key)) if store.check([key]) else -1
+        except Exception:  # noqa: BLE001 - the store itself is gone (rank 0 died)
+            return []
+    furthest = max(progress.values())
+    return [r for r, p in progress.items() if p < furthest]
+
+
+def _is_timeout(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("timed out" in text or "timeout" in text or "deadline" in text)
+
+
+@contextlib.contextmanager
+def guard(what: str):
+    """Turn a collective's timeout (or a peer that died) into one clear
+    :class:`DistributedTimeoutError` naming this rank and the ranks that stalled."""
+    try:
+        yield
+    except DistributedTimeoutError:
+        raise
+    except RuntimeError as e:
+        if not is_distributed():
+            raise
+        text = str(e).lower()
+        peer_died = "connection reset" in text or "connection closed" in text or "broken pipe" in text
+        if not (_is_timeout(e) or peer_died):
+            raise
+        late = stalled_ranks()
+        who = (f"rank(s) {', '.join(map(str, late))} stalled or failed" if late
+               else "another rank stalled or failed")
+        limit = f" after {_TIMEOUT_S:g} s (train.dist_timeout_s / AVSSL_DIST_TIMEOUT)" if _TIMEOUT_S else ""
+        cause = "a peer closed the connection" if peer_died and not _is_timeout(e) else f"timed out{limit}"
+        raise DistributedTimeoutError(
+            f"rank {rank()}/{world_size()}: {what} {cause}: {who}") from e
 
 
 def is_distributed() -> bool:
@@ -77,7 +191,9 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     if ws == 1:
         return x
     out = [torch.empty_like(x) for _ in range(ws)]
-    dist.all_gather(out, x.detach().contiguous())
+    mark_progress()
+    with guard("all_gather"):
+        dist.all_gather(out, x.detach().contiguous())
     return torch.cat(out, dim=0)
 
 
@@ -90,13 +206,17 @@ class _GatherWithGrad(torch.autograd.Function):
         ctx.n = x.shape[0]
         ctx.rank = dist.get_rank()
         out = [torch.empty_like(x) for _ in range(ws)]
-        dist.all_gather(out, x.contiguous())
+        mark_progress()
+        with guard("all_gather"):
+            dist.all_gather(out, x.contiguous())
         return torch.cat(out, dim=0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        mark_progress()
+        with guard("all_reduce (backward of all_gather)"):
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = ctx.rank * ctx.n
         return grad[start:start + ctx.n]
 
@@ -119,7 +239,9 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     if ws == 1:
         return x
     y = x.detach().clone()
-    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    mark_progress()
+    with guard("all_reduce"):
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
     return y / ws
 
 
@@ -141,12 +263,16 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
         return x
     n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
     sizes = [torch.zeros_like(n) for _ in range(ws)]
-    dist.all_gather(sizes, n)
+    mark_progress()
+    with guard("all_gather (row counts)"):
+        dist.all_gather(sizes, n)
     counts = [int(s) for s in sizes]
     padded = torch.zeros((max(counts), *x.shape[1:]), dtype=x.dtype, device=x.device)
     padded[:x.shape[0]] = x
     out = [torch.empty_like(padded) for _ in range(ws)]
-    dist.all_gather(out, padded.contiguous())
+    mark_progress()
+    with guard("all_gather (rows)"):
+        dist.all_gather(out, padded.contiguous())
     return torch.cat([o[:c] for o, c in zip(out, counts, strict=True)])
 
 
@@ -157,7 +283,9 @@ def broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
         return t
     dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     buf = t.to(dev).contiguous()
-    dist.broadcast(buf, src=0)
+    mark_progress()
+    with guard("broadcast"):
+        dist.broadcast(buf, src=0)
     return buf.to(t.device)
 
 
@@ -166,7 +294,9 @@ def all_gather_object(obj) -> list:
     if world_size() == 1:
         return [obj]
     out: list = [None] * world_size()
-    dist.all_gather_object(out, obj)
+    mark_progress()
+    with guard("all_gather_object"):
+        dist.all_gather_object(out, obj)
     return out
 
 

@@ -29,13 +29,21 @@ JSON object per logged step and per epoch), TensorBoard scalars, ``last.pt`` aft
 ``checkpoint_every`` epochs and ``best.pt`` when the val metric ``select_on`` improves
 (never chosen on the test split). Checkpoints are written atomically with the model,
 optimiser, scheduler, AMP scaler, epoch, step, RNG states and the resolved config.
+
+User errors are checked before the first epoch: ``select_on`` must be a val metric of the
+method (:func:`selectable_metrics`), a CUDA device must exist, a resumed checkpoint must be of
+the same method. On resume, ``metrics.jsonl`` is cut back (atomically) to the records at or
+before the checkpoint's step, so steps logged after it by a killed run appear once; ``.*.tmp``
+files left in the run folder by a killed atomic write are removed.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,10 +51,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from avssl.config import save_config, to_dict
+from avssl.config import ConfigError, save_config, to_dict
 from avssl.data.manifest import read_manifest
 from avssl.engine import distributed as dist_utils
 from avssl.engine.checkpoint import (
+    CheckpointError,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -65,7 +74,8 @@ from avssl.train_config import OptimConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["fit", "resolve_device", "build_optimizer", "lr_factor", "EpochSampler", "step_generator"]
+__all__ = ["fit", "resolve_device", "build_optimizer", "lr_factor", "EpochSampler", "step_generator",
+           "selectable_metrics", "check_select_on"]
 
 _MIX = 0x9E3779B97F4A7C15
 
@@ -133,10 +143,106 @@ class EpochSampler(Sampler[int]):
 
 
 def resolve_device(spec: str) -> torch.device:
-    """"auto" -> ``cuda:LOCAL_RANK`` when CUDA is available, else CPU; anything else as given."""
+    """"auto" -> ``cuda:LOCAL_RANK`` when CUDA is available, else CPU; anything else as given.
+
+    Raises :class:`avssl.config.ConfigError` for a malformed spec or a CUDA device on a machine
+    (or torch build) without CUDA, or an index beyond the visible GPUs.
+    """
     if spec == "auto":
         return torch.device(f"cuda:{dist_utils.local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"device {spec!r} is not a device (auto, cpu, cuda, cuda:1, ...): {e}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {spec!r} requested but CUDA is not available on this machine "
+                              "(set train.device=cpu / --device cpu, or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA "
+                              "device(s) are visible")
+    return device
+
+
+# The val metrics each kind of evaluation produces (what ``train.select_on`` may name). The default
+# evaluation (``pipe.infer``): the localisation scorer's summary (with annotations) and recall@K
+# ``<direction>_<R1|R5|R10|MR>`` of :func:`avssl.engine.evaluate.retrieval_scores`.
+LOCALISATION_METRICS = ("ciou_at_0.5", "auc", "mean_ciou", "adaptive_ciou_at_0.5", "adaptive_auc",
+                        "adaptive_mean_ciou", "pointing_accuracy")
+RETRIEVAL_METRICS = tuple(f"{d}_{k}" for d in ("a2v_instance", "v2a_instance", "a2a_class", "a2v_class", "v2a_class")
+                          for k in ("R1", "R5", "R10"))
+# pipelines with their own ``evaluate``: by method name
+EVALUATE_METRICS = {"equiav_ft": ("mAP", "mAUC", "d_prime", "accuracy")}
+
+
+def selectable_metrics(method: str, pipe=None) -> tuple[str, ...] | None:
+    """The val metric names ``train.select_on`` may take for ``method`` (None: not known statically,
+    a pipeline with its own evaluation that is not listed in :data:`EVALUATE_METRICS`)."""
+    pipe = pipeline_for(method) if pipe is None else pipe
+    if pipe.evaluate is None:
+        return LOCALISATION_METRICS + RETRIEVAL_METRICS
+    return EVALUATE_METRICS.get(method)
+
+
+def check_select_on(cfg: TrainConfig, pipe=None) -> None:
+    """Raise :class:`avssl.config.ConfigError` when ``train.select_on`` is not a val metric of the method."""
+    names = selectable_metrics(cfg.method, pipe)
+    if names is not None and cfg.train.select_on not in names:
+        raise ConfigError(f"train.select_on={cfg.train.select_on!r} is not a val metric of method "
+                          f"{cfg.method!r}; choose one of: {', '.join(names)}")
+
+
+def _with_filename(e: OSError, path: Path) -> OSError:
+    """``e`` with ``filename`` set to ``path`` when the OS left it unset (a failed write())."""
+    if e.filename is None:
+        new = OSError(e.errno, e.strerror or os.strerror(e.errno or 0), str(path))
+        new.__cause__ = e
+        return new
+    return e
+
+
+def _remove_stale_tmp(run_dir: Path) -> None:
+    """Delete ``.*.tmp`` files left in ``run_dir`` by a write that was killed (atomic writes go
+    through a temporary file next to the target, renamed when complete)."""
+    for p in run_dir.glob(".*.tmp"):
+        try:
+            p.unlink()
+            logger.info("removed %s, left by an interrupted write", p)
+        except OSError as e:  # pragma: no cover - e.g. read-only folder: harmless
+            logger.warning("could not remove %s: %s", p, e)
+
+
+def _truncate_metrics(path: Path, step: int) -> int:
+    """Keep only the records of ``metrics.jsonl`` at or before ``step`` (what the checkpoint being
+    resumed had seen), rewritten atomically; returns the number of records dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            dropped += 1
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] > step:
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write("".join(x + "\n" for x in kept))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            Path(tmp).unlink(missing_ok=True)
+            raise _with_filename(e, path) from e
+        logger.info("%s: dropped %d record(s) logged after step %d (the checkpoint resumed)", path, dropped, step)
+    return dropped
 
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -184,8 +290,11 @@ class _Writer:
     def log(self, record: dict, step: int) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise _with_filename(e, self.path) from e
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch"):
@@ -225,19 +334,32 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
             (continue from ``out_dir/last.pt``) or a checkpoint path.
     """
     device = resolve_device(cfg.train.device)
+    pipe = pipeline_for(cfg.method)
+    check_select_on(cfg, pipe)
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
     main = dist_utils.is_main_process()
     run_dir = Path(cfg.train.out_dir)
     if resume is False and (run_dir / "last.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run (last.pt); pass resume or choose another out_dir")
+    ckpt = None
+    if resume is not False:  # read (and check) the checkpoint before anything is written
+        path = run_dir / "last.pt" if resume is True else Path(resume)
+        ckpt = load_checkpoint(path, map_location=device)
+        saved_method = (ckpt.get("config") or {}).get("method")
+        if saved_method is not None and saved_method != cfg.method:
+            raise CheckpointError(f"checkpoint {path}: a {saved_method!r} run cannot be resumed as method "
+                                  f"{cfg.method!r} (wrong checkpoint or config?)")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        _remove_stale_tmp(run_dir)
+        try:
+            save_config(cfg, run_dir / "config.yaml")
+        except OSError as e:
+            raise _with_filename(e, run_dir / "config.yaml") from e
 
     torch.manual_seed(cfg.train.seed)
     model = build_method(cfg.method, cfg.method_config).to(device)
-    pipe = pipeline_for(cfg.method)
     train_records = _records(cfg.data.train_manifest, cfg.data.train_split)
     if not train_records:
         raise ValueError("no training clips: set data.train_manifest (and data.train_split)")
@@ -270,17 +392,22 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     start_epoch, step, best, history = 0, 0, {"value": None, "epoch": None}, []
-    if resume is not False:
-        path = run_dir / "last.pt" if resume is True else Path(resume)
-        ckpt = load_checkpoint(path, map_location=device)
-        model.load_state_dict(strip_prefixes(ckpt["model"]))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+    if ckpt is not None:
+        try:
+            model.load_state_dict(strip_prefixes(ckpt["model"]))
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"checkpoint {path}: does not fit this run's model/optimiser "
+                                  f"(another config?): {first}") from e
         best = ckpt.get("extra", {}).get("best", best)
         set_rng_state(ckpt["rng"])
         logger.info("resumed from %s at epoch %d, step %d", path, start_epoch, step)
+        if main:  # records logged after the checkpoint (the run was killed) are logged again
+            _truncate_metrics(run_dir / "metrics.jsonl", step)
 
     net = pipe.train_module(model, cfg)
     if dist_utils.is_distributed():
@@ -294,9 +421,14 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
                                 shuffle=False, num_workers=cfg.data.num_workers, collate_fn=pipe.collate)
 
     def checkpoint(path: Path, epoch: int) -> None:
-        save_checkpoint(path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch, step=step,
-                        config=to_dict(cfg), rng=rng_state(), extra={"best": best, "classes": classes})
+        try:
+            save_checkpoint(path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch, step=step,
+                            config=to_dict(cfg), rng=rng_state(), extra={"best": best, "classes": classes})
+        except OSError as e:  # e.g. ENOSPC: the previous checkpoint is intact (atomic write)
+            if e.errno == errno.ENOSPC:
+                logger.error("disk full while writing %s; the previous %s is intact", path, path.name)
+            raise _with_filename(e, path) from e
 
     last_loss = math.nan
     try:
@@ -317,7 +449,9 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
                     losses = net(inputs, generator=gen)
                 loss = losses["loss"]
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                dist_utils.mark_progress()  # a rank stalled before here is named if the others time out
+                with dist_utils.guard(f"training step {step + 1} (gradient all-reduce)"):
+                    scaler.scale(loss).backward()
                 if cfg.train.grad_clip is not None and (use_amp or not cfg.train.grad_clip_amp_only):
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
