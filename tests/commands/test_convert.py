@@ -55,3 +55,22 @@ def test_unreadable_input(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"garbage")
     assert main(["convert", "--from", "ssltie-official", str(bad), str(tmp_path / "o.pt")]) == 1
+
+
+def test_equiav_sizes_are_read_from_the_weights(tmp_path, golden_dir, caplog):
+    """The tiny golden file under the default ViT-B preset: the widths, depth, patch grids and head
+    widths come from the weights; the head count, which they cannot tell, is refused in one line
+    until given, and then the conversion equals the tiny preset's."""
+    src = golden_dir / "equiav_pt_tiny_state_dict.pt"
+    assert main(["convert", "--from", "equiav-official", str(src), str(tmp_path / "a.pt")]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "num_heads=N" in errors[0] and str(src) in errors[0]
+    assert not (tmp_path / "a.pt").exists()
+    assert main(["convert", "--from", "equiav-official", str(src), str(tmp_path / "b.pt"), "num_heads=4"]) == 0
+    assert main(["convert", "--from", "equiav-official", str(src), str(tmp_path / "c.pt"), "--preset", "tiny"]) == 0
+    (mb, cb), (mc, cc) = load_method(tmp_path / "b.pt"), load_method(tmp_path / "c.pt")
+    sizes = ("embed_dim", "depth", "num_heads", "img_size", "audio_length", "aug_emb_dim", "proj_hidden_dim",
+             "inter_out_dim", "intra_out_dim")
+    assert {k: cb["config"]["equiav"][k] for k in sizes} == {k: cc["config"]["equiav"][k] for k in sizes}
+    sb, sc = mb.state_dict(), mc.state_dict()
+    assert sb.keys() == sc.keys() and all(torch.equal(sb[k], sc[k]) for k in sb)

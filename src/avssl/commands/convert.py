@@ -4,8 +4,10 @@
                           optionally with DataParallel "module." prefixes); the ResNet width is
                           read from the weights.
   --from equiav-official  EquiAV pre-training state dict (``__M__.``/``module.`` prefixes
-                          accepted); sizes from --preset (vit_b16, the released model, or tiny)
-                          plus key=value overrides of the EquiAV config.
+                          accepted); the sizes are read from the weights (widths, depth,
+                          patch grids, head widths); what they cannot tell (attention heads,
+                          mel bins, loss options) comes from --preset (vit_b16, the released
+                          model, or tiny); key=value overrides of the EquiAV config win.
 
 Every official key is accounted for: loaded, dropped with a reason (unused by the original
 forward), unexpected, or (ours) missing. The report is printed as JSON; unexpected or missing
@@ -66,10 +68,25 @@ def convert(source: str, input_path: str | Path, output_path: str | Path, preset
                   "missing": sorted(set(rep.missing) | set(missing))}
         method = "ssltie"
     else:
-        base = equiav.equiav_vit_b16_config() if preset == "vit_b16" else equiav.equiav_tiny_config()
-        cfg = from_dict(equiav.EquiAVConfig, merge(to_dict(base), extra))
+        base = to_dict(equiav.equiav_vit_b16_config() if preset == "vit_b16" else equiav.equiav_tiny_config())
+        base = merge(base, extra)
+        sd = unwrap_state_dict(raw, ("model", "state_dict"))
+        inferred = equiav.official_pretrain_sizes(sd, int(base["num_mel_bins"]))
+        # sizes from the weights; what they cannot tell from the preset; overrides win over both
+        sizes = merge(merge(base, inferred), extra)
+        if int(sizes["embed_dim"]) % int(sizes["num_heads"]):
+            raise CheckpointError(
+                f"{input_path}: the weights are {sizes['embed_dim']} wide, which {sizes['num_heads']} attention "
+                f"heads (--preset {preset}) do not divide; the weights cannot tell the head count: "
+                "pass num_heads=N (or --preset tiny)")
+        cfg = from_dict(equiav.EquiAVConfig, sizes)
         model = equiav.EquiAV(cfg)
-        rep = equiav.load_official_pretrain(model, unwrap_state_dict(raw, ("model", "state_dict")), strict=False)
+        try:
+            rep = equiav.load_official_pretrain(model, sd, strict=False)
+        except RuntimeError as e:  # shapes the sizes above could not reconcile
+            first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+            raise CheckpointError(f"{input_path}: weights do not fit an EquiAV of the inferred sizes "
+                                  f"({first}); set the sizes as key=value overrides") from None
         report = {"loaded": len(rep.loaded), "dropped": rep.dropped, "unexpected": rep.unexpected,
                   "missing": rep.missing, "notes": rep.notes}
         method = "equiav"

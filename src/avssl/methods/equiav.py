@@ -401,6 +401,59 @@ def convert_official_pretrain(state_dict: Mapping[str, torch.Tensor], strict: bo
     return convert_state_dict(state_dict, official_pretrain_key, BLOCK_DROP_RULES, expected_keys, strict)
 
 
+def official_pretrain_sizes(state_dict: Mapping[str, torch.Tensor], num_mel_bins: int = 128) -> dict:
+    """The :class:`EquiAVConfig` sizes an official pre-training state dict's weights imply.
+
+    Read from the shapes: ``embed_dim``, ``patch_size``, ``depth``, ``mlp_ratio``, the patch grids
+    (``img_size``; ``audio_length`` given ``num_mel_bins``), ``aug_dim_a/v`` (``visual_extended``
+    when the visual vector has 21 slots), ``aug_emb_dim``, the cross-attention width and the head
+    widths. The weights cannot tell ``num_heads`` nor ``num_mel_bins`` (the caller's preset
+    does). Keys absent from the file leave their size out, so the preset decides it.
+    """
+    import re
+
+    sd = {k.removeprefix("__M__.").removeprefix("module."): v for k, v in state_dict.items()}
+    out: dict = {}
+
+    def shape(key: str) -> tuple[int, ...] | None:
+        v = sd.get(key)
+        return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+    pe = shape("patch_embed_v.proj.weight") or shape("patch_embed_a.proj.weight")
+    if pe:
+        out["embed_dim"], out["patch_size"] = pe[0], pe[2]
+    depths = {int(m.group(1)) for k in sd if (m := re.match(r"blocks_a\.(\d+)\.", k))}
+    if depths:
+        out["depth"] = max(depths) + 1
+    fc1 = shape("blocks_a.0.mlp.fc1.weight")
+    if fc1 and pe:
+        out["mlp_ratio"] = fc1[0] / fc1[1]
+    pos_v, pos_a = shape("pos_embed_v"), shape("pos_embed_a")
+    if pos_v and pe:
+        side = round(pos_v[1] ** 0.5)
+        if side * side == pos_v[1]:
+            out["img_size"] = side * pe[2]
+    if pos_a and pe:
+        out["audio_length"] = pos_a[1] * pe[2] * pe[2] // num_mel_bins
+    for m in ("a", "v"):
+        enc = shape(f"aug_encoder_{m}.0.weight")
+        if enc:
+            out[f"aug_dim_{m}"], out["aug_emb_dim"] = enc[1], enc[0]
+    if out.get("aug_dim_v") is not None:
+        out["visual_extended"] = out["aug_dim_v"] == 21
+    q = shape("cross_attn_a.attn.to_q.weight")
+    if q:
+        head_dim = 64 if q[0] % 64 == 0 else q[0]
+        out["cross_attn_heads"], out["cross_attn_head_dim"] = q[0] // head_dim, head_dim
+    for head, key in (("intra", "pred_a_intra"), ("inter", "pred_a_inter")):
+        h1, h3 = shape(f"{key}.fc1.weight"), shape(f"{key}.fc3.weight")
+        if h1:
+            out["proj_hidden_dim"] = h1[0]
+        if h3:
+            out[f"{head}_out_dim"] = h3[0]
+    return out
+
+
 def load_official_pretrain(model: EquiAV, state_dict: Mapping[str, torch.Tensor], strict: bool = True
                            ) -> ConversionReport:
     """Convert an official pre-training checkpoint and load it into ``model``."""
