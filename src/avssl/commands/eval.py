@@ -31,26 +31,21 @@ HELP = "evaluate a checkpoint on a test set: heatmaps.npz, scores.json (cIoU, AU
 log = logging.getLogger(__name__)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a batch size or count of 0 would silently mean "default")."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1), got {value}")
-    return value
+def _int_at_least(low: int, what: str):
+    """argparse type: an integer >= ``low`` (a count of 0 must not silently mean "default")."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (data loader workers: 0 loads in the main process)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+positive_int = _int_at_least(1, "a positive integer (>= 1)")
+non_negative_int = _int_at_least(0, "an integer >= 0")  # data loader workers: 0 loads in the main process
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
