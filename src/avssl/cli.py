@@ -78,22 +78,12 @@ def _user_error_classes() -> tuple[type[BaseException], ...]:
     from avssl.data.annotations import AnnotationError
     from avssl.data.decode import MediaError
     from avssl.data.manifest import ManifestError
+    from avssl.data.prepare import PrepareError
     from avssl.engine.checkpoint import CheckpointError
+    from avssl.engine.distributed import DistributedTimeoutError
 
-    classes: list[type[BaseException]] = [ConfigError, AnnotationError, MediaError, ManifestError, CheckpointError]
-    try:
-        from avssl.data.prepare import PrepareError
-
-        classes.append(PrepareError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from avssl.engine.distributed import DistributedTimeoutError
-
-        classes.append(DistributedTimeoutError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(classes)
+    return (ConfigError, AnnotationError, MediaError, ManifestError, CheckpointError, PrepareError,
+            DistributedTimeoutError)
 
 
 def _one_line(text: str) -> str:

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from avssl.atomic import atomic_write_text
+
 T = TypeVar("T")
 
 
@@ -184,8 +186,4 @@ def load_config(cls: type[T], presets: Iterable[str | os.PathLike] = (), overrid
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -98,7 +98,7 @@ def test_leftover_tmp_files_are_removed_on_the_next_run(synth, tmp_path):
 
 
 def test_eval_scores_json_is_written_atomically(tmp_path, monkeypatch):
-    from avssl.commands import eval as ev
+    from avssl import atomic
 
     target = tmp_path / "scores.json"
     target.write_text(json.dumps({"old": 1}))
@@ -106,16 +106,16 @@ def test_eval_scores_json_is_written_atomically(tmp_path, monkeypatch):
     def full_disk(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ev.os, "fsync", full_disk)
+    monkeypatch.setattr(atomic.os, "fsync", full_disk)
     with pytest.raises(OSError) as e:
-        ev.write_text_atomic(target, json.dumps({"new": 2}))
+        atomic.atomic_write_text(target, json.dumps({"new": 2}))
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(target)
     assert json.loads(target.read_text()) == {"old": 1}  # never a 0-byte or half file
     assert not list(tmp_path.glob(".*.tmp"))
     target.unlink()
     with pytest.raises(OSError):
-        ev.write_text_atomic(target, "{}")
+        atomic.atomic_write_text(target, "{}")
     assert not target.exists()
     monkeypatch.undo()
-    ev.write_text_atomic(target, "{}")
+    atomic.atomic_write_text(target, "{}")
     assert target.read_text() == "{}"

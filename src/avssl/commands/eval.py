@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from avssl.atomic import atomic_write_text, remove_stale_tmp
 
 HELP = "evaluate a checkpoint on a test set: heatmaps.npz, scores.json (cIoU, AUC, retrieval; mAP/accuracy)"
 
@@ -92,34 +92,14 @@ def _classification(args, model, cfg, pipe, dataset, device) -> int:
 def _out_dir(args: argparse.Namespace) -> Path:
     out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{Path(args.checkpoint).stem}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".scores.json.*.tmp"):  # left by a killed write
-        stale.unlink(missing_ok=True)
+    remove_stale_tmp(out_dir)  # left by a killed write
     return out_dir
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, renamed when
-    complete: a full disk or a kill never leaves a truncated (or 0-byte) ``path``. An OSError
-    names ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None:
-            raise OSError(e.errno, e.strerror or os.strerror(e.errno or 0), str(path)) from e
-        raise
-    return path
 
 
 def _write_scores(args: argparse.Namespace, out_dir: Path, scores: dict) -> int:
     """scores.json in ``out_dir`` (with what was evaluated, written atomically), and the same JSON on stdout."""
     scores = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, **scores}
-    write_text_atomic(out_dir / "scores.json", json.dumps(scores, indent=2))
+    atomic_write_text(out_dir / "scores.json", json.dumps(scores, indent=2))
     print(json.dumps(scores, indent=2))
     return 0
 

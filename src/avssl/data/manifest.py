@@ -20,10 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from avssl.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -242,15 +243,8 @@ def validate(records: Iterable[Record], policy: str = "error") -> tuple[list[Rec
 def write_manifest(path: str | os.PathLike, records: Iterable[Record]) -> Path:
     """Write an avssl JSONL manifest atomically; paths under its folder become relative."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     base = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=base)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r.to_json(base)) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r.to_json(base)) + "\n")
     return path

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avssl.atomic import atomic_path, atomic_write_text, remove_stale_tmp
 from avssl.data.manifest import Record, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -245,14 +246,8 @@ def _write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> str:
     """Mono float ``(N,)`` -> 16-bit PCM wav (values clipped to [-1, 1])."""
     import soundfile as sf
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a killed write leaves only this
-    try:
+    with atomic_path(path) as tmp:  # a killed write leaves only the temporary file
         sf.write(str(tmp), np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return str(path)
 
 
@@ -313,7 +308,7 @@ def _process(task: tuple[Record, str, _Options]) -> _Result:
     out = Path(opts.out_dir)
     try:
         done = (_prepare_video if rec.video else _prepare_extracted)(rec, name, opts)
-        _atomic_write(out / "done" / f"{name}.json", json.dumps(done.to_json(out)) + "\n")
+        atomic_write_text(out / "done" / f"{name}.json", json.dumps(done.to_json(out)) + "\n")
     except MediaError as e:
         return _Result(rec.id, False, e.path, e.reason)
     except OSError as e:
@@ -325,16 +320,6 @@ def _process(task: tuple[Record, str, _Options]) -> _Result:
 
 #: errors writing the outputs that no other clip can avoid: stop the run (a rerun resumes)
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- driver
@@ -349,7 +334,7 @@ def _check_options(out: Path, opts: _Options) -> None:
             listed = ", ".join(f"{k}={a} (now {b})" for k, (a, b) in diff.items())
             raise PrepareError(f"{out} was prepared with {listed}: use another output folder, "
                                f"or delete {out / 'done'} to redo every clip")
-    _atomic_write(path, json.dumps(mine) + "\n")
+    atomic_write_text(path, json.dumps(mine) + "\n")
 
 
 def _load_sidecar(path: Path, out: Path) -> Record:
@@ -367,21 +352,18 @@ def _load_sidecar(path: Path, out: Path) -> Record:
 
 
 def _write_failures(path: Path, rows: list[_Result]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "path", "reason"])
-        w.writerows([r.id, r.path, r.reason] for r in sorted(rows, key=lambda r: r.id))
-    os.replace(tmp, path)
+    _write_csv(path, ["id", "path", "reason"], ([r.id, r.path, r.reason] for r in sorted(rows, key=lambda r: r.id)))
 
 
 def _write_ignored(path: Path, rows: list[tuple[str, str]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    _write_csv(path, ["path", "reason"], rows)
+
+
+def _write_csv(path: Path, header: list[str], rows) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["path", "reason"])
+        w.writerow(header)
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int = 10,
@@ -429,11 +411,7 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int
     for sub in ("done", "frames", "audio"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     _check_options(out, opts)
-    stale = [p for d in (out, out / "done", out / "audio") for p in d.glob(".*.tmp")]
-    for p in stale:  # left by a write that was killed (or hit a full disk)
-        p.unlink(missing_ok=True)
-    if stale:
-        log.info("removed %d leftover temporary files in %s", len(stale), out)
+    remove_stale_tmp(out, out / "done", out / "audio")  # left by a write that was killed (or hit a full disk)
     if ignored:
         _write_ignored(out / "ignored.csv", ignored)
     todo = [(r, n, opts) for r, n in zip(records, names, strict=True)

@@ -133,8 +133,10 @@ def _is_timeout(e: BaseException) -> bool:
 
 @contextlib.contextmanager
 def guard(what: str):
-    """Turn a collective's timeout (or a peer that died) into one clear
-    :class:`DistributedTimeoutError` naming this rank and the ranks that stalled."""
+    """Around one collective: record this rank's progress (:func:`mark_progress`), then turn the
+    collective's timeout (or a peer that died) into one clear :class:`DistributedTimeoutError`
+    naming this rank and the ranks that stalled."""
+    mark_progress()
     try:
         yield
     except DistributedTimeoutError:
@@ -191,7 +193,6 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     if ws == 1:
         return x
     out = [torch.empty_like(x) for _ in range(ws)]
-    mark_progress()
     with guard("all_gather"):
         dist.all_gather(out, x.detach().contiguous())
     return torch.cat(out, dim=0)
@@ -206,7 +207,6 @@ class _GatherWithGrad(torch.autograd.Function):
         ctx.n = x.shape[0]
         ctx.rank = dist.get_rank()
         out = [torch.empty_like(x) for _ in range(ws)]
-        mark_progress()
         with guard("all_gather"):
             dist.all_gather(out, x.contiguous())
         return torch.cat(out, dim=0)
@@ -214,7 +214,6 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         grad = grad.contiguous().clone()
-        mark_progress()
         with guard("all_reduce (backward of all_gather)"):
             dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = ctx.rank * ctx.n
@@ -239,7 +238,6 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     if ws == 1:
         return x
     y = x.detach().clone()
-    mark_progress()
     with guard("all_reduce"):
         dist.all_reduce(y, op=dist.ReduceOp.SUM)
     return y / ws
@@ -263,14 +261,12 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
         return x
     n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
     sizes = [torch.zeros_like(n) for _ in range(ws)]
-    mark_progress()
     with guard("all_gather (row counts)"):
         dist.all_gather(sizes, n)
     counts = [int(s) for s in sizes]
     padded = torch.zeros((max(counts), *x.shape[1:]), dtype=x.dtype, device=x.device)
     padded[:x.shape[0]] = x
     out = [torch.empty_like(padded) for _ in range(ws)]
-    mark_progress()
     with guard("all_gather (rows)"):
         dist.all_gather(out, padded.contiguous())
     return torch.cat([o[:c] for o, c in zip(out, counts, strict=True)])
@@ -283,7 +279,6 @@ def broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
         return t
     dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     buf = t.to(dev).contiguous()
-    mark_progress()
     with guard("broadcast"):
         dist.broadcast(buf, src=0)
     return buf.to(t.device)
@@ -294,7 +289,6 @@ def all_gather_object(obj) -> list:
     if world_size() == 1:
         return [obj]
     out: list = [None] * world_size()
-    mark_progress()
     with guard("all_gather_object"):
         dist.all_gather_object(out, obj)
     return out

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from avssl.atomic import atomic_path
 from avssl.eval import localisation, retrieval
 
 logger = logging.getLogger(__name__)
@@ -154,12 +155,9 @@ def evaluate_localisation(model: nn.Module, records, cfg, annotations: str | os.
 
 def save_heatmaps(path: str | os.PathLike, heatmaps: Mapping[str, np.ndarray]) -> Path:
     """Write ``{id: map}`` as an ``.npz`` (one array per id; read by ``avssl score --pred``), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **{str(k): np.asarray(v, np.float32) for k, v in heatmaps.items()})
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: savez adds no suffix
+        np.savez_compressed(f, **{str(k): np.asarray(v, np.float32) for k, v in heatmaps.items()})
+    return Path(path)
 
 
 def best_worst_sheet(dataset, heatmaps: Mapping[str, np.ndarray], boxes: Mapping[str, np.ndarray], fmt: str,

@@ -43,7 +43,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +50,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from avssl.atomic import atomic_write_text, remove_stale_tmp, with_filename
 from avssl.config import ConfigError, save_config, to_dict
 from avssl.data.manifest import read_manifest
 from avssl.engine import distributed as dist_utils
@@ -192,26 +192,6 @@ def check_select_on(cfg: TrainConfig, pipe=None) -> None:
                           f"{cfg.method!r}; choose one of: {', '.join(names)}")
 
 
-def _with_filename(e: OSError, path: Path) -> OSError:
-    """``e`` with ``filename`` set to ``path`` when the OS left it unset (a failed write())."""
-    if e.filename is None:
-        new = OSError(e.errno, e.strerror or os.strerror(e.errno or 0), str(path))
-        new.__cause__ = e
-        return new
-    return e
-
-
-def _remove_stale_tmp(run_dir: Path) -> None:
-    """Delete ``.*.tmp`` files left in ``run_dir`` by a write that was killed (atomic writes go
-    through a temporary file next to the target, renamed when complete)."""
-    for p in run_dir.glob(".*.tmp"):
-        try:
-            p.unlink()
-            logger.info("removed %s, left by an interrupted write", p)
-        except OSError as e:  # pragma: no cover - e.g. read-only folder: harmless
-            logger.warning("could not remove %s: %s", p, e)
-
-
 def _truncate_metrics(path: Path, step: int) -> int:
     """Keep only the records of ``metrics.jsonl`` at or before ``step`` (what the checkpoint being
     resumed had seen), rewritten atomically; returns the number of records dropped."""
@@ -231,16 +211,7 @@ def _truncate_metrics(path: Path, step: int) -> int:
             continue
         kept.append(line)
     if dropped:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("".join(x + "\n" for x in kept))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:
-            Path(tmp).unlink(missing_ok=True)
-            raise _with_filename(e, path) from e
+        atomic_write_text(path, "".join(x + "\n" for x in kept))
         logger.info("%s: dropped %d record(s) logged after step %d (the checkpoint resumed)", path, dropped, step)
     return dropped
 
@@ -294,7 +265,7 @@ class _Writer:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         except OSError as e:
-            raise _with_filename(e, self.path) from e
+            raise with_filename(e, self.path) from e
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch"):
@@ -352,11 +323,11 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
                                   f"{cfg.method!r} (wrong checkpoint or config?)")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_tmp(run_dir)
+        remove_stale_tmp(run_dir)
         try:
             save_config(cfg, run_dir / "config.yaml")
         except OSError as e:
-            raise _with_filename(e, run_dir / "config.yaml") from e
+            raise with_filename(e, run_dir / "config.yaml") from e
 
     torch.manual_seed(cfg.train.seed)
     model = build_method(cfg.method, cfg.method_config).to(device)
@@ -428,7 +399,7 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
         except OSError as e:  # e.g. ENOSPC: the previous checkpoint is intact (atomic write)
             if e.errno == errno.ENOSPC:
                 logger.error("disk full while writing %s; the previous %s is intact", path, path.name)
-            raise _with_filename(e, path) from e
+            raise with_filename(e, path) from e
 
     last_loss = math.nan
     try:
@@ -449,7 +420,7 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
                     losses = net(inputs, generator=gen)
                 loss = losses["loss"]
                 optimizer.zero_grad(set_to_none=True)
-                dist_utils.mark_progress()  # a rank stalled before here is named if the others time out
+                # a rank stalled before here is named if the others time out
                 with dist_utils.guard(f"training step {step + 1} (gradient all-reduce)"):
                     scaler.scale(loss).backward()
                 if cfg.train.grad_clip is not None and (use_amp or not cfg.train.grad_clip_amp_only):
