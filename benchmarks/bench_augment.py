@@ -6,8 +6,11 @@ horizontal flip, ToTensor, ImageNet normalisation), once with
 :class:`avssl.augment.image.MoCoV2Transform` on a (B, 3, 256, 256) uint8 tensor (on the CPU, and
 on CUDA when available) and once with a torchvision ``Compose`` applied to each PIL image in a
 Python loop (the usual Dataset path, one process). Prints the median time of ``--repeats`` runs.
+Then the same on ORIGINAL frames of ``--original HxW`` (``data.train_crop=original``): the PIL
+loop on those frames vs the batched transform with the antialiased (PIL-style) crop on their
+zero-padded canvas, half of them at half the width (mixed sizes).
 
-    python benchmarks/bench_augment.py [--batch 32] [--repeats 5] [--threads N]
+    python benchmarks/bench_augment.py [--batch 32] [--repeats 5] [--threads N] [--original 360x640]
 """
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave default)")
+    ap.add_argument("--original", default="360x640", help="HxW of the original frames ('' to skip)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,6 +97,25 @@ def main(argv: list[str] | None = None) -> int:
         ggen = torch.Generator(device="cuda").manual_seed(0)
         t_gpu = timed(lambda: moco(gb, ggen), args.repeats, sync=True)
         print(f"MoCoV2Transform batched (CUDA)  : {t_gpu * 1000:8.1f} ms   ({t_pil / t_gpu:.1f}x)")
+    if args.original:
+        h, w = (int(v) for v in args.original.lower().split("x"))
+        sizes = torch.tensor([[h, w] if i % 2 == 0 else [h, w // 2] for i in range(args.batch)])
+        frames = [rng.integers(0, 256, (int(a), int(b), 3), dtype=np.uint8) for a, b in sizes.tolist()]
+        canvas = torch.zeros(args.batch, 3, h, w, dtype=torch.uint8)
+        for i, f in enumerate(frames):
+            canvas[i, :, : f.shape[0], : f.shape[1]] = torch.from_numpy(f).permute(2, 0, 1)
+        pils = [Image.fromarray(f) for f in frames]
+        orig = MoCoV2Transform(antialias=True)
+        t_pil_o = timed(lambda: torch.stack([pipe(p) for p in pils]), args.repeats)
+        t_cpu_o = timed(lambda: orig(canvas, gen, sizes=sizes), args.repeats)
+        print(f"original frames {h}x{w} and {h}x{w // 2} -> 224 (data.train_crop=original)")
+        print(f"torchvision PIL per-sample loop : {t_pil_o * 1000:8.1f} ms")
+        print(f"MoCoV2Transform antialiased crop: {t_cpu_o * 1000:8.1f} ms   ({t_pil_o / t_cpu_o:.1f}x)")
+        if torch.cuda.is_available():
+            gc, gs = canvas.cuda(), sizes.cuda()
+            ggen = torch.Generator(device="cuda").manual_seed(0)
+            t_gpu_o = timed(lambda: orig(gc, ggen, sizes=gs), args.repeats, sync=True)
+            print(f"MoCoV2Transform antialiased CUDA: {t_gpu_o * 1000:8.1f} ms   ({t_pil_o / t_gpu_o:.1f}x)")
     return 0
 
 

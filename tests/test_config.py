@@ -88,3 +88,13 @@ def test_packaged_presets_resolve_by_name():
         assert (cfg.train.batch_size, cfg.optim.lr, cfg.optim.weight_decay, cfg.train.epochs) == (32, 1e-4, 1e-4, 100)
     with pytest.raises(ConfigError, match="no packaged preset"):
         preset_path("nope/none")
+
+
+def test_train_crop_is_validated_and_refused_where_nothing_is_cropped():
+    from avssl.train_config import TrainConfig
+
+    assert load_config(TrainConfig, [], ["data.train_crop=original"]).data.train_crop == "original"
+    with pytest.raises(ValueError, match="train_crop must be one of"):
+        load_config(TrainConfig, [], ["data.train_crop=centre"])
+    with pytest.raises(ValueError, match="does not apply to equiav_ft"):
+        load_config(TrainConfig, [], ["method=equiav_ft", "data.train_crop=original"])

@@ -280,3 +280,52 @@ def test_late_audio_stays_in_sync_in_windows_and_overlay(tmp_path):
         v0 = decode._start(c.streams.video[0])
         a0 = next(iter(c.decode(audio=0))).time
     assert (a0 - v0) + np.flatnonzero(np.abs(heard) > 0.1)[0] / hsr == pytest.approx(1.0, abs=0.03)
+
+
+def test_frames_go_through_the_loaders_pil_resize(media, tmp_path):
+    """A frame that must be resized (128x96 at image size 64) reaches the model exactly as
+    ``avssl eval``'s loader gives it (PIL bicubic Resize + CenterCrop), not a torch resize."""
+    from avssl.augment.image import EvalTransform
+    from avssl.config import from_dict
+    from avssl.data.audio import ssltie_spectrogram
+    from avssl.data.datasets import resize_crop
+    from avssl.train_config import TrainConfig
+
+    video = make_video(tmp_path / "big.mp4", width=128, height=96)
+    model, ckpt = load_method(media["ckpt"])
+    cfg = from_dict(TrainConfig, ckpt["config"])
+    out = infer.localise_video(model, video, num_frames=2, cfg=cfg)
+    # short side 96 -> 64, long side int(64 * 128 / 96) = 85, left offset round(21 / 2) = 10
+    np.testing.assert_allclose(out.crop_box, (10 * 128 / 85, 0.0, 74 * 128 / 85, 96.0))
+    wave, sr = decode.read_audio(video)
+    spec = ssltie_spectrogram(infer.audio_windows(torch.from_numpy(wave), sr, torch.from_numpy(out.times), 10.0), sr)
+    with torch.no_grad():
+        pil = torch.stack([resize_crop(f, 64) for f in out.frames])
+        expected = model.localise(EvalTransform(64)(pil), spec).numpy()
+        old = model.localise(EvalTransform(64)(torch.from_numpy(out.frames).permute(0, 3, 1, 2)), spec).numpy()
+    np.testing.assert_allclose(out.crop_maps, expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(old - expected).max() > 1e-4  # the torch bicubic of the original frame differs
+    direct = infer.localise_video(model, video, num_frames=2)  # the SSL-TIE front-end: same frames
+    np.testing.assert_allclose(direct.crop_maps, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_localize_outputs_are_atomic_and_disk_full_is_one_line(media, tmp_path, capsys, monkeypatch):
+    import errno
+
+    out = tmp_path / "o"
+    out.mkdir()
+    stale = out / ".wide_overlay.mp4.abc123.tmp"
+    stale.write_bytes(b"half a file")
+    mine = out / ".notes.tmp"  # a user's file in the same folder is left alone
+    mine.write_text("keep me")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(infer, "_encode_overlay", full)
+    rc = main(["localize", str(media["wide"]), "--checkpoint", str(media["ckpt"]), "--frames", "2",
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "disk full" in err and "wide_overlay.mp4" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "wide_overlay.mp4").exists() and not stale.exists() and mine.read_text() == "keep me"
+    assert sorted(p.name for p in out.iterdir()) == [".notes.tmp", "wide_grid.png", "wide_maps.npz"]

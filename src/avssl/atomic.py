@@ -13,9 +13,11 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from glob import escape as glob_escape
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "remove_stale_tmp", "with_filename", "TMP_GLOB"]
+__all__ = ["atomic_path", "atomic_write_text", "remove_stale_tmp", "remove_stale_tmp_of", "with_filename",
+           "TMP_GLOB"]
 
 log = logging.getLogger(__name__)
 
@@ -77,4 +79,21 @@ def remove_stale_tmp(*folders: str | os.PathLike) -> int:
     if removed:
         log.info("removed %d temporary file(s) left by interrupted writes in %s", removed,
                  ", ".join(map(str, folders)))
+    return removed
+
+
+def remove_stale_tmp_of(*targets: str | os.PathLike) -> int:
+    """Delete only the temporary files of killed writes of ``targets`` (``.NAME.*.tmp`` beside each),
+    for folders that also hold the user's own files (e.g. the current folder); returns the count."""
+    removed = 0
+    for target in map(Path, targets):
+        for p in target.parent.glob(f".{glob_escape(target.name)}.*.tmp"):
+            try:
+                p.unlink()
+                removed += 1
+            except OSError as e:  # pragma: no cover
+                log.warning("could not remove %s: %s", p, e)
+    if removed:
+        log.info("removed %d temporary file(s) left by interrupted writes of %s", removed,
+                 ", ".join(map(str, targets)))
     return removed

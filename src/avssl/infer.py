@@ -15,8 +15,10 @@ frame at time ``t`` is the ``10 s`` of audio centred on ``t``, shifted to lie in
 when ``t`` is within 5 s of an end. A track shorter than 10 s is tiled to 10 s as in training
 (:func:`avssl.data.audio.tile_to_duration`), so every frame of such a clip hears the same audio.
 
-Frame geometry: the eval transform resizes the short side to ``image_size`` (bicubic) and takes
-the centre square, so for a non-square frame the model sees only the centre crop. The raw maps
+Frame geometry: each frame goes through the loader's resize, as ``avssl eval`` does
+(:func:`avssl.data.datasets.resize_crop`, ``data.frame_resize`` of the checkpoint's config; the
+authors' PIL bicubic ``Resize(image_size)`` + ``CenterCrop`` by default), so for a non-square
+frame the model sees only the centre crop. The raw maps
 ``crop_maps`` ``(N, h, w)`` cover that crop, whose position in frame pixels is ``crop_box``
 ``(x0, y0, x1, y1)``. ``maps`` ``(N, Hm, Wm)`` is the full frame at about the model's map
 resolution: ``Hm = h + 2 * ceil(margin / cell)`` (the wider of the two margins, in crop cells;
@@ -39,9 +41,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from avssl.atomic import atomic_path
 from avssl.augment.image import EvalTransform
 from avssl.data import decode
 from avssl.data.audio import ssltie_spectrogram, tile_to_duration
+from avssl.data.datasets import resize_crop
 
 __all__ = ["LocalisationOutput", "localise_video", "audio_windows", "crop_geometry", "crop_to_frame",
            "write_overlay_video", "write_overlay_grid"]
@@ -83,16 +87,22 @@ class LocalisationOutput:
                  "score": float(v)} for t, x, y, v in zip(self.times, px, py, vals, strict=True)]
 
 
-def crop_geometry(height: int, width: int, size: int) -> tuple[float, float, float, float]:
+def crop_geometry(height: int, width: int, size: int, method: str = "pil_bicubic") -> tuple[float, float, float, float]:
     """Frame-pixel box ``(x0, y0, x1, y1)`` that Resize(short side = size) + CenterCrop(size) keeps.
 
-    Same size/offset rule as :class:`avssl.augment.image.EvalTransform` (torchvision's).
+    Same size/offset rule as :func:`avssl.data.datasets.resize_crop` with ``method`` (the
+    default is torchvision's, as :class:`avssl.augment.image.EvalTransform`).
     """
-    if height <= width:
+    if method == "torch_bilinear":
+        scale = size / min(height, width)
+        nh, nw = max(size, round(height * scale)), max(size, round(width * scale))
+        top, left = (nh - size) // 2, (nw - size) // 2
+    elif height <= width:
         nh, nw = size, int(size * width / height)
     else:
         nh, nw = int(size * height / width), size
-    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    if method != "torch_bilinear":
+        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
     sx, sy = width / nw, height / nh
     return left * sx, top * sy, (left + size) * sx, (top + size) * sy
 
@@ -179,10 +189,17 @@ def zero_padded_windows(wave: torch.Tensor, sample_rate: int, times: torch.Tenso
     return audio_windows(wave, sample_rate, times, seconds), torch.full((times.shape[0],), size, dtype=torch.long)
 
 
-def _pipeline_maps(model: nn.Module, cfg, frames: np.ndarray, wave: torch.Tensor, sr: int, t: np.ndarray,
+def _squares(frames: np.ndarray, size: int, method: str) -> torch.Tensor:
+    """(N, H, W, 3) uint8 frames -> (N, 3, size, size) uint8 through the loader's resize."""
+    if len(frames) == 0:
+        return torch.empty((0, 3, size, size), dtype=torch.uint8)
+    return torch.stack([resize_crop(f, size, method) for f in frames])
+
+
+def _pipeline_maps(model: nn.Module, cfg, frames: torch.Tensor, wave: torch.Tensor, sr: int, t: np.ndarray,
                    device: torch.device, batch_size: int, seconds: float, pad: str) -> list[torch.Tensor]:
-    """Heatmaps through the method's eval transform and ``infer`` (frames (N, H, W, 3) uint8), one
-    (b, h, w) CPU tensor per batch."""
+    """Heatmaps through the method's eval transform and ``infer`` (frames (N, 3, S, S) uint8, the
+    loader's squares), one (b, h, w) CPU tensor per batch."""
     from avssl.engine.pipelines import pipeline_for
 
     pipe = pipeline_for(cfg.method)
@@ -198,7 +215,7 @@ def _pipeline_maps(model: nn.Module, cfg, frames: np.ndarray, wave: torch.Tensor
                 n = torch.full((win.shape[0],), win.shape[-1], dtype=torch.long)
             else:
                 win, n = zero_padded_windows(wave, sr, tt, seconds)
-            img = torch.from_numpy(frames[i:i + batch_size]).permute(0, 3, 1, 2).contiguous()
+            img = frames[i:i + batch_size]
             k = img.shape[0]
             batch = {"id": [str(x) for x in range(i, i + k)], "image": img, "wave": win.contiguous(),
                      "num_samples": n, "label": torch.full((k,), -1), "sample_rate": sr}
@@ -220,13 +237,14 @@ def localise_video(model: nn.Module, path: PathLike, times: Sequence[float] | No
     ``sample_rate`` None keeps the track's native rate (as SSL-TIE does). Raises
     NoAudioStreamError for a video without sound.
     """
-    pad = "tile"
+    pad, resize = "tile", "pil_bicubic"
     if cfg is not None:
         from avssl.engine.pipelines import pipeline_for
 
         probe_ds = pipeline_for(cfg.method).dataset([], cfg, train=False)
         image_size, sample_rate = probe_ds.image_size, probe_ds.sample_rate
         audio_seconds, pad = probe_ds.seconds, getattr(probe_ds, "audio_pad", "tile")
+        resize = getattr(probe_ds, "frame_resize", resize)
     elif not hasattr(model, "localise"):
         raise TypeError(f"{type(model).__name__} has no localise(image, spec); localisation needs SSL-TIE")
     if batch_size < 1:
@@ -250,18 +268,19 @@ def localise_video(model: nn.Module, path: PathLike, times: Sequence[float] | No
     device = torch.device(device)
     wave = torch.from_numpy(clip.audio).to(device)
     model = model.to(device).eval()
+    squares = _squares(frames, size, resize)
     if cfg is not None:
-        out = _pipeline_maps(model, cfg, frames, wave, sr, t, device, batch_size, audio_seconds, pad)
+        out = _pipeline_maps(model, cfg, squares, wave, sr, t, device, batch_size, audio_seconds, pad)
     else:
         transform, out = EvalTransform(size), []
         with torch.no_grad():
             for i in range(0, len(t), batch_size):
-                img = torch.from_numpy(frames[i:i + batch_size]).to(device).permute(0, 3, 1, 2)
+                img = squares[i:i + batch_size].to(device)
                 spec = ssltie_spectrogram(audio_windows(wave, sr, torch.from_numpy(t[i:i + batch_size]).to(device),
                                                         audio_seconds), sr)
                 out.append(model.localise(transform(img), spec).float().cpu())
     crop_maps = torch.cat(out).numpy() if out else np.empty((0, size // 16, size // 16), np.float32)
-    box = crop_geometry(height, width, size)
+    box = crop_geometry(height, width, size, resize)
     logger.info("%s: localised %d frames (%dx%d, crop box %s, audio %d Hz)", p, len(t), width, height,
                 tuple(round(v, 1) for v in box), sr)
     return LocalisationOutput(times=t, frames=frames, maps=crop_to_frame(crop_maps, box, height, width),
@@ -303,13 +322,8 @@ def write_overlay_video(output: LocalisationOutput, path_out_mp4: PathLike, sour
     audio, sr = decode.read_audio(src, mono=False)
     if audio.shape[0] > 2:
         audio = audio.mean(axis=0, keepdims=True)
-    tmp = dst.with_name(f".{dst.name}.tmp.mp4")
-    try:
+    with atomic_path(dst) as tmp:
         w, h, out_sr = _encode_overlay(src, tmp, times, maps, audio, sr, alpha, cmap, crf)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, dst)
     logger.info("wrote overlay video %s (%dx%d, %d maps, audio %d Hz)", dst, w, h, len(times), out_sr)
     return dst
 
@@ -331,7 +345,7 @@ def _encode_overlay(src: str, tmp: Path, times: np.ndarray, maps: np.ndarray, au
 
     from avssl.viz import blend, heat_layer
 
-    with decode._open(src) as (cin, p), av.open(str(tmp), mode="w") as cout:
+    with decode._open(src) as (cin, p), av.open(str(tmp), mode="w", format="mp4") as cout:
         vin = decode._video_stream(cin)
         if vin is None:
             raise decode.NoVideoStreamError(p, "no video stream")

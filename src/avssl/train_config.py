@@ -19,6 +19,10 @@ from avssl.methods.ssltie import SSLTIEConfig
 __all__ = ["DataConfig", "OptimConfig", "LoopConfig", "TrainConfig"]
 
 
+#: Where training's random crop is drawn (:attr:`DataConfig.train_crop`).
+TRAIN_CROP = ("load_size", "original")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the clips are and how one sample is read.
@@ -39,6 +43,12 @@ class DataConfig:
         (default: the authors' test transform, torchvision ``Resize(S, BICUBIC)`` on the PIL
         image + ``CenterCrop(S)``, bit-exact) or "torch_bilinear" (antialiased bilinear in
         torch, the earlier loader; SSL-TIE heatmaps then differ from the authors' by up to ~1%).
+    train_crop: where training's random crop is drawn: "load_size" (default: on the loader's
+        ``load_size`` square, batched on the device; crops cannot reach the sides the centre
+        crop cut and upsample a ``load_size`` image) or "original" (as both authors' loaders:
+        on each ORIGINAL frame at its full resolution, resampled as PIL's bilinear does; the
+        loader then also returns the original frames, zero-padded to the batch's largest).
+        Evaluation and the clean views always use the ``frame_resize`` square.
     on_error: "raise" (a clip that fails to decode raises MediaError naming it) or "skip"
         (every clip is decoded once at construction; failures are logged, counted, dropped).
     """
@@ -58,6 +68,7 @@ class DataConfig:
     keep_seconds: float | None = None
     load_size: int | None = None
     frame_resize: str = "pil_bicubic"
+    train_crop: str = "load_size"
     num_workers: int = 4
     cache_in_memory: bool = False
     on_error: str = "raise"
@@ -69,6 +80,8 @@ class DataConfig:
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
         if self.frame_resize not in FRAME_RESIZE:
             raise ValueError(f"frame_resize must be one of {FRAME_RESIZE}, got {self.frame_resize!r}")
+        if self.train_crop not in TRAIN_CROP:
+            raise ValueError(f"train_crop must be one of {TRAIN_CROP}, got {self.train_crop!r}")
         if self.seconds <= 0 or self.num_workers < 0:
             raise ValueError("seconds must be > 0 and num_workers >= 0")
 
@@ -161,3 +174,8 @@ class TrainConfig:
     def method_config(self):
         """The options of the selected method (``getattr(self, self.method)``)."""
         return getattr(self, self.method)
+
+    def __post_init__(self) -> None:
+        if self.method == "equiav_ft" and self.data.train_crop != "load_size":
+            raise ValueError("data.train_crop=original does not apply to equiav_ft: fine-tuning draws no "
+                             "random crop (its frames are the Resize + CenterCrop square)")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avssl.atomic import atomic_path
+
 __all__ = ["upsample", "normalise", "colourise", "heat_layer", "blend", "overlay", "draw_boxes", "contact_sheet", "grid_png"]
 
 logger = logging.getLogger(__name__)
@@ -189,8 +191,8 @@ def contact_sheet(items: Sequence[Item], cols: int, path: PathLike, tile: int = 
         draw.text((x, y + 1), _fit_title(draw, str(item[2]), font, cell_w), fill="black", font=font)
         sheet.paste(im, (x + (cell_w - im.width) // 2, y + title_height))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, format="PNG")
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
     logger.debug("wrote contact sheet %s (%d items, %dx%d)", path, len(tiles), sheet.width, sheet.height)
     return path
 

@@ -112,6 +112,65 @@ def test_sample_resized_crop_fallback_centre_crop():
     assert torch.equal(b, torch.tensor([[0.0, (1000 - 13) // 2, 10, 13]]).repeat(8, 1))
 
 
+def test_antialiased_crop_is_pils_crop_then_bilinear_resize():
+    """torchvision's RandomResizedCrop on a PIL frame is ``crop(box).resize(S, BILINEAR)``; the
+    antialiased path reproduces it within PIL's uint8 rounding, the plain one does not on shrinks."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    frame = (rng.random((180, 320, 3)) * 255).astype(np.uint8)
+    boxes = I.sample_resized_crop(6, 180, 320, torch.Generator().manual_seed(1), scale=(0.08, 1.0))
+    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float().div(255).expand(6, -1, -1, -1)
+    refs = np.stack([np.asarray(Image.fromarray(frame).crop((x0, y0, x0 + w, y0 + h)).resize((40, 40), Image.BILINEAR))
+                     for y0, x0, h, w in boxes.long().tolist()]).astype(np.float64)
+    ours = I.resized_crop(x, boxes, 40, antialias=True).permute(0, 2, 3, 1).double().numpy() * 255
+    plain = I.resized_crop(x, boxes, 40).permute(0, 2, 3, 1).double().numpy() * 255
+    assert np.abs(ours - refs).max() <= 1.0
+    assert np.abs(plain - refs).max() > 20
+
+
+def test_antialiased_crop_reads_nothing_outside_the_box_or_frame():
+    # a white frame in the top-left corner of a zero canvas: any crop of it stays white
+    canvas = torch.zeros(3, 3, 50, 70)
+    sizes = torch.tensor([[50, 70], [30, 44], [17, 60]])
+    for i, (h, w) in enumerate(sizes.tolist()):
+        canvas[i, :, :h, :w] = 1.0
+    boxes = I.sample_resized_crop(3, sizes[:, 0], sizes[:, 1], torch.Generator().manual_seed(3))
+    torch.testing.assert_close(I.resized_crop(canvas, boxes, 24, antialias=True), torch.ones(3, 3, 24, 24))
+    with pytest.raises(ValueError, match="bilinear"):
+        I.resized_crop(canvas, boxes, 24, mode="nearest", antialias=True)
+
+
+def test_sample_resized_crop_per_sample_sizes():
+    """Each row of a mixed-size draw is the draw for that row's own size: the stream does not
+    depend on the sizes (so rows drawn for another rank's frames can be dropped)."""
+    sizes = torch.tensor([[60, 80], [480, 640], [10, 1000], [299, 299]])
+    mixed = I.sample_resized_crop(4, sizes[:, 0], sizes[:, 1], torch.Generator().manual_seed(9))
+    for i, (h, w) in enumerate(sizes.tolist()):
+        alone = I.sample_resized_crop(4, h, w, torch.Generator().manual_seed(9))
+        assert torch.equal(mixed[i], alone[i]), (i, h, w)
+    top, left, h, w = mixed.unbind(1)
+    assert (top + h <= sizes[:, 0]).all() and (left + w <= sizes[:, 1]).all()
+
+
+def test_moco_on_original_frames_of_mixed_sizes():
+    """With each frame's size, the crop is drawn on that frame alone: over many draws it reaches
+    the sides a centre crop would cut, and never the zero padding."""
+    t = I.MoCoV2Transform(size=16, jitter_p=0.0, gray_p=0.0, blur_p=0.0, flip_p=0.0, antialias=True)
+    canvas = torch.zeros(64, 3, 40, 120, dtype=torch.uint8)
+    canvas[:32, :, :40, :120] = 255
+    canvas[32:, :, :40, :60] = 255
+    sizes = torch.tensor([[40, 120]] * 32 + [[40, 60]] * 32)
+    out = t(canvas, torch.Generator().manual_seed(0), sizes=sizes)
+    torch.testing.assert_close(out, I.normalize(torch.ones(64, 3, 16, 16)))
+    p = t.sample(64, sizes[:, 0], sizes[:, 1], torch.Generator().manual_seed(0))
+    top, left, h, w = p.boxes.unbind(1)
+    wide = slice(0, 32)
+    assert (left[wide] < 40).any() and (left[wide] + w[wide] > 80).any()  # beyond the central 40x40
+    assert (left[32:] + w[32:] <= 60).all()
+
+
 def test_blur_matches_torchvision_and_enabled():
     x = _images()
     sigma = torch.tensor([0.5, 1.0, 2.0, 0.1, 1.5])

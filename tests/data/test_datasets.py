@@ -66,6 +66,31 @@ def test_extracted_record_and_collate(synth, tmp_path):
         collate([s, other])
 
 
+def test_full_frames_are_the_originals_padded_by_collate(tmp_path):
+    import soundfile as sf
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(8000, np.float32), 8000)
+    recs, pics = [], []
+    for k, (h, w) in enumerate([(30, 50), (44, 20)]):
+        pic = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pic).save(tmp_path / f"f{k}.png")
+        recs.append(Record(id=f"c{k}", frames=[str(tmp_path / f"f{k}.png")], audio=str(wav)))
+        pics.append(pic)
+    ds = AVFrameAudioDataset(recs, image_size=16, seconds=1.0, full_frame=True)
+    assert "full" not in AVFrameAudioDataset(recs, image_size=16, seconds=1.0)[0]
+    batch = collate([ds[0], ds[1]])
+    assert batch["full"].shape == (2, 3, 44, 50) and batch["full"].dtype == torch.uint8
+    assert batch["full_hw"].tolist() == [[30, 50], [44, 20]]
+    for i, pic in enumerate(pics):
+        h, w = pic.shape[:2]
+        assert np.array_equal(batch["full"][i, :, :h, :w].permute(1, 2, 0).numpy(), pic)
+        assert batch["full"][i].sum() == batch["full"][i, :, :h, :w].sum()  # zero padding
+    assert batch["image"].shape == (2, 3, 16, 16)  # the evaluation square is still there
+
+
 def test_resize_crop_centre_crops_the_long_side():
     frame = np.zeros((20, 40, 3), np.uint8)
     frame[:, 10:30] = 255  # the centre half

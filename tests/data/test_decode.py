@@ -449,6 +449,72 @@ def test_ogg_bad_packets_are_skipped_not_fatal(tmp_path, caplog):
     assert peak_hz(wave, sr) in (440, 441)
 
 
+def test_a_rejected_packet_is_skipped_whatever_the_error_code():
+    """libavcodec's Theora decoder rejects a damaged packet with EPERM, not EINVAL: any decoder
+    error skips that packet (as FFmpeg does); running out of memory still stops."""
+
+    class Packet:
+        def __init__(self, pts, result):
+            self.pts, self.result = pts, result
+
+        def decode(self):
+            if isinstance(self.result, BaseException):
+                raise self.result
+            return [self.result]
+
+    class Container:
+        def __init__(self, packets):
+            self.packets = packets
+
+        def demux(self, stream):
+            return iter(self.packets)
+
+    stream = type("S", (), {"type": "video"})()
+    eperm = av.error.PermissionError(1, "Operation not permitted", "avcodec_send_packet()")
+    einval = av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+    bad: list[str] = []
+    got = list(D._decode_skipping(Container([Packet(0, "f0"), Packet(1, eperm), Packet(2, einval), Packet(3, "f3")]),
+                                  stream, "x.ogv", bad))
+    assert got == ["f0", "f3"] and len(bad) == 2 and bad[0].startswith("pts 1: ")
+    oom = av.error.MemoryError(12, "Cannot allocate memory")
+    with pytest.raises(av.error.MemoryError):
+        list(D._decode_skipping(Container([Packet(0, oom)]), stream, "x.ogv", []))
+
+
+def _ffmpeg_theora() -> str:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        pytest.skip("Theora fixture needs the ffmpeg program (PyAV ships no Theora encoder): apt-get install ffmpeg")
+    encoders = subprocess.run([exe, "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
+    if "libtheora" not in encoders or "libvorbis" not in encoders:
+        pytest.skip("this ffmpeg has no libtheora / libvorbis encoder")
+    return exe
+
+
+def test_theora_vorbis_ogv_with_damaged_packets_decodes(tmp_path, caplog):
+    """A real Theora + Vorbis .ogv (made by the ffmpeg program when installed), then damaged by
+    FFmpeg's noise bitstream filter: frames and the whole audio track still decode."""
+    import subprocess
+
+    exe = _ffmpeg_theora()
+    clean, damaged = tmp_path / "clip.ogv", tmp_path / "damaged.ogv"
+    subprocess.run([exe, "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=15",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "3", "-c:v", "libtheora",
+                    "-q:v", "5", "-c:a", "libvorbis", "-ac", "1", str(clean)], check=True)
+    subprocess.run([exe, "-hide_banner", "-loglevel", "error", "-i", str(clean), "-c", "copy",
+                    "-bsf:v", "noise=amount=2000", str(damaged)], check=True)
+    info = D.probe(damaged)
+    assert info.has_video and info.has_audio and (info.width, info.height) == (160, 120)
+    with caplog.at_level("WARNING", logger="avssl.data.decode"):
+        clip = D.read_clip(damaged, num_frames=4, sample_rate=16000)
+    assert clip.frames.shape == (4, 120, 160, 3) and clip.frames.std() > 10
+    assert len(clip.audio) == pytest.approx(3 * 16000, abs=200) and peak_hz(clip.audio, 16000) in (440, 441)
+    assert "video packets the decoder rejected" in caplog.text
+
+
 def test_truncated_mp4_names_the_cause_after_a_seek(tmp_path):
     """Index up front, keyframes every second: a seek past the cut used to find nothing and
     report "no decodable frames"; the cause is the truncation, and the intact half still reads."""

@@ -49,6 +49,29 @@ def test_fit_logs_checkpoints_and_resumes_exactly(synth, tmp_path):
     assert resumed["final_loss"] == straight["final_loss"]
 
 
+def test_train_crop_original_feeds_the_original_frames_to_the_moco_crop(synth, tmp_path):
+    from avssl.augment.image import MoCoV2Transform
+    from avssl.data.datasets import collate
+    from avssl.data.manifest import read_manifest
+    from avssl.methods.ssltie_data import SSLTIEBatchTransform, ssltie_dataset
+
+    cfg = tiny_cfg(synth, tmp_path, "data.train_crop=original", "data.load_size=32", "train.epochs=1")
+    records = read_manifest(synth / "manifest.jsonl")[:4]
+    train_ds, val_ds = ssltie_dataset(records, cfg, train=True), ssltie_dataset(records, cfg, train=False)
+    assert "full" in train_ds[0] and "full" not in val_ds[0]
+    batch = collate([train_ds[i] for i in range(4)])
+    assert batch["full"].shape == (4, 3, 64, 64) and batch["image"].shape == (4, 3, 32, 32)
+    tr = SSLTIEBatchTransform.from_config(cfg, "cpu")
+    out = tr(batch, torch.Generator().manual_seed(3), train=True)["image"]
+    expect = MoCoV2Transform(64, antialias=True)(batch["full"], torch.Generator().manual_seed(3),
+                                                 sizes=batch["full_hw"])
+    torch.testing.assert_close(out, expect)
+    square = MoCoV2Transform(64)(batch["image"], torch.Generator().manual_seed(3))
+    assert not torch.allclose(out, square, atol=1e-2)  # not the crop of the 32 px square
+    result = fit(cfg)
+    assert result["step"] == 2 and torch.isfinite(torch.tensor(result["final_loss"]))
+
+
 def test_training_reduces_the_loss(synth, tmp_path):
     # No augmentation, no equivariance branch: one fixed batch of 8 clips, 12 Adam steps.
     cfg = tiny_cfg(synth, tmp_path, "train.batch_size=8", "train.epochs=12", "optim.lr=1e-3",

@@ -104,6 +104,44 @@ def test_shards_concatenate_to_the_one_process_batch():
     assert not torch.equal(parts[0]["t_a"], parts[1]["t_a"])  # the ranks draw different rows
 
 
+def _full_batch(b: int = 4) -> dict:
+    """A batch with original frames of mixed sizes on a zero canvas (as collate builds it)."""
+    batch = _batch(b)
+    g = torch.Generator().manual_seed(5)
+    hw = torch.tensor([[40, 64], [32, 32], [48, 36], [30, 50]][:b])
+    full = torch.zeros(b, 3, 48, 64, dtype=torch.uint8)
+    for i, (h, w) in enumerate(hw.tolist()):
+        full[i, :, :h, :w] = torch.randint(1, 256, (3, h, w), generator=g, dtype=torch.uint8)
+    return {**batch, "full": full, "full_hw": hw}
+
+
+def test_original_frame_crops_follow_each_frames_size_and_shard():
+    """``data.train_crop=original``: the augmented view crops each clip's own frame (vectors
+    normalised by its size, applied on it), and shards still concatenate to one process's batch."""
+    batch = _full_batch()
+    tr = EquiAVBatchTransform(CFG)
+    out = tr(batch, torch.Generator().manual_seed(7), train=True)
+    assert out["v_aug"].shape == (4, 3, 32, 32) and torch.isfinite(out["v_aug"]).all()
+    expect = apply_visual(batch["full"], out["t_v"], out_size=32, sizes=batch["full_hw"], antialias=True)
+    torch.testing.assert_close(out["v_aug"], expect)
+    # each row's crop vector is the draw for that frame's own size
+    from avssl.augment.params import sample_visual_params
+    for i, (h, w) in enumerate(batch["full_hw"].tolist()):
+        g = torch.Generator().manual_seed(7)
+        torch.randint(-48, 48, (4,), generator=g)
+        from avssl.augment.params import sample_audio_params
+        sample_audio_params(4, g, 48, 32, original_bugs=CFG.aug_original_bugs)
+        alone = sample_visual_params(4, g, h, w)
+        assert torch.equal(out["t_v"][i], alone[i]), i
+    parts = [tr(_rows(batch, slice(2 * r, 2 * r + 2)), torch.Generator().manual_seed(7), train=True,
+                shard=(r, 2)) for r in range(2)]
+    for k in ("t_v", "t_v_list", "t_a"):
+        assert torch.equal(torch.cat([p[k] for p in parts]), out[k]), k
+    torch.testing.assert_close(torch.cat([p["v_aug"] for p in parts]), out["v_aug"])
+    # the clean view is still the loader's square
+    assert torch.equal(out["v"], tr(batch)["v"])
+
+
 def test_identity_vectors_give_the_clean_views():
     batch = _batch()
     tr = EquiAVBatchTransform(CFG)

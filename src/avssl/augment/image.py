@@ -61,7 +61,13 @@ def to_float(images: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- crop
-def sample_resized_crop(batch: int, height: int, width: int, generator: torch.Generator | None = None,
+def _per_sample(v: int | Tensor, batch: int, device: torch.device) -> Tensor:
+    """An int or (B,) tensor of frame sides -> (B,) float64 on ``device``."""
+    return torch.as_tensor(v, dtype=torch.float64, device=device).expand(batch)
+
+
+def sample_resized_crop(batch: int, height: int | Tensor, width: int | Tensor,
+                        generator: torch.Generator | None = None,
                         scale: Sequence[float] = (0.08, 1.0),
                         ratio: Sequence[float] = (3 / 4, 4 / 3), tries: int = 10) -> Tensor:
     """torchvision ``RandomResizedCrop.get_params`` vectorised over the batch.
@@ -70,20 +76,24 @@ def sample_resized_crop(batch: int, height: int, width: int, generator: torch.Ge
     (w/h); ``w = round(sqrt(area * r))``, ``h = round(sqrt(area / r))``; the first draw that fits
     is used with ``top ~ U{0..H-h}``, ``left ~ U{0..W-w}``; otherwise the centre crop of the
     largest box whose ratio is clamped to ``ratio``. All ``tries`` draws are made for every
-    sample (so the random stream differs from torchvision's, the distribution does not).
+    sample (so the random stream differs from torchvision's, the distribution does not), and
+    the stream does not depend on the frame sizes: ``height`` / ``width`` may be ints or (B,)
+    tensors (each frame's own size, e.g. original frames of mixed sizes), and rows drawn for
+    sizes that are later discarded consume the same draws.
 
     Returns:
         (B, 4) float32 ``(top, left, h, w)`` in pixels (integer valued), on the generator's device.
     """
     dev = _gen_device(generator)
-    area = float(height * width)
+    height, width = _per_sample(height, batch, dev), _per_sample(width, batch, dev)
     u = torch.rand((batch, tries, 4), generator=generator, device=dev, dtype=torch.float64)
+    area = (height * width)[:, None]
     target = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(lo + (hi - lo) * u[..., 1])
     w = torch.round(torch.sqrt(target * aspect))
     h = torch.round(torch.sqrt(target / aspect))
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    ok = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])
     first = ok.to(torch.int8).argmax(dim=1, keepdim=True)        # first valid try (0 if none)
     pick = lambda t: t.gather(1, first).squeeze(1)  # noqa: E731
     h, w = pick(h), pick(w)
@@ -91,36 +101,65 @@ def sample_resized_crop(batch: int, height: int, width: int, generator: torch.Ge
     left = torch.floor(pick(u[..., 3]) * (width - w + 1))
     # fallback: centre crop with the ratio clamped to the allowed range
     in_ratio = width / height
-    if in_ratio < min(ratio):
-        fw, fh = width, round(width / min(ratio))
-    elif in_ratio > max(ratio):
-        fh, fw = height, round(height * max(ratio))
-    else:
-        fw, fh = width, height
+    narrow, wide = in_ratio < min(ratio), in_ratio > max(ratio)
+    fw = torch.where(wide, torch.round(height * max(ratio)), width)
+    fh = torch.where(narrow, torch.round(width / min(ratio)), height)
     none = ~ok.any(dim=1)
-    h = torch.where(none, torch.full_like(h, fh), h)
-    w = torch.where(none, torch.full_like(w, fw), w)
-    top = torch.where(none, torch.full_like(top, (height - fh) // 2), top)
-    left = torch.where(none, torch.full_like(left, (width - fw) // 2), left)
+    h = torch.where(none, fh, h)
+    w = torch.where(none, fw, w)
+    top = torch.where(none, torch.div(height - fh, 2, rounding_mode="floor"), top)
+    left = torch.where(none, torch.div(width - fw, 2, rounding_mode="floor"), left)
     return torch.stack([top, left, h, w], dim=1).float()
 
 
+def _pil_bilinear_weights(start: Tensor, length: Tensor, out: int, size: int) -> Tensor:
+    """(B, out, size) rows of PIL's antialiased bilinear resampling of ``[start, start + length)``.
+
+    PIL (``Image.resize(BILINEAR)`` of the cropped image, what torchvision's RandomResizedCrop
+    does to a PIL frame): output ``i`` is centred at ``start + (i + 0.5) * s`` with ``s =
+    length / out``; input pixel ``j`` weighs ``max(0, 1 - |j + 0.5 - centre| / max(s, 1))``,
+    only inside the crop, and the weights are normalised to sum to one. Downscaling thus
+    filters over the whole footprint instead of sampling two pixels.
+    """
+    s = (length / out)[:, None, None]
+    centre = start[:, None, None] + (torch.arange(out, dtype=s.dtype, device=s.device)[None, :, None] + 0.5) * s
+    j = torch.arange(size, dtype=s.dtype, device=s.device)[None, None, :]
+    wgt = (1.0 - ((j + 0.5 - centre) / s.clamp(min=1.0)).abs()).clamp_(min=0.0)
+    inside = (j >= start[:, None, None]) & (j < (start + length)[:, None, None])
+    wgt = wgt * inside
+    return wgt / wgt.sum(dim=2, keepdim=True).clamp_(min=1e-12)
+
+
 def resized_crop(images: Tensor, boxes: Tensor, out_size: int | Sequence[int],
-                 mode: str = "bilinear") -> Tensor:
-    """Crop a per-sample box and resize it to ``out_size`` (one grid_sample call).
+                 mode: str = "bilinear", antialias: bool = False) -> Tensor:
+    """Crop a per-sample box and resize it to ``out_size`` (one grid_sample call, or two
+    batched matrix products with ``antialias``).
 
     Args:
-        images: (B, C, H, W) float.
+        images: (B, C, H, W) float. Frames of mixed sizes may be zero-padded to a common
+            canvas (at the top left): the boxes stay inside each frame and nothing outside a
+            box is read.
         boxes: (B, 4) ``(top, left, h, w)`` in pixels of each image (may be fractional).
         out_size: int or (out_h, out_w).
+        antialias: PIL's bilinear resampling of the crop (:func:`_pil_bilinear_weights`, what
+            torchvision's RandomResizedCrop does to a PIL frame; ``mode`` must be "bilinear")
+            instead of two-pixel bilinear sampling, which aliases when a crop is shrunk.
     Returns:
         (B, C, out_h, out_w): ``interpolate(crop, out_size, mode, align_corners=False)`` per sample
-        (half-pixel centres, coordinates clamped to the box; no antialiasing).
+        (half-pixel centres, coordinates clamped to the box; no antialiasing), or PIL's
+        resampling in float (no uint8 rounding) with ``antialias``.
     """
     oh, ow = (out_size, out_size) if isinstance(out_size, int) else (int(out_size[0]), int(out_size[1]))
     b, _, height, width = images.shape
     boxes = boxes.to(device=images.device, dtype=images.dtype)
     top, left, h, w = boxes.unbind(1)
+    if antialias:
+        if mode != "bilinear":
+            raise ValueError(f"antialiased crops are bilinear, got mode={mode!r}")
+        wy = _pil_bilinear_weights(top, h, oh, height)             # (B, oh, H)
+        wx = _pil_bilinear_weights(left, w, ow, width)             # (B, ow, W)
+        x = torch.einsum("bchw,bpw->bchp", images, wx)             # horizontal pass first, as PIL
+        return torch.einsum("bchp,boh->bcop", x, wy)
     oy = torch.arange(oh, device=images.device, dtype=images.dtype) + 0.5
     ox = torch.arange(ow, device=images.device, dtype=images.dtype) + 0.5
     # source pixel-centre coordinates, clamped to the box like interpolate on the crop
@@ -365,19 +404,23 @@ class MoCoV2Transform:
     grayscale p ``gray_p`` -> Gaussian blur sigma ``U(blur_sigma)`` (PIL radius; kernel
     ``2 ceil(3 sigma) + 1``, replicated edges) with p ``blur_p`` -> horizontal flip p ``flip_p`` ->
     ImageNet normalisation. See the module docstring for where this differs from PIL.
+    ``antialias``: the crop is resampled as PIL does (:func:`resized_crop`), for crops of
+    full-resolution original frames.
     """
 
     def __init__(self, size: int = 224, scale: Sequence[float] = (0.3, 1.0),
                  jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1), jitter_p: float = 0.8,
                  gray_p: float = 0.2, blur_p: float = 0.5, blur_sigma: Sequence[float] = (0.1, 2.0),
-                 flip_p: float = 0.5, ratio: Sequence[float] = (3 / 4, 4 / 3)):
+                 flip_p: float = 0.5, ratio: Sequence[float] = (3 / 4, 4 / 3), antialias: bool = False):
         self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
         self.jitter, self.jitter_p, self.gray_p = tuple(jitter), jitter_p, gray_p
         self.blur_p, self.blur_sigma, self.flip_p = blur_p, tuple(blur_sigma), flip_p
+        self.antialias = antialias
 
-    def sample(self, batch: int, height: int, width: int,
+    def sample(self, batch: int, height: int | Tensor, width: int | Tensor,
                generator: torch.Generator | None = None) -> MoCoV2Params:
-        """Draw every random choice for a batch of ``height x width`` frames."""
+        """Draw every random choice for a batch of ``height x width`` frames (ints, or (B,)
+        tensors for frames of mixed sizes)."""
         dev = _gen_device(generator)
         boxes = sample_resized_crop(batch, height, width, generator, self.scale, self.ratio)
         factors, order = sample_jitter(batch, generator, self.jitter)
@@ -389,15 +432,20 @@ class MoCoV2Transform:
 
     def apply(self, images: Tensor, params: MoCoV2Params) -> Tensor:
         """(B, 3, H, W) uint8 or float [0, 1] -> normalised float (B, 3, size, size)."""
-        x = resized_crop(to_float(images), params.boxes, self.size)
+        x = resized_crop(to_float(images), params.boxes, self.size, antialias=self.antialias)
         x = color_jitter(x, params.jitter, params.order, params.jitter_on)
         x = to_grayscale(x, params.gray_on)
         x = gaussian_blur(x, params.sigma, params.blur_on, "3sigma", "replicate")
         x = hflip(x, params.flip_on)
         return normalize(x)
 
-    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None,
+                 sizes: Tensor | None = None) -> Tensor:
+        """``sizes`` (B, 2): each frame's own ``(h, w)`` when ``images`` is a zero-padded canvas
+        of frames of mixed sizes (:func:`avssl.data.datasets.collate`)."""
         b, _, h, w = images.shape
+        if sizes is not None:
+            h, w = sizes[:, 0], sizes[:, 1]
         return self.apply(images, self.sample(b, h, w, generator))
 
 
@@ -440,7 +488,8 @@ def rotate(images: Tensor, angle_deg: Tensor) -> Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def apply_visual(images: Tensor, t: Tensor, out_size: int = 224, normalise: bool = True) -> Tensor:
+def apply_visual(images: Tensor, t: Tensor, out_size: int = 224, normalise: bool = True,
+                 sizes: Tensor | None = None, antialias: bool = False) -> Tensor:
     """Apply EquiAV visual vectors exactly (METHODS 2.3): crop -> jitter in the encoded order ->
     blur -> horizontal flip -> grayscale [-> rotation -> vertical flip (21-d)] -> ImageNet.
 
@@ -449,6 +498,9 @@ def apply_visual(images: Tensor, t: Tensor, out_size: int = 224, normalise: bool
         t: (B, 18) or (B, 21) vectors (:mod:`avssl.augment.params`); slots whose "on" flag is 0
             are skipped (the identity vector returns the input, normalised).
         out_size: crop output side (224); ignored when the crop flag is 0.
+        sizes: (B, 2) each frame's own ``(h, w)`` when ``images`` is a zero-padded canvas of
+            original frames of mixed sizes (then every crop flag must be on).
+        antialias: resample the crop as PIL does (:func:`resized_crop`).
     Returns:
         (B, 3, out, out) float (normalised if ``normalise``). Differences from the PIL pipeline:
         no antialiasing when the crop is shrunk; blur is an exact Gaussian with sigma = PIL
@@ -464,13 +516,18 @@ def apply_visual(images: Tensor, t: Tensor, out_size: int = 224, normalise: bool
     on = lambda slot: t[:, slot] > 0.5  # noqa: E731
     crop_on = on(V.CROP_ON)
     if bool(crop_on.any()):
-        boxes = P.decode_crop(t, P.VISUAL_LAYOUT, x.shape[-2], x.shape[-1])
+        fh, fw = (x.shape[-2], x.shape[-1]) if sizes is None else sizes.to(x.device).unbind(1)
+        boxes = P.decode_crop(t, P.VISUAL_LAYOUT, fh, fw)
         if not bool(crop_on.all()):
+            if sizes is not None:
+                raise ValueError("frames of mixed sizes need every crop flag on")
             if x.shape[-2:] != (out_size, out_size):
                 raise ValueError("a batch mixing crop on/off needs frames of the output size")
             full = torch.tensor([0.0, 0.0, x.shape[-2], x.shape[-1]], device=x.device)
             boxes = torch.where(crop_on[:, None], boxes, full)
-        x = resized_crop(x, boxes, out_size)
+        x = resized_crop(x, boxes, out_size, antialias=antialias)
+    elif sizes is not None:
+        raise ValueError("frames of mixed sizes need every crop flag on")
     lay = P.VISUAL_LAYOUT
     factors = t[:, lay.jitter] + torch.tensor([1.0, 1.0, 1.0, 0.0], device=x.device)
     x = color_jitter(x, factors, t[:, lay.order].round().long(), on(V.JITTER_ON))

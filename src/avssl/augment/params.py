@@ -188,14 +188,17 @@ def sample_audio_params(batch: int, generator: torch.Generator | None = None, fr
     return t
 
 
-def sample_visual_params(batch: int, generator: torch.Generator | None = None, height: int = 224,
-                         width: int = 224, crop_scale: Sequence[float] = (0.08, 1.0),
+def sample_visual_params(batch: int, generator: torch.Generator | None = None, height: int | Tensor = 224,
+                         width: int | Tensor = 224, crop_scale: Sequence[float] = (0.08, 1.0),
                          crop_ratio: Sequence[float] = (3 / 4, 4 / 3), jitter_p: float = 0.8,
                          jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1), blur_p: float = 0.5,
                          blur_sigma: Sequence[float] = (0.1, 2.0), flip_p: float = 0.5,
                          gray_p: float = 0.2, extended: bool = False, rotate_p: float = 0.5,
                          max_angle: float = 30.0, vflip_p: float = 0.5) -> Tensor:
     """Draw (B, 18) visual vectors for ``height x width`` frames ((B, 21) with ``extended``).
+
+    ``height`` / ``width``: ints, or (B,) tensors of each frame's own size (original frames of
+    mixed sizes); the random stream does not depend on them.
 
     Extended slots: rotation on (p ``rotate_p``), angle ``U(-max_angle, max_angle)`` degrees
     (0 when off), vertical flip (p ``vflip_p``). Returns float32 on the generator's device.
@@ -206,7 +209,9 @@ def sample_visual_params(batch: int, generator: torch.Generator | None = None, h
     V = VisualSlot
     t[:, V.CROP_ON] = 1.0
     top, left, h, w = sample_resized_crop(batch, height, width, generator, crop_scale, crop_ratio).unbind(1)
-    t[:, VISUAL_LAYOUT.crop] = torch.stack([top / height, left / width, h / height, w / width], dim=1)
+    hh = torch.as_tensor(height, dtype=torch.float32, device=dev)
+    ww = torch.as_tensor(width, dtype=torch.float32, device=dev)
+    t[:, VISUAL_LAYOUT.crop] = torch.stack([top / hh, left / ww, h / hh, w / ww], dim=1)
     u = torch.rand((batch, 4), generator=generator, device=dev)
     jit_on = u[:, 0] < jitter_p
     t[:, V.JITTER_ON] = jit_on.float()
@@ -239,7 +244,8 @@ def identity_visual_params(batch: int, device: torch.device | str | None = None,
 
 
 def sample_param_lists(batch: int, num: int, generator: torch.Generator | None = None,
-                       device: torch.device | str | None = None, height: int = 224, width: int = 224,
+                       device: torch.device | str | None = None, height: int | Tensor = 224,
+                       width: int | Tensor = 224,
                        *, frames: int = 1024, bins: int = 128, extended: bool = False,
                        original_bugs: bool = True, seed: int | None = None) -> tuple[Tensor, Tensor]:
     """S = ``num`` vectors per clip for EquiAV's centroid: (B, S, 24), (B, S, 18 or 21) on ``device``.
@@ -247,13 +253,18 @@ def sample_param_lists(batch: int, num: int, generator: torch.Generator | None =
     Has the :data:`avssl.methods.equiav.ParamSampler` signature
     ``(batch, S, generator, device) -> (t_a_list, t_v_list)``; the vectors are never applied.
     Audio vectors are drawn for a ``frames x bins`` fbank (mask widths scaled as in
-    :func:`sample_audio_params`); visual ones for ``height x width`` frames (``extended``: 21-d). ``original_bugs`` selects the
+    :func:`sample_audio_params`); visual ones for ``height x width`` frames (ints, or (B,) tensors
+    of each clip's frame size; ``extended``: 21-d). ``original_bugs`` selects the
     audio crop encoding. ``seed``: with ``generator=None``, draw from a fresh generator seeded
     with it (the same vectors on every call) instead of torch's global generator.
     """
     if generator is None and seed is not None:
         generator = torch.Generator().manual_seed(seed)
     t_a = sample_audio_params(batch * num, generator, frames, bins, original_bugs=original_bugs)
+    if isinstance(height, Tensor):
+        height = height.repeat_interleave(num)
+    if isinstance(width, Tensor):
+        width = width.repeat_interleave(num)
     t_v = sample_visual_params(batch * num, generator, height, width, extended=extended)
     t_a, t_v = t_a.view(batch, num, AUDIO_DIM), t_v.view(batch, num, t_v.shape[-1])
     if device is not None:
@@ -261,15 +272,17 @@ def sample_param_lists(batch: int, num: int, generator: torch.Generator | None =
     return t_a, t_v
 
 
-def decode_crop(t: Tensor, layout: ParamLayout, height: int, width: int,
+def decode_crop(t: Tensor, layout: ParamLayout, height: int | Tensor, width: int | Tensor,
                 axes_swapped: bool = False) -> Tensor:
     """Crop slots of (B, dim) vectors -> (B, 4) ``(top, left, h, w)`` pixels, rounded to integers.
+
+    ``height`` / ``width``: ints, or (B,) tensors of each frame's own size.
 
     ``axes_swapped``: the audio encoding of the released code (top, h divided by ``width`` and
     left, w by ``height``).
     """
     c = t[:, layout.crop]
     den = (width, height) if axes_swapped else (height, width)
-    scale = torch.tensor([den[0], den[1], den[0], den[1]], device=t.device, dtype=t.dtype)
-    return torch.round(c * scale)
+    d0, d1 = (torch.as_tensor(d, device=t.device, dtype=t.dtype).expand(t.shape[0]) for d in den)
+    return torch.round(c * torch.stack([d0, d1, d0, d1], dim=1))
 

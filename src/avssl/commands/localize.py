@@ -3,7 +3,7 @@
 For each chosen frame (--frames N evenly spaced, default 8, or --fps F per second) the model
 hears the 10 s of audio centred on the frame (shifted inside the track near its ends; a track
 shorter than 10 s is tiled, as in training) and sees the centre crop of the frame (Resize +
-CenterCrop, as at test time). Outputs in --out (default: the current folder):
+CenterCrop through the loader's resize, as `avssl eval`). Every output is written atomically. Outputs in --out (default: the current folder):
 
   <stem>_grid.png     contact sheet of the frames with their heatmaps
   <stem>_overlay.mp4  every source frame with the nearest heatmap, original audio (--no-video: skipped)
@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from avssl.atomic import atomic_path, remove_stale_tmp_of
     from avssl.config import from_dict
     from avssl.data.decode import MediaError
     from avssl.engine.checkpoint import CheckpointError
@@ -61,10 +62,12 @@ def run(args: argparse.Namespace) -> int:
                                 fps=args.fps, device=args.device, batch_size=args.batch_size, cfg=cfg)
         out.mkdir(parents=True, exist_ok=True)
         stem = video.stem
+        remove_stale_tmp_of(*(out / f"{stem}_{k}" for k in ("grid.png", "maps.npz", "overlay.mp4")))
         paths = {"grid": write_overlay_grid(result, out / f"{stem}_grid.png")}
         maps_path = out / f"{stem}_maps.npz"
-        np.savez_compressed(maps_path, times=result.times, maps=result.maps, crop_maps=result.crop_maps,
-                            crop_box=np.asarray(result.crop_box, np.float64))
+        with atomic_path(maps_path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, times=result.times, maps=result.maps, crop_maps=result.crop_maps,
+                                crop_box=np.asarray(result.crop_box, np.float64))
         paths["maps"] = maps_path
         paths["video"] = write_overlay_video(result, out / f"{stem}_overlay.mp4", video) if args.write_video else None
     except (MediaError, CheckpointError, TypeError, ValueError) as e:

@@ -8,6 +8,10 @@ A sample is a dict::
     {"id": str, "image": uint8 (3, S, S), "wave": float32 (N,), "num_samples": int, "label": int,
      "target": float32 (C,), "sample_rate": int}
 
+plus, with ``full_frame=True``, ``"full"``: the ORIGINAL frame uint8 (3, H, W) at its own size
+(for training crops drawn on it, as the authors' loaders do; :func:`collate` zero-pads these to
+the batch's largest and adds ``"full_hw"`` (B, 2)).
+
 * ``image``: a raw video (``Record.video``) gives the frame displayed at ``frame_time`` (config),
   else at ``extra["annotation_time"]``, else at the clip middle; a pre-extracted record
   (``frames`` + ``audio``) gives ``frames[frame_index]`` (default: the middle file). The
@@ -113,6 +117,7 @@ class AVFrameAudioDataset(Dataset):
         workers: threads for the construction-time decoding.
         audio_pad: "tile" (SSL-TIE: tile short audio) or "zero" (cut / zero-pad, true length kept).
         frame_resize: :data:`FRAME_RESIZE` method of :func:`resize_crop`.
+        full_frame: also return the original frame (``"full"``).
     """
 
     def __init__(self, records: Sequence[Record], image_size: int = 224, seconds: float = 10.0,
@@ -120,14 +125,14 @@ class AVFrameAudioDataset(Dataset):
                  frame_time: float | None = None, frame_index: int | None = None,
                  classes: Sequence[str] | None = None, cache_in_memory: bool = False,
                  on_error: str = "raise", workers: int = 2, audio_pad: str = "tile",
-                 frame_resize: str = "pil_bicubic") -> None:
+                 frame_resize: str = "pil_bicubic", full_frame: bool = False) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if audio_pad not in ("tile", "zero"):
             raise ValueError(f"audio_pad must be 'tile' or 'zero', got {audio_pad!r}")
         if frame_resize not in FRAME_RESIZE:
             raise ValueError(f"frame_resize must be one of {FRAME_RESIZE}, got {frame_resize!r}")
-        self.audio_pad, self.frame_resize = audio_pad, frame_resize
+        self.audio_pad, self.frame_resize, self.full_frame = audio_pad, frame_resize, full_frame
         self.records = list(records)
         self.image_size, self.seconds, self.sample_rate = image_size, seconds, sample_rate
         self.keep_seconds, self.frame_time, self.frame_index = keep_seconds, frame_time, frame_index
@@ -200,7 +205,8 @@ class AVFrameAudioDataset(Dataset):
     def load(self, index: int) -> dict:
         """Decode record ``index`` (no cache); raises MediaError naming the file on failure."""
         r = self.records[index]
-        image = resize_crop(self._frame(r), self.image_size, self.frame_resize)
+        frame = self._frame(r)
+        image = resize_crop(frame, self.image_size, self.frame_resize)
         wave, sr = self._wave(r)
         wave_t = torch.from_numpy(wave)
         if self.audio_pad == "tile":
@@ -212,20 +218,32 @@ class AVFrameAudioDataset(Dataset):
             target = int(self.seconds * sr)
             n = min(target, wave_t.shape[-1])
             wave_t = F.pad(wave_t[:target], (0, target - n))
-        return {"id": r.id, "image": image, "wave": wave_t.contiguous(), "num_samples": int(n),
-                "label": self.label_of(r), "target": self.target_of(r), "sample_rate": int(sr)}
+        out = {"id": r.id, "image": image, "wave": wave_t.contiguous(), "num_samples": int(n),
+               "label": self.label_of(r), "target": self.target_of(r), "sample_rate": int(sr)}
+        if self.full_frame:
+            out["full"] = torch.tensor(frame, dtype=torch.uint8).permute(2, 0, 1).contiguous()
+        return out
 
 
 def collate(samples: Sequence[dict]) -> dict:
     """Stack samples: ``image`` uint8 (B, 3, S, S), ``wave`` (B, N), ``num_samples`` (B,), ``label`` (B,),
-    ``target`` (B, C), ``id`` list, ``sample_rate`` int."""
+    ``target`` (B, C), ``id`` list, ``sample_rate`` int; samples with ``"full"`` original frames
+    give ``full`` uint8 (B, 3, H, W), each frame at the top left of a zero canvas of the largest
+    size, and ``full_hw`` (B, 2) long, each frame's own ``(h, w)``."""
     rates = {s["sample_rate"] for s in samples}
     if len(rates) != 1:
         bad = [(s["id"], s["sample_rate"]) for s in samples][:6]
         raise ValueError(f"clips of one batch have different sample rates {sorted(rates)} ({bad}); "
                          "set data.sample_rate to resample them to one rate")
-    return {"id": [s["id"] for s in samples], "image": torch.stack([s["image"] for s in samples]),
-            "wave": torch.stack([s["wave"] for s in samples]),
-            "num_samples": torch.tensor([s["num_samples"] for s in samples], dtype=torch.long),
-            "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
-            "target": torch.stack([s["target"] for s in samples]), "sample_rate": rates.pop()}
+    out = {"id": [s["id"] for s in samples], "image": torch.stack([s["image"] for s in samples]),
+           "wave": torch.stack([s["wave"] for s in samples]),
+           "num_samples": torch.tensor([s["num_samples"] for s in samples], dtype=torch.long),
+           "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+           "target": torch.stack([s["target"] for s in samples]), "sample_rate": rates.pop()}
+    if "full" in samples[0]:
+        hw = torch.tensor([tuple(s["full"].shape[-2:]) for s in samples], dtype=torch.long)
+        canvas = torch.zeros((len(samples), 3, *hw.max(dim=0).values.tolist()), dtype=torch.uint8)
+        for i, s in enumerate(samples):  # a copy per sample into the batch buffer, as torch.stack
+            canvas[i, :, : hw[i, 0], : hw[i, 1]] = s["full"]
+        out["full"], out["full_hw"] = canvas, hw
+    return out

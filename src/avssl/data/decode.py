@@ -455,12 +455,16 @@ def _align(wave: np.ndarray, rate: int, offset: float, p: str) -> np.ndarray:
 
 def _decode_skipping(c: av.container.InputContainer, stream: av.stream.Stream, p: str,
                      bad: list[str]) -> Iterator:
-    """Decoded frames of ``stream``; packets the decoder rejects (EINVAL / invalid data) are
-    skipped and described in ``bad`` instead of ending the stream. Demuxer errors still raise."""
+    """Decoded frames of ``stream``; packets the decoder rejects are skipped and described in
+    ``bad`` instead of ending the stream, as FFmpeg's own player and converter do (whatever the
+    error code: libavcodec's Theora decoder, e.g., answers a damaged packet with EPERM, others with
+    EINVAL / invalid data). Demuxer errors and running out of memory still raise."""
     for packet in c.demux(stream):
         try:
             frames = packet.decode()
-        except (av.error.InvalidDataError, av.error.ArgumentError) as e:
+        except av.error.MemoryError:
+            raise
+        except av.error.FFmpegError as e:
             bad.append(f"pts {packet.pts}: {e}")
             logger.debug("%s: skipped a bad %s packet at pts %s: %s", p, stream.type, packet.pts, e)
             continue

@@ -14,7 +14,10 @@ model inputs on the training device, batched (METHODS 2.1, 2.3):
   for the invariant centroid, ``t_a_list`` (B, S, 24) / ``t_v_list`` (B, S, d_v), never applied.
 
 The audio vectors are drawn for the configured (T, F) with the mask widths scaled from the
-released 192 / 48 at 1024 x 128; the visual crop for the loaded frame's size. The augmented
+released 192 / 48 at 1024 x 128; the visual crop for the loaded frame's size, or, with
+``data.train_crop="original"``, on each clip's original frame at its own size (as the released
+loader crops the PIL frame; resampled as PIL does, and the centroid's vectors drawn for each
+clip's size too). The augmented
 audio view starts from the un-rolled fbank (its own recorded shift is a no-op under
 ``aug_original_bugs``, as released).
 
@@ -63,19 +66,21 @@ def equiav_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequenc
     (10.255 s gives the 1024 frames of the recipe); frames of side ``data.load_size`` (default
     ``equiav.img_size``). ``keep_seconds`` applies to training sets only.
     """
-    return equiav_clip_dataset(records, cfg.data, cfg.equiav.img_size, train, classes)
+    return equiav_clip_dataset(records, cfg.data, cfg.equiav.img_size, train, classes,
+                               full_frame=train and cfg.data.train_crop == "original")
 
 
 def equiav_clip_dataset(records: Sequence[Record], d, img_size: int, train: bool,
-                        classes: Sequence[str] | None = None) -> AVFrameAudioDataset:
+                        classes: Sequence[str] | None = None, full_frame: bool = False) -> AVFrameAudioDataset:
     """EquiAV's clip reading from a :class:`~avssl.train_config.DataConfig` ``d`` (pre-training and
-    fine-tuning alike): 16 kHz unless set, zero-padded audio, frames of ``d.load_size or img_size``."""
+    fine-tuning alike): 16 kHz unless set, zero-padded audio, frames of ``d.load_size or img_size``
+    (plus the original frames with ``full_frame``, for the augmented view's crop)."""
     return AVFrameAudioDataset(
         records, image_size=d.load_size or img_size, seconds=d.seconds,
         sample_rate=d.sample_rate or 16000, keep_seconds=d.keep_seconds if train else None,
         frame_time=d.frame_time, frame_index=d.frame_index, classes=classes,
         cache_in_memory=d.cache_in_memory, on_error=d.on_error, workers=max(1, d.num_workers),
-        audio_pad="zero", frame_resize=d.frame_resize)
+        audio_pad="zero", frame_resize=d.frame_resize, full_frame=full_frame)
 
 
 class EquiAVBatchTransform:
@@ -125,9 +130,16 @@ class EquiAVBatchTransform:
         b, world = a.shape[0], shard[1]
         g = b * world  # every draw is for the global batch, then this rank's rows are kept
         n_t, n_f = a.shape[-2:]
-        image = batch["image"]
-        h, w = image.shape[-2:]
         gdev = generator.device if generator is not None else torch.device("cpu")
+        original = "full" in batch
+        image = batch["full"] if original else batch["image"]
+        h, w = image.shape[-2:]
+        sizes = None
+        if original:  # each clip's own size; rows of the other ranks are drawn, then dropped
+            sizes = batch["full_hw"]
+            hw = torch.tensor([h, w]).expand(g, 2).clone()
+            hw[shard[0] * b:(shard[0] + 1) * b] = sizes
+            h, w = hw[:, 0].to(gdev), hw[:, 1].to(gdev)
         roll = torch.randint(-n_t, n_t, (g,), generator=generator, device=gdev)
         t_a = sample_audio_params(g, generator, n_t, n_f, original_bugs=c.aug_original_bugs)
         t_v = sample_visual_params(g, generator, h, w, extended=c.visual_extended)
@@ -137,7 +149,8 @@ class EquiAVBatchTransform:
             "a": time_roll(a, roll, torch.ones(b, dtype=torch.bool, device=self.device)),
             "v": v,
             "a_aug": apply_audio(a, t_a, c.aug_original_bugs).contiguous(),
-            "v_aug": apply_visual(image.to(self.device, non_blocking=True), t_v, out_size=c.img_size).contiguous(),
+            "v_aug": apply_visual(image.to(self.device, non_blocking=True), t_v, out_size=c.img_size,
+                                  sizes=sizes, antialias=original).contiguous(),
             "t_a": t_a, "t_v": t_v,
         }
         if c.centroid:

@@ -4,8 +4,10 @@ The loader returns uint8 frames and fixed-length waveforms (:mod:`avssl.data.dat
 :class:`SSLTIEBatchTransform` turns a collated batch into the model's inputs on the training
 device, batched (METHODS 1.1):
 
-* frames: training with invariance -> MoCo-v2 augmentation (:class:`avssl.augment.image.MoCoV2Transform`),
-  else the evaluation transform (Resize + CenterCrop + ImageNet normalisation);
+* frames: training with invariance -> MoCo-v2 augmentation (:class:`avssl.augment.image.MoCoV2Transform`;
+  its crop drawn on the batch's original frames, resampled as PIL does, when the loader
+  returns them: ``data.train_crop="original"``), else the evaluation transform (Resize +
+  CenterCrop + ImageNet normalisation);
 * audio: :func:`avssl.data.audio.ssltie_spectrogram` (mel dB, SpecAugment when training), after
   Audmix's waveform mixing when ``ssltie.audmix`` is on (:mod:`avssl.methods.audmix`).
 
@@ -38,7 +40,8 @@ def ssltie_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequenc
                    ) -> AVFrameAudioDataset:
     """The data set of a :class:`avssl.train_config.TrainConfig` ``cfg`` (its ``data`` and ``ssltie`` parts).
 
-    ``keep_seconds`` applies to training sets only.
+    ``keep_seconds`` applies to training sets only; with ``data.train_crop="original"`` a training
+    set also returns the original frames, where the MoCo-v2 crop is then drawn.
     """
     d = cfg.data
     return AVFrameAudioDataset(
@@ -46,7 +49,7 @@ def ssltie_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequenc
         sample_rate=d.sample_rate, keep_seconds=d.keep_seconds if train else None,
         frame_time=d.frame_time, frame_index=d.frame_index, classes=classes,
         cache_in_memory=d.cache_in_memory, on_error=d.on_error, workers=max(1, d.num_workers),
-        frame_resize=d.frame_resize)
+        frame_resize=d.frame_resize, full_frame=train and d.train_crop == "original")
 
 
 class SSLTIEBatchTransform:
@@ -67,6 +70,7 @@ class SSLTIEBatchTransform:
         self.image_size, self.seconds, self.invariance = image_size, seconds, invariance
         self.device = torch.device(device)
         self.train_image = MoCoV2Transform(size=image_size)
+        self.train_image_original = MoCoV2Transform(size=image_size, antialias=True)
         self.eval_image = EvalTransform(image_size)
         self.audmix = None  # AudmixState, set by avssl.methods.audmix.audmix_on_epoch_end
 
@@ -90,7 +94,13 @@ class SSLTIEBatchTransform:
         if train and self.audmix is not None:
             wave = mix_waves(wave, batch["id"], self.audmix, generator)
         augment = train and self.invariance
-        image = self.train_image(image, generator) if augment else self.eval_image(image)
+        if augment and "full" in batch:
+            image = self.train_image_original(batch["full"].to(self.device, non_blocking=True), generator,
+                                              sizes=batch["full_hw"].to(self.device))
+        elif augment:
+            image = self.train_image(image, generator)
+        else:
+            image = self.eval_image(image)
         spec = ssltie_spectrogram(wave, int(batch["sample_rate"]), self.seconds, train=augment,
                                   generator=generator)
         return {"image": image.contiguous(), "spec": spec.contiguous()}
