@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from avssl.methods.ssltie import SSLTIE, SSLTIEConfig
-from avssl.methods.ssltie_data import SSLTIEBatchTransform
+from avssl.methods.ssltie.pipeline import SSLTIEBatchTransform
 
 
 def _sync(device: torch.device) -> None:

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from avssl import infer
+from avssl.checkpoint import save_checkpoint
 from avssl.cli import main
 from avssl.data import decode
-from avssl.engine.checkpoint import save_checkpoint
 from avssl.registry import build_method, load_method
 
 TINY = {"width": 8, "image_size": 64, "heatmap_size": 4}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torchvision
 
-from avssl.engine.checkpoint import save_checkpoint
+from avssl.checkpoint import save_checkpoint
 from avssl.registry import build_method, load_method
 
 

@@ -74,13 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _user_error_classes() -> tuple[type[BaseException], ...]:
     """The project's exceptions that report a user's mistake (a bad file, config or checkpoint)."""
+    from avssl.checkpoint import CheckpointError
     from avssl.config import ConfigError
     from avssl.data.annotations import AnnotationError
     from avssl.data.decode import MediaError
     from avssl.data.manifest import ManifestError
     from avssl.data.prepare import PrepareError
-    from avssl.engine.checkpoint import CheckpointError
-    from avssl.engine.distributed import DistributedTimeoutError
+    from avssl.distributed import DistributedTimeoutError
 
     return (ConfigError, AnnotationError, MediaError, ManifestError, CheckpointError, PrepareError,
             DistributedTimeoutError)

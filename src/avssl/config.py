@@ -62,9 +62,11 @@ def merge(base: Mapping, override: Mapping) -> dict:
 
 
 def to_dict(cfg: Any) -> Any:
-    """A dataclass (nested) as plain dicts/lists, ready for YAML/JSON."""
-    if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    """A dataclass (nested) as plain dicts/lists, ready for YAML/JSON. A dataclass may name
+    fields to leave out with a ``__config_omit__()`` method (e.g. the unused methods' sections)."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        omit = set(cfg.__config_omit__()) if hasattr(cfg, "__config_omit__") else set()
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in omit}
     if isinstance(cfg, (list, tuple)):
         return [to_dict(x) for x in cfg]
     return cfg

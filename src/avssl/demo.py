@@ -23,8 +23,19 @@ RETRIEVAL = (("a2v_instance", "R1"), ("a2v_instance", "R5"), ("v2a_instance", "R
              ("a2a_class", "R1"))
 RETRIEVAL_KEYS = tuple(f"{name} {k}" for name, k in RETRIEVAL)
 PROBE_KEYS = ("probe accuracy",)
-METHOD_PRESETS = {"ssltie": "synthetic/ssltie", "equiav": "synthetic/equiav"}
-METHOD_NAMES = {"ssltie": "SSL-TIE", "equiav": "EquiAV"}
+
+
+def _demo_methods() -> dict[str, str]:
+    """Method -> its demo preset, for the registered methods that have one."""
+    from avssl.registry import METHODS
+
+    return {name: spec.demo_preset for name, spec in METHODS.items() if spec.demo_preset}
+
+
+def _title(method: str) -> str:
+    from avssl.registry import METHODS
+
+    return METHODS[method].title if method in METHODS else method
 
 
 def demo_config(data: Path, run_dir: Path, seed: int, epochs: int | None = None, overrides=(),
@@ -39,7 +50,7 @@ def demo_config(data: Path, run_dir: Path, seed: int, epochs: int | None = None,
              f"train.out_dir={run_dir}", f"train.seed={seed}", "train.progress=false"]
     if epochs is not None:
         paths.append(f"train.epochs={epochs}")
-    return load_config(TrainConfig, [METHOD_PRESETS[method]], [*paths, *overrides])
+    return load_config(TrainConfig, [_demo_methods()[method]], [*paths, *overrides])
 
 
 def _evaluate(model, cfg, data: Path, records, dataset) -> tuple[dict, object]:
@@ -92,7 +103,7 @@ def _curve(histories: dict[str, dict[int, list[dict]]], path: Path) -> Path:
     fig = Figure(figsize=(10, 3.5 * len(histories)))
     axes = fig.subplots(len(histories), 2, squeeze=False)
     for (ax1, ax2), (method, per_seed) in zip(axes, histories.items(), strict=True):
-        name = METHOD_NAMES.get(method, method)
+        name = _title(method)
         for seed, hist in per_seed.items():
             ep = [h["epoch"] for h in hist]
             ax1.plot(ep, [h["train/loss"] for h in hist], label=f"seed {seed}")
@@ -113,9 +124,8 @@ def _train_and_score(method: str, data: Path, out: Path, seeds, epochs, override
     """Train ``method`` per seed (a rerun reuses finished runs), score trained and untrained
     models on the test split: localisation, retrieval and the linear probe."""
     from avssl.data.manifest import read_manifest
-    from avssl.engine.pipelines import pipeline_for
     from avssl.engine.train import fit
-    from avssl.registry import build_method, load_method
+    from avssl.registry import build_method, load_method, pipeline_for
 
     res: dict = {"trained": [], "untrained": [], "histories": {}, "cfg": None, "ds": None, "heatmaps": None}
     train_records = read_manifest(data / "manifest.jsonl", split="train")
@@ -127,10 +137,10 @@ def _train_and_score(method: str, data: Path, out: Path, seeds, epochs, override
         if (run_dir / "summary.json").is_file():
             summary = json.loads((run_dir / "summary.json").read_text())
         else:
-            log.info("demo: training %s, seed %d -> %s", METHOD_NAMES[method], seed, run_dir)
+            log.info("demo: training %s, seed %d -> %s", _title(method), seed, run_dir)
             summary = fit(cfg, resume=(run_dir / "last.pt").is_file())
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        timings[f"{METHOD_NAMES[method]} training, seed {seed} (s)"] = round(time.perf_counter() - t0, 1)
+        timings[f"{_title(method)} training, seed {seed} (s)"] = round(time.perf_counter() - t0, 1)
         res["histories"][seed] = summary["history"]
         if res["ds"] is None:
             pipe = pipeline_for(cfg.method)
@@ -158,9 +168,10 @@ def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds
     from avssl.engine.evaluate import best_worst_sheet, load_annotations
     from avssl.report import write_report
 
-    unknown = [m for m in methods if m not in METHOD_PRESETS]
+    demos = _demo_methods()
+    unknown = [m for m in methods if m not in demos]
     if unknown or not methods:
-        raise ValueError(f"demo methods must be among {sorted(METHOD_PRESETS)}, got {list(methods)}")
+        raise ValueError(f"demo methods must be among {sorted(demos)}, got {list(methods)}")
     out = Path(out)
     data = out / "data"
     timings: dict[str, float] = {}
@@ -177,7 +188,7 @@ def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds
     results = {m: _train_and_score(m, data, out, seeds, epochs, overrides, test_records, timings) for m in methods}
     localisation, retrieval, probe, figures, details = {}, {}, {}, {}, {}
     for m, r in results.items():
-        name = METHOD_NAMES[m]
+        name = _title(m)
         zs = " (zero-shot)" if m == "equiav" else ""
         localisation[f"{name} trained{zs} ({n})"] = _aggregate(_only(r["trained"], METRICS))
         localisation[f"{name} untrained{zs}"] = _aggregate(_only(r["untrained"], METRICS))
@@ -199,7 +210,7 @@ def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds
 
     seed_txt = ",".join(str(s) for s in seeds)
     report = {
-        "title": "avssl demo: " + " and ".join(METHOD_NAMES[m] for m in methods)
+        "title": "avssl demo: " + " and ".join(_title(m) for m in methods)
                  + " on the synthetic audio-visual benchmark",
         "commands": [f"avssl demo {out} --clips {clips} --seeds {seed_txt} --methods {','.join(methods)}"
                      + (f" --epochs {epochs}" if epochs else "") + "".join(f" {o}" for o in overrides)],

@@ -200,7 +200,7 @@ def _pipeline_maps(model: nn.Module, cfg, frames: torch.Tensor, wave: torch.Tens
                    device: torch.device, batch_size: int, seconds: float, pad: str) -> list[torch.Tensor]:
     """Heatmaps through the method's eval transform and ``infer`` (frames (N, 3, S, S) uint8, the
     loader's squares), one (b, h, w) CPU tensor per batch."""
-    from avssl.engine.pipelines import pipeline_for
+    from avssl.registry import pipeline_for
 
     pipe = pipeline_for(cfg.method)
     if pipe.infer is None:
@@ -239,7 +239,7 @@ def localise_video(model: nn.Module, path: PathLike, times: Sequence[float] | No
     """
     pad, resize = "tile", "pil_bicubic"
     if cfg is not None:
-        from avssl.engine.pipelines import pipeline_for
+        from avssl.registry import pipeline_for
 
         probe_ds = pipeline_for(cfg.method).dataset([], cfg, train=False)
         image_size, sample_rate = probe_ds.image_size, probe_ds.sample_rate

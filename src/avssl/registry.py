@@ -1,37 +1,31 @@
-"""The methods avssl implements, by name: config class and model class, and loading from checkpoints.
+"""THE table of the methods avssl implements: name -> :class:`~avssl.methods.base.MethodSpec`
+(config class, model class, pipeline, title, paper, demo preset), and loading from checkpoints.
 
-An explicit table, no string imports. A training config (``avssl.engine.train``) names its
-method (``method: ssltie``) and holds that method's options under the same key; a checkpoint
-stores that resolved config, so :func:`load_method` can rebuild the model from the file alone.
+An explicit table, no string imports. The engine, the demo, ``avssl eval`` and ``avssl localize``
+look a method up here and nowhere else; adding a method is one folder under ``avssl/methods/``
+that defines its ``SPEC`` and one line below. A training config names its method
+(``method: ssltie``) and holds that method's options under the same key; a checkpoint stores
+that resolved config, so :func:`load_method` can rebuild the model from the file alone.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from torch import nn
 
+from avssl.checkpoint import CheckpointError, load_checkpoint, strip_prefixes
 from avssl.config import from_dict
-from avssl.engine.checkpoint import CheckpointError, load_checkpoint, strip_prefixes
-from avssl.methods.equiav import EquiAV, EquiAVConfig
-from avssl.methods.equiav_ft import EquiAVFinetune, EquiAVFinetuneConfig
-from avssl.methods.ssltie import SSLTIE, SSLTIEConfig
+from avssl.methods import equiav, ssltie
+from avssl.methods.base import MethodSpec, Pipeline
 
+__all__ = ["METHODS", "MethodSpec", "method_spec", "pipeline_for", "build_method", "load_method"]
 
-@dataclass(frozen=True)
-class MethodSpec:
-    config: type
-    model: type
-    paper: str
-
-
-METHODS: dict[str, MethodSpec] = {
-    "ssltie": MethodSpec(SSLTIEConfig, SSLTIE, "Liu et al., SSL-TIE, ACM MM 2022 (arXiv 2206.12772)"),
-    "equiav": MethodSpec(EquiAVConfig, EquiAV, "Kim et al., EquiAV, ICML 2024 (arXiv 2403.09502)"),
-    "equiav_ft": MethodSpec(EquiAVFinetuneConfig, EquiAVFinetune,
-                            "Kim et al., EquiAV, ICML 2024 (arXiv 2403.09502): fine-tuning classification"),
-}
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
+    ssltie.SPEC,
+    equiav.SPEC,
+    equiav.FINETUNE_SPEC,
+)}
 
 
 def method_spec(name: str) -> MethodSpec:
@@ -39,6 +33,11 @@ def method_spec(name: str) -> MethodSpec:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; available: {sorted(METHODS)}") from None
+
+
+def pipeline_for(name: str) -> Pipeline:
+    """The :class:`~avssl.methods.base.Pipeline` of method ``name``."""
+    return method_spec(name).pipeline
 
 
 def build_method(name: str, options: Mapping | object | None = None) -> nn.Module:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from avssl.augment import params as P
-from avssl.methods.equiav import ParamSampler  # noqa: F401  (the hook this module serves)
+from avssl.methods.equiav.model import ParamSampler  # noqa: F401  (the hook this module serves)
 
 A, V = P.AudioSlot, P.VisualSlot
 
@@ -127,7 +127,7 @@ def test_golden_vectors_have_the_same_structure(golden):
 
 
 def test_usable_as_equiav_param_sampler():
-    from avssl.methods.equiav import equiav_tiny
+    from avssl.methods.equiav.model import equiav_tiny
 
     torch.manual_seed(0)
     model = equiav_tiny().eval()

@@ -99,7 +99,7 @@ def test_equiav_frame_path_is_the_official_tensor(e2e):
     and clean batch transform (fine-tuning eval, retrieval, zero-shot maps) give that tensor too."""
     from avssl.config import load_config
     from avssl.data.datasets import collate
-    from avssl.methods.equiav_data import EquiAVBatchTransform, equiav_dataset
+    from avssl.methods.equiav.pipeline import EquiAVBatchTransform, equiav_dataset
     from avssl.train_config import TrainConfig
 
     cfg = load_config(TrainConfig, [], ["method=equiav", "data.num_workers=0"])

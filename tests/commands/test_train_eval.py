@@ -175,7 +175,7 @@ def test_train_out_under_a_file_is_one_line(synth, tmp_path):
 def test_resume_from_another_methods_checkpoint_is_one_line(synth, tiny_run, tmp_path):
     import torch
 
-    from avssl.engine.checkpoint import load_checkpoint, save_checkpoint
+    from avssl.checkpoint import load_checkpoint, save_checkpoint
 
     ours = load_checkpoint(tiny_run / "last.pt")
     other = tmp_path / "equiav_last.pt"  # an EquiAV run's checkpoint: other weights, other method

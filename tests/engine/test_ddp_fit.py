@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from avssl.engine.checkpoint import load_checkpoint
+from avssl.checkpoint import load_checkpoint
 from avssl.registry import build_method
 
 pytestmark = pytest.mark.distributed

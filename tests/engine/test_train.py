@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from avssl.engine.checkpoint import load_checkpoint
+from avssl.checkpoint import load_checkpoint
 from avssl.engine.train import EpochSampler, fit, lr_factor, step_generator
 from avssl.registry import load_method
 from avssl.train_config import OptimConfig
@@ -53,7 +53,7 @@ def test_train_crop_original_feeds_the_original_frames_to_the_moco_crop(synth, t
     from avssl.augment.image import MoCoV2Transform
     from avssl.data.datasets import collate
     from avssl.data.manifest import read_manifest
-    from avssl.methods.ssltie_data import SSLTIEBatchTransform, ssltie_dataset
+    from avssl.methods.ssltie.pipeline import SSLTIEBatchTransform, ssltie_dataset
 
     cfg = tiny_cfg(synth, tmp_path, "data.train_crop=original", "data.load_size=32", "train.epochs=1")
     records = read_manifest(synth / "manifest.jsonl")[:4]
@@ -150,8 +150,7 @@ def test_evaluator_heatmaps_match_localise_and_retrieval_runs(synth):
         retrieval_scores,
         run_inference,
     )
-    from avssl.engine.pipelines import pipeline_for
-    from avssl.registry import build_method
+    from avssl.registry import build_method, pipeline_for
 
     cfg = tiny_cfg(synth, synth / "unused")
     torch.manual_seed(0)

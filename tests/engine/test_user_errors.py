@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
+from avssl import checkpoint as ckpt_mod
+from avssl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from avssl.config import ConfigError
-from avssl.engine import checkpoint as ckpt_mod
 from avssl.engine import train as T
-from avssl.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from avssl.engine.train import fit, resolve_device
 from train_utils import tiny_cfg
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from avssl.methods.audmix import (
+from avssl.methods.ssltie.audmix import (
     AudmixState,
     audmix_on_epoch_end,
     draw_queue,
@@ -16,7 +16,7 @@ from avssl.methods.audmix import (
     mix_waves,
     nearest_neighbours,
 )
-from avssl.methods.ssltie_data import SSLTIEBatchTransform
+from avssl.methods.ssltie.pipeline import SSLTIEBatchTransform
 from train_utils import tiny_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -134,7 +134,7 @@ def test_hook_table_matches_a_direct_search(tiny_synth):
     audio embeddings (``ssltie_infer``'s ``audio``) within the seeded queue."""
     from avssl.data.datasets import collate
     from avssl.data.manifest import read_manifest
-    from avssl.methods.ssltie_data import ssltie_dataset, ssltie_infer
+    from avssl.methods.ssltie.pipeline import ssltie_dataset, ssltie_infer
     from avssl.registry import build_method
 
     cfg = tiny_cfg(tiny_synth, "unused", "ssltie.audmix=true", "ssltie.audmix_queue=6", "train.epochs=5")

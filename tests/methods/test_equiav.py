@@ -6,14 +6,13 @@ import dataclasses
 import pytest
 import torch
 
-from avssl.methods.equiav import (
+from avssl.methods.equiav.convert import load_official_pretrain, official_pretrain_key
+from avssl.methods.equiav.model import (
     EquiAV,
     equiav_tiny,
     equiav_tiny_config,
     equiav_vit_b16_config,
     load_mae_init,
-    load_official_pretrain,
-    official_pretrain_key,
 )
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -171,7 +170,7 @@ def test_configs_and_mae_init(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_mae_init(model, tmp_path / "missing.pth")
     # the config option initialises at construction; a saved run reloads without the file
-    from avssl.engine.checkpoint import save_checkpoint
+    from avssl.checkpoint import save_checkpoint
     from avssl.registry import load_method
 
     inited = EquiAV(equiav_tiny_config(init_checkpoint=str(path)))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from avssl.augment.geometric import EquivarianceParams
-from avssl.methods.ssltie import SSLTIE, SSLTIEConfig, convert_official_state_dict
+from avssl.methods.ssltie import SSLTIE, SSLTIEConfig, convert_official_state_dict, load_official
 from golden_utils import SSLTIE_AUDIO_NAMES as AUDIO_NAMES
 from golden_utils import dequantise_int8
 
@@ -38,7 +38,7 @@ def inputs(golden):
 def golden_model(official_sd):
     """The golden AVENet configuration (tri_map=False, Neg=False) with the golden weights."""
     model = SSLTIE(SSLTIEConfig(tri_map=False, hard_negatives=False))
-    report = model.load_official(official_sd, strict=True)
+    report = load_official(model, official_sd, strict=True)
     assert not report.missing and not report.unexpected
     return model
 

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(path: Path):
-    from avssl.engine.checkpoint import safe_load
+    from avssl.checkpoint import safe_load
 
     # weights_only with argparse.Namespace allowed (released training files pickle their options)
     return safe_load(path, map_location="cpu", what="official checkpoint")
@@ -52,8 +52,8 @@ def _load(path: Path):
 def convert(source: str, input_path: str | Path, output_path: str | Path, preset: str = "vit_b16",
             overrides: list[str] | tuple[str, ...] = (), allow_mismatch: bool = False) -> dict:
     """Convert ``input_path`` into an avssl checkpoint at ``output_path``; returns the report dict."""
+    from avssl.checkpoint import CheckpointError, save_checkpoint, unwrap_state_dict
     from avssl.config import from_dict, merge, parse_dotlist, to_dict
-    from avssl.engine.checkpoint import CheckpointError, save_checkpoint, unwrap_state_dict
     from avssl.methods import equiav, ssltie
 
     raw = _load(Path(input_path))
@@ -102,8 +102,8 @@ def convert(source: str, input_path: str | Path, output_path: str | Path, preset
 
 
 def run(args: argparse.Namespace) -> int:
+    from avssl.checkpoint import CheckpointError
     from avssl.config import ConfigError
-    from avssl.engine.checkpoint import CheckpointError
 
     try:
         report = convert(args.source, args.input, args.output, args.preset, args.overrides, args.allow_mismatch)

@@ -105,20 +105,19 @@ def _write_scores(args: argparse.Namespace, out_dir: Path, scores: dict) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from avssl.checkpoint import CheckpointError
     from avssl.config import ConfigError, from_dict
     from avssl.data.annotations import AnnotationError
     from avssl.data.decode import MediaError
     from avssl.data.manifest import ManifestError, read_manifest
-    from avssl.engine.checkpoint import CheckpointError
     from avssl.engine.evaluate import (
         best_worst_sheet,
         evaluate_localisation,
         load_annotations,
         save_heatmaps,
     )
-    from avssl.engine.pipelines import pipeline_for
     from avssl.engine.train import resolve_device
-    from avssl.registry import load_method
+    from avssl.registry import load_method, pipeline_for
     from avssl.train_config import TrainConfig
 
     try:

@@ -45,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from avssl.atomic import atomic_path, remove_stale_tmp_of
+    from avssl.checkpoint import CheckpointError
     from avssl.config import from_dict
     from avssl.data.decode import MediaError
-    from avssl.engine.checkpoint import CheckpointError
     from avssl.infer import localise_video, write_overlay_grid, write_overlay_video
     from avssl.registry import load_method
     from avssl.train_config import TrainConfig

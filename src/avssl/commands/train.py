@@ -41,10 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
+    from avssl.checkpoint import CheckpointError
     from avssl.config import ConfigError, load_config
     from avssl.data.decode import MediaError
     from avssl.data.manifest import ManifestError
-    from avssl.engine.checkpoint import CheckpointError
     from avssl.engine.train import fit
     from avssl.train_config import TrainConfig
 
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     started = False
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
-        from avssl.engine.distributed import init_process_group
+        from avssl.distributed import init_process_group
 
         try:
             init_process_group(timeout_s=cfg.train.dist_timeout_s)

@@ -1,7 +1,7 @@
 """Torch data sets over manifest records: one frame + the waveform per clip (SSL-TIE input).
 
 The loader does only decoding and fixed-size resizing; spectrograms and random augmentation
-run batched on the training device afterwards (see :mod:`avssl.methods.ssltie_data`).
+run batched on the training device afterwards (see :mod:`avssl.methods.ssltie.pipeline`).
 
 A sample is a dict::
 

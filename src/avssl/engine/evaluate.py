@@ -136,7 +136,7 @@ def evaluate_localisation(model: nn.Module, records, cfg, annotations: str | os.
     already built evaluation data set of ``records`` to reuse (e.g. for :func:`best_worst_sheet`)."""
     from torch.utils.data import DataLoader
 
-    from avssl.engine.pipelines import pipeline_for
+    from avssl.registry import pipeline_for
 
     pipe = pipeline_for(cfg.method)
     ds = dataset if dataset is not None else pipe.dataset(records, cfg, train=False, classes=classes)

@@ -9,7 +9,7 @@ One step, top to bottom::
     losses["loss"].backward(); clip; optimizer.step(); scheduler.step()
 
 The method is looked up once (:func:`avssl.registry.build_method`,
-:func:`avssl.engine.pipelines.pipeline_for`); the loop never asks which one it runs. The
+:func:`avssl.registry.pipeline_for`); the loop never asks which one it runs. The
 pipeline's optional hooks give the optimiser's parameter groups, per-clip sampling weights, a
 whole-set evaluation (else localisation + retrieval from ``pipe.infer``) and an end-of-epoch step.
 
@@ -50,11 +50,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from avssl import distributed as dist_utils
 from avssl.atomic import atomic_write_text, remove_stale_tmp, with_filename
-from avssl.config import ConfigError, save_config, to_dict
-from avssl.data.manifest import read_manifest
-from avssl.engine import distributed as dist_utils
-from avssl.engine.checkpoint import (
+from avssl.checkpoint import (
     CheckpointError,
     load_checkpoint,
     rng_state,
@@ -62,14 +60,15 @@ from avssl.engine.checkpoint import (
     set_rng_state,
     strip_prefixes,
 )
+from avssl.config import ConfigError, save_config, to_dict
+from avssl.data.manifest import read_manifest
 from avssl.engine.evaluate import (
     load_annotations,
     localisation_scores,
     retrieval_scores,
     run_inference,
 )
-from avssl.engine.pipelines import pipeline_for
-from avssl.registry import build_method
+from avssl.registry import build_method, pipeline_for
 from avssl.train_config import OptimConfig, TrainConfig
 
 logger = logging.getLogger(__name__)

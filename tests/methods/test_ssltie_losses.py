@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avssl.losses import equivariance_consistency, lvs_loss, lvs_trimap_logits
+from avssl.methods.ssltie.losses import equivariance_consistency, lvs_loss, lvs_trimap_logits
 
 TE_TAGS = ["scale1.0_hflip0", "scale1.0_hflip1", "scale0.5_hflip0", "scale0.5_hflip1"]
 

@@ -11,8 +11,8 @@ from avssl.augment.image import EvalTransform, apply_visual
 from avssl.augment.params import identity_audio_params, identity_visual_params
 from avssl.config import load_config
 from avssl.data.audio import equiav_fbank_batch
-from avssl.methods.equiav import EquiAV, EquiAVConfig
-from avssl.methods.equiav_data import (
+from avssl.methods.equiav.model import EquiAV, EquiAVConfig
+from avssl.methods.equiav.pipeline import (
     INFER_SEED,
     EquiAVBatchTransform,
     EquiAVTrainModule,
@@ -243,7 +243,7 @@ def test_dataset_reads_zero_padded_16k(tiny_synth):
 
 def test_fit_trains_and_saves_the_bare_model(tiny_synth, tmp_path):
     """End to end through avssl.engine.train.fit on the tiny synthetic set (8 train clips)."""
-    from avssl.engine.checkpoint import load_checkpoint
+    from avssl.checkpoint import load_checkpoint
     from avssl.engine.train import fit
     from avssl.registry import load_method
 

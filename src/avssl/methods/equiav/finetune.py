@@ -20,7 +20,7 @@ released sizes and raises a ``ValueError`` naming that crash at construction ins
 
 Fine-tuning runs (``avssl train ... method: equiav_ft``) use :class:`EquiAVFinetuneConfig` and
 :class:`EquiAVFinetune` (the classifier, initialised from a pre-training checkpoint when one is
-set); their data, loss, evaluation and optimiser groups are in :mod:`avssl.methods.equiav_ft_data`.
+set); their data, loss, evaluation and optimiser groups are in :mod:`avssl.methods.equiav.finetune_pipeline`.
 """
 from __future__ import annotations
 
@@ -34,16 +34,9 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from avssl.methods.equiav import (
-    BLOCK_DROP_RULES,
-    ConversionReport,
-    EquiAVConfig,
-    build_encoders,
-    convert_official_pretrain,
-    convert_state_dict,
-    official_pretrain_key,
-    strip_prefixes,
-)
+from avssl.checkpoint import ConversionReport, strip_key
+from avssl.methods.equiav.convert import convert_official_pretrain
+from avssl.methods.equiav.model import EquiAVConfig, build_encoders
 from avssl.models.predictor import ProjectionHead
 from avssl.models.vit import init_linear_and_norm
 
@@ -52,8 +45,7 @@ logger = logging.getLogger(__name__)
 Mode = Literal["multimodal", "audio_only", "video_only"]
 
 __all__ = [
-    "EquiAVFTConfig", "EquiAVClassifier", "official_finetune_key", "convert_official_finetune",
-    "load_official_finetune", "load_pretrained_backbone",
+    "EquiAVFTConfig", "EquiAVClassifier", "load_pretrained_backbone",
     "EquiAVFinetuneConfig", "EquiAVFinetune", "load_init_checkpoint",
 ]
 
@@ -151,44 +143,7 @@ class EquiAVClassifier(nn.Module):
         return list(self.head.parameters())
 
 
-# ====================================================================== checkpoint conversion
-def official_finetune_key(key: str) -> str | None:
-    """Our name for an official ``ft_EquiAV`` key (``__M__.``/``module.`` prefixes accepted)."""
-    bare = strip_prefixes(key)
-    m = re.match(r"pred_([av])_inter\.(.+)$", bare)
-    if m:
-        return f"proj_{m.group(1)}.{m.group(2)}"
-    m = re.match(r"mlp_head\.(.+)$", bare)
-    if m:
-        return f"head.{m.group(1)}"
-    if re.match(r"norm_[av]_aug\.", bare):
-        return None
-    return official_pretrain_key(bare)
-
-
-def convert_official_finetune(state_dict: Mapping[str, torch.Tensor], strict: bool = False,
-                              expected_keys: list[str] | None = None
-                              ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
-    """Official EquiAV fine-tuning state dict -> our :class:`EquiAVClassifier` state dict.
-
-    With ``expected_keys`` (our model's keys), tensors of modules the mode does not build
-    (e.g. the visual encoder in ``audio_only``) are reported as dropped, not unexpected.
-    """
-    return convert_state_dict(state_dict, official_finetune_key, BLOCK_DROP_RULES, expected_keys, strict)
-
-
-def load_official_finetune(model: EquiAVClassifier, state_dict: Mapping[str, torch.Tensor],
-                           strict: bool = True) -> ConversionReport:
-    """Convert an official fine-tuning checkpoint and load it into ``model``."""
-    expected = list(model.state_dict().keys())
-    ref = {name: enc.pos_embed[0].detach().cpu() for name in ("audio_encoder", "visual_encoder")
-           if (enc := getattr(model, name)) is not None}
-    ours, report = convert_state_dict(state_dict, official_finetune_key, BLOCK_DROP_RULES, expected, strict, ref)
-    model.load_state_dict(ours, strict=strict)
-    logger.info("loaded official EquiAV fine-tuning checkpoint: %s", report.summary())
-    return report
-
-
+# ====================================================================== initialisation
 def load_pretrained_backbone(model: EquiAVClassifier, state_dict: Mapping[str, torch.Tensor]
                              ) -> ConversionReport:
     """Initialise a classifier from a pre-trained EquiAV (ours, or official: converted first).
@@ -197,7 +152,7 @@ def load_pretrained_backbone(model: EquiAVClassifier, state_dict: Mapping[str, t
     and shapes match, i.e. only with ``inter_linear=False`` — the inter heads into
     ``proj_a``/``proj_v``. ``proj_*`` that stay fresh and the classifier are ``missing``.
     """
-    if any(strip_prefixes(k).startswith(("blocks_a.", "blocks_v.")) for k in state_dict):
+    if any(strip_key(k).startswith(("blocks_a.", "blocks_v.")) for k in state_dict):
         state_dict, _ = convert_official_pretrain(state_dict)
     own = model.state_dict()
     src: dict[str, torch.Tensor] = {}
@@ -275,10 +230,10 @@ def load_init_checkpoint(model: EquiAVClassifier, path: str | os.PathLike) -> Co
 
     Accepts an avssl checkpoint (``{"format": "avssl-checkpoint", "model": ...}``) or an
     official EquiAV state dict (possibly under ``model`` / ``state_dict``, with ``module.``
-    prefixes). Raises :class:`avssl.engine.checkpoint.CheckpointError` naming the file when it
+    prefixes). Raises :class:`avssl.checkpoint.CheckpointError` naming the file when it
     is missing or unreadable, or when no encoder weight fits the model (wrong sizes).
     """
-    from avssl.engine.checkpoint import (
+    from avssl.checkpoint import (
         CheckpointError,
         check_checkpoint,
         is_avssl_checkpoint,
@@ -297,7 +252,7 @@ def load_init_checkpoint(model: EquiAVClassifier, path: str | os.PathLike) -> Co
             state, kind = unwrap_state_dict(obj), "official"
         except CheckpointError as e:
             raise CheckpointError(f"init checkpoint {path}: {e}") from e
-    state = {strip_prefixes(k): v for k, v in state.items()}
+    state = {strip_key(k): v for k, v in state.items()}
     report = load_pretrained_backbone(model, state)
     enc = [k for k in model.state_dict() if k.startswith(("audio_encoder.", "visual_encoder."))]
     loaded = set(report.loaded)

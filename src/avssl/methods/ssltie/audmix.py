@@ -10,13 +10,13 @@ mixing so far, counting the current one (``k = epoch + 1`` for the table compute
 
 Where things live, and why:
 
-* :func:`audmix_on_epoch_end` is the :class:`avssl.engine.pipelines.Pipeline` hook. It returns
+* :func:`audmix_on_epoch_end` is the :class:`avssl.methods.base.Pipeline` hook. It returns
   ``{}`` at once when ``cfg.ssltie.audmix`` is off. Otherwise it stores an :class:`AudmixState`
   (neighbour table, ``k``, clip id -> index, the training data set) on the *batch transform*
   (``transform.audmix``). The transform runs in the training process, so the table never has
   to reach the DataLoader workers (which may be persistent, with their own copy of the data
   set: mutating the data set there would not be seen).
-* :func:`mix_waves` runs inside :class:`avssl.methods.ssltie_data.SSLTIEBatchTransform`, on the
+* :func:`mix_waves` runs inside :class:`avssl.methods.ssltie.pipeline.SSLTIEBatchTransform`, on the
   whole batch: the per-sample Bernoulli draw comes from the step generator, the neighbours'
   waveforms are read from the training data set by index (free with ``cache_in_memory``, one
   decode per mixed sample otherwise) and the convex combination is one batched operation.
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from avssl.engine import distributed as dist_utils
+from avssl import distributed as dist_utils
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from avssl.engine import distributed as D
+from avssl import distributed as D
 
 pytestmark = pytest.mark.distributed
 

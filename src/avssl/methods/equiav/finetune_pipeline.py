@@ -21,7 +21,7 @@ The loader returns one uint8 frame and the zero-padded 16 kHz waveform with its 
   row has no partner and is left as is).
 
 All random draws come from the step ``generator`` for the whole global batch of
-``world x B`` rows and are sliced with :func:`avssl.engine.pipelines.shard_rows`, so the
+``world x B`` rows and are sliced with :func:`avssl.distributed.shard_rows`, so the
 ranks of a torchrun job together equal one process on the concatenated batch (for even B).
 """
 from __future__ import annotations
@@ -35,22 +35,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avssl import distributed as dist_utils
 from avssl.augment.audio import time_roll
 from avssl.augment.image import EvalTransform
 from avssl.data.audio import equiav_fbank_batch, subtract_valid_mean
 from avssl.data.datasets import AVFrameAudioDataset
 from avssl.data.manifest import Record
-from avssl.engine import distributed as dist_utils
+from avssl.distributed import shard_rows
 from avssl.eval.classification import classification_summary
-from avssl.methods.equiav_data import equiav_clip_dataset
+from avssl.methods.equiav.pipeline import equiav_clip_dataset
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "equiav_ft_dataset", "EquiAVFinetuneTransform", "FinetuneLoss", "finetune_train_module",
     "finetune_evaluate", "finetune_param_groups", "finetune_sample_weights", "read_sample_weights",
-    "sample_beta", "read_class_list",
+    "sample_beta", "read_class_list", "check_config",
 ]
+
+
+def check_config(cfg) -> None:
+    """Option combinations fine-tuning cannot run (the registry's ``validate`` hook)."""
+    if cfg.data.train_crop != "load_size":
+        raise ValueError("data.train_crop=original does not apply to equiav_ft: fine-tuning draws no "
+                         "random crop (its frames are the Resize + CenterCrop square)")
 
 
 def equiav_ft_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequence[str] | None = None
@@ -182,7 +190,6 @@ class EquiAVFinetuneTransform:
 
     def __call__(self, batch: Mapping, generator: torch.Generator | None = None,
                  train: bool = False, shard: tuple[int, int] = (0, 1)) -> dict[str, Tensor]:
-        from avssl.engine.pipelines import shard_rows  # pipelines imports this module
 
         wave = batch["wave"].to(self.device, non_blocking=True).float()
         n = batch["num_samples"].to(self.device)

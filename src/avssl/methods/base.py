@@ -1,44 +1,33 @@
-"""Per-method data pipelines, by method name: the one place the engine looks a method up.
+"""The contract every method meets: its :class:`Pipeline` (how the engine reads, transforms,
+trains and evaluates it) and its :class:`MethodSpec` (the registry's row).
 
 A :class:`Pipeline` says how a method's clips are read (``dataset``), turned into model inputs
-on the device (``batch_transform``), trained (``train_module``) and evaluated (``infer`` for
-heatmaps and embeddings, or a whole ``evaluate`` function). The training loop and the evaluator
-call these through the table and never branch on the method.
+on the device (``batch_transform``), trained (``train_module``: the module DDP wraps, whose
+``forward`` returns the loss dict) and evaluated (``infer`` for heatmaps and embeddings, or a
+whole ``evaluate`` function). The training loop, the evaluator, ``avssl localize`` and the demo
+call these through :mod:`avssl.registry` and never branch on the method.
 
 Batch transforms are called as ``transform(batch, generator, train=..., shard=(rank, world))``.
 Under torchrun a transform that wants DDP to equal one process on the concatenated batch draws
 its random parameters for the *global* batch (``world`` x the local batch) from the step's
 generator (the same on every rank) and keeps rows ``rank * B : (rank + 1) * B``
-(:func:`shard_rows`); the engine's sampler gives each rank the matching contiguous slice of
-every global batch.
+(:func:`avssl.distributed.shard_rows`); the engine's sampler gives each rank the matching
+contiguous slice of every global batch.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from avssl.data.datasets import collate
-from avssl.methods import audmix, equiav_data, equiav_ft_data, ssltie_data
 
-__all__ = ["Pipeline", "PIPELINES", "pipeline_for", "shard_rows"]
+__all__ = ["Pipeline", "MethodSpec"]
 
 
 def _as_is(model: nn.Module, cfg) -> nn.Module:
     return model
-
-
-def shard_rows(x: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
-    """Rows ``rank * B : (rank + 1) * B`` of a tensor drawn for the global batch of ``world * B`` rows."""
-    rank, world = shard
-    if world == 1:
-        return x
-    if x.shape[0] % world:
-        raise ValueError(f"{x.shape[0]} rows do not split over {world} processes")
-    b = x.shape[0] // world
-    return x[rank * b:(rank + 1) * b]
 
 
 @dataclass(frozen=True)
@@ -54,7 +43,7 @@ class Pipeline:
         loss dict (``"loss"`` plus logged terms); DDP wraps this module. Default: the model itself.
     evaluate(model, loader, transform, device, cfg) -> {metric: float}: replaces the default
         evaluation (e.g. classification mAP). It runs on every rank over that rank's shard of
-        the val set and must gather across ranks itself (:mod:`avssl.engine.distributed`).
+        the val set and must gather across ranks itself (:mod:`avssl.distributed`).
     param_groups(model, cfg) -> list of optimiser param groups (``{"params": [...], "lr_scale": x}``);
         default: all parameters, scale 1.
     sample_weights(dataset, cfg) -> (N,) float tensor or None: per-clip sampling weights
@@ -74,20 +63,25 @@ class Pipeline:
     on_epoch_end: Callable | None = None
 
 
-PIPELINES: dict[str, Pipeline] = {
-    "ssltie": Pipeline(ssltie_data.ssltie_dataset, ssltie_data.SSLTIEBatchTransform.from_config,
-                       ssltie_data.ssltie_infer, on_epoch_end=audmix.audmix_on_epoch_end),
-    "equiav": Pipeline(equiav_data.equiav_dataset, equiav_data.EquiAVBatchTransform.from_config,
-                       equiav_data.equiav_infer, train_module=lambda model, cfg: equiav_data.EquiAVTrainModule(model)),
-    "equiav_ft": Pipeline(equiav_ft_data.equiav_ft_dataset, equiav_ft_data.EquiAVFinetuneTransform.from_config,
-                          train_module=equiav_ft_data.finetune_train_module, evaluate=equiav_ft_data.finetune_evaluate,
-                          param_groups=equiav_ft_data.finetune_param_groups,
-                          sample_weights=equiav_ft_data.finetune_sample_weights),
-}
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method as the registry lists it.
 
+    name: the config's ``method`` value and the name of its options section.
+    config: the options dataclass (its defaults are the released recipe's).
+    model: the ``nn.Module`` class, built as ``model(config)``.
+    pipeline: how the engine trains and evaluates it.
+    title / paper: for reports and ``--help``.
+    demo_preset: the packaged preset ``avssl demo`` trains (None: no demo).
+    validate: ``validate(train_config)`` raises ValueError for option combinations the method
+        cannot run; called when a run's config is built (None: nothing to check).
+    """
 
-def pipeline_for(method: str) -> Pipeline:
-    try:
-        return PIPELINES[method]
-    except KeyError:
-        raise ValueError(f"no training data pipeline for method {method!r}; available: {sorted(PIPELINES)}") from None
+    name: str
+    config: type
+    model: type
+    pipeline: Pipeline
+    title: str
+    paper: str
+    demo_preset: str | None = None
+    validate: Callable | None = None

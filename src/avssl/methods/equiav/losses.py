@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from avssl.engine import distributed as D
+from avssl import distributed as D
 
 logger = logging.getLogger(__name__)
 

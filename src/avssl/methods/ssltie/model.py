@@ -7,8 +7,8 @@ encoders and computes its own loss (no training loop here):
     A_T, logits_T = model(T(frame))         # 7x7 when s = 0.5
     L = 0.5 * (CE(logits) + CE(logits_T)) + lambda * MSE(A_T, T(A))
 
-``T`` is :mod:`avssl.augment.geometric`. :func:`convert_official_state_dict` maps an
-official AVENet checkpoint (``imgnet.*``, ``audnet.*``) onto this module.
+``T`` is :mod:`avssl.augment.geometric`. :mod:`avssl.methods.ssltie.convert` maps an official
+AVENet checkpoint (``imgnet.*``, ``audnet.*``) onto this module.
 """
 from __future__ import annotations
 
@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avssl import losses
 from avssl.augment import geometric
-from avssl.engine.checkpoint import ConversionReport
+from avssl.methods.ssltie import losses
 from avssl.models.resnet import INIT_MODES, audio_resnet18, load_imagenet_visual, visual_resnet18
 
 logger = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ class SSLTIEConfig:
     init: "ssltie" (BN weight N(1, 0.02)) or "torchvision" (BN weight 1).
     imagenet_init: optional path of a local torchvision resnet18 state dict loaded into the
         visual encoder after init (the paper trains from scratch: None).
-    audmix: the Audmix variant (METHODS 1.4, :mod:`avssl.methods.audmix`; read by the data
+    audmix: the Audmix variant (METHODS 1.4, :mod:`avssl.methods.ssltie.audmix`; read by the data
         pipeline): after each epoch each training clip gets its nearest audio among a random
         queue of ``audmix_queue`` clips; next epoch, with probability
         ``audmix_p0 + audmix_p_step * k`` its waveform becomes ``(1 - a) x + a x_nn``,
@@ -160,7 +159,7 @@ class SSLTIE(nn.Module):
         return {"A": A, "A0": A0, "img_feat": img_feat, "aud_feat": aud_feat}
 
     def localisation_logits(self, A: Tensor, A0: Tensor) -> losses.LVSLogits:
-        """LVS logits (B, B+2) with the configured switches; see :func:`avssl.losses.lvs_trimap_logits`."""
+        """LVS logits (B, B+2) with the configured switches; see :func:`avssl.methods.ssltie.losses.lvs_trimap_logits`."""
         c = self.config
         return losses.lvs_trimap_logits(A, A0, tau=c.tau, eps_p=c.eps_p, eps_n=c.eps_n, tri_map=c.tri_map,
                                         hard_negatives=c.hard_negatives, temperature=c.logit_temperature)
@@ -219,87 +218,3 @@ class SSLTIE(nn.Module):
         """Localisation map (B, h, w): cosine of each location with the paired audio (no grad)."""
         img_feat, aud_feat = self.encode_image(image), self.encode_audio(spec)
         return torch.einsum("bchw,bc->bhw", img_feat, aud_feat)
-
-    def load_official(self, state_dict: Mapping, strict: bool = False) -> ConversionReport:
-        """Load an official AVENet checkpoint (any wrapper accepted by :func:`convert_official_state_dict`)."""
-        ours, report = convert_official_state_dict(state_dict, strict=strict, width=self.config.width)
-        result = self.load_state_dict(ours, strict=False)
-        if result.unexpected_keys:  # cannot happen: the converter only emits our keys
-            raise RuntimeError(f"converter produced unknown keys {result.unexpected_keys}")
-        return report
-
-
-# -- official checkpoint conversion -----------------------------------------------------------
-# Official AVENet parameters that its forward never uses (or whose output is discarded).
-_OFFICIAL_UNUSED_PREFIXES = (
-    "imgnet.fc.", "audnet.fc.", "imgnet.conv1_a.", "imgnet.conv1_flow.", "audnet.conv1.",
-    "audnet.conv1_flow.", "vision_fc1.", "conv3.", "norm3.",
-)
-
-
-def _unwrap(state_dict: Mapping) -> Mapping:
-    for wrapper in ("state_dict", "model"):
-        inner = state_dict.get(wrapper)
-        if isinstance(inner, Mapping):
-            return inner
-    return state_dict
-
-
-def _official_to_ours(key: str) -> str | None:
-    if key.startswith("audnet.conv1_a."):
-        return "audio.conv1." + key.removeprefix("audnet.conv1_a.")
-    if key.startswith("imgnet.conv1."):
-        return "visual.conv1." + key.removeprefix("imgnet.conv1.")
-    for official, ours in (("imgnet.", "visual."), ("audnet.", "audio.")):
-        rest = key.removeprefix(official)
-        if rest != key and rest.startswith(("bn1.", "layer1.", "layer2.", "layer3.", "layer4.")):
-            return ours + rest
-    return None
-
-
-def convert_official_state_dict(state_dict: Mapping, strict: bool = False,
-                                width: int | None = None) -> tuple[dict[str, Tensor], ConversionReport]:
-    """Map an official SSL-TIE ``AVENet`` state dict onto :class:`SSLTIE` parameter names.
-
-    Accepts a plain state dict, ``{"model": sd}`` or ``{"state_dict": sd}``, with or without
-    DataParallel ``module.`` prefixes. ``imgnet.*`` -> ``visual.*``, ``audnet.conv1_a`` ->
-    ``audio.conv1``, ``audnet.*`` -> ``audio.*``. Keys the official forward never uses
-    (``conv3``, ``norm3``, ``fc``, unused stems) are reported as ``unused``; unrecognised keys
-    as ``unexpected``; model keys not provided as ``missing`` (against a model of ``width``,
-    inferred from ``imgnet.conv1.weight`` when None). Everything is logged; ``strict`` raises
-    ``ValueError`` on any unexpected or missing key, and a shape mismatch always raises.
-    """
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"expected a state dict mapping, got {type(state_dict).__name__}")
-    source = {k.removeprefix("module."): v for k, v in _unwrap(state_dict).items()}
-    report = ConversionReport()
-    ours: dict[str, Tensor] = {}
-    for key, value in source.items():
-        target = _official_to_ours(key)
-        if target is not None:
-            ours[target] = torch.as_tensor(value)
-            report.loaded.append(target)
-        elif key.startswith(_OFFICIAL_UNUSED_PREFIXES):
-            report.dropped[key] = "unused by the original forward"
-        else:
-            report.unexpected.append(key)
-    if width is None:
-        width = int(ours["visual.conv1.weight"].shape[0]) if "visual.conv1.weight" in ours else 64
-    with torch.device("meta"):
-        expected = SSLTIE(SSLTIEConfig(width=width)).state_dict()
-    for key, value in ours.items():
-        if key not in expected:
-            report.loaded.remove(key)
-            report.unexpected.append(key)
-        elif tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(f"official key for {key}: shape {tuple(value.shape)}, expected "
-                             f"{tuple(expected[key].shape)} (width {width})")
-    ours = {k: v for k, v in ours.items() if k in expected}
-    report.missing = [k for k in expected if k not in ours]
-    logger.info("official SSL-TIE checkpoint: %s", report.summary())
-    if report.unexpected or report.missing:
-        logger.warning("official SSL-TIE checkpoint: %d unexpected, %d missing keys: %s",
-                       len(report.unexpected), len(report.missing), report.summary())
-        if strict:
-            raise ValueError(f"strict conversion failed: unexpected {report.unexpected}, missing {report.missing}")
-    return ours, report

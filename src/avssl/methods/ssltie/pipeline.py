@@ -9,7 +9,7 @@ device, batched (METHODS 1.1):
   returns them: ``data.train_crop="original"``), else the evaluation transform (Resize +
   CenterCrop + ImageNet normalisation);
 * audio: :func:`avssl.data.audio.ssltie_spectrogram` (mel dB, SpecAugment when training), after
-  Audmix's waveform mixing when ``ssltie.audmix`` is on (:mod:`avssl.methods.audmix`).
+  Audmix's waveform mixing when ``ssltie.audmix`` is on (:mod:`avssl.methods.ssltie.audmix`).
 
 All random draws come from the ``generator`` argument (CPU), so a step is reproducible from it.
 
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from avssl.data.audio import ssltie_spectrogram
 from avssl.data.datasets import AVFrameAudioDataset
 from avssl.data.manifest import Record
-from avssl.methods.audmix import mix_waves
+from avssl.methods.ssltie.audmix import mix_waves
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class SSLTIEBatchTransform:
         self.train_image = MoCoV2Transform(size=image_size)
         self.train_image_original = MoCoV2Transform(size=image_size, antialias=True)
         self.eval_image = EvalTransform(image_size)
-        self.audmix = None  # AudmixState, set by avssl.methods.audmix.audmix_on_epoch_end
+        self.audmix = None  # AudmixState, set by avssl.methods.ssltie.audmix.audmix_on_epoch_end
 
     @classmethod
     def from_config(cls, cfg, device: torch.device | str) -> SSLTIEBatchTransform:
@@ -85,7 +85,7 @@ class SSLTIEBatchTransform:
         one-GPU recipe, and its BatchNorm statistics are per process anyway).
 
         Training batches are first Audmix-ed when a neighbour table is set (``self.audmix``,
-        :mod:`avssl.methods.audmix`); the Bernoulli draws then come first from the generator."""
+        :mod:`avssl.methods.ssltie.audmix`); the Bernoulli draws then come first from the generator."""
         if generator is not None and shard[1] > 1:
             generator = torch.Generator(generator.device).manual_seed(
                 (generator.initial_seed() + 0x9E3779B1 * (shard[0] + 1)) % (1 << 63))

@@ -27,6 +27,7 @@ import torch.distributed as dist
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "shard_rows",
     "is_distributed",
     "rank",
     "world_size",
@@ -187,7 +188,7 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
 
     At world size 1 returns ``x`` itself (gradients keep flowing, as in the original code).
     Otherwise the result is detached; callers that want their own slice to keep its gradient
-    substitute it back (see :func:`avssl.losses_equiav.info_nce`).
+    substitute it back (see :func:`avssl.methods.equiav.losses.info_nce`).
     """
     ws = world_size()
     if ws == 1:
@@ -309,3 +310,14 @@ def gather_inference(out):
         heat.update(p.heatmaps)
     return type(parts[0])(heat, [i for p in parts for i in p.ids], torch.cat([p.labels for p in parts]),
                           torch.cat([p.audio for p in parts]), torch.cat([p.visual for p in parts]))
+
+
+def shard_rows(x: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
+    """Rows ``rank * B : (rank + 1) * B`` of a tensor drawn for the global batch of ``world * B`` rows."""
+    rank, world = shard
+    if world == 1:
+        return x
+    if x.shape[0] % world:
+        raise ValueError(f"{x.shape[0]} rows do not split over {world} processes")
+    b = x.shape[0] // world
+    return x[rank * b:(rank + 1) * b]

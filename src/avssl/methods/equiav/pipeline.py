@@ -22,7 +22,7 @@ audio view starts from the un-rolled fbank (its own recorded shift is a no-op un
 ``aug_original_bugs``, as released).
 
 Every random draw comes from the step's ``generator``, made for the *global* batch (``world`` x B
-rows) and sliced with :func:`avssl.engine.pipelines.shard_rows`, so the ranks' inputs
+rows) and sliced with :func:`avssl.distributed.shard_rows`, so the ranks' inputs
 concatenated equal one process's inputs for the concatenated batch.
 
 Deviation kept on purpose: the augmented frame is the *same* decoded frame as the clean one. The
@@ -48,6 +48,7 @@ from avssl.augment.params import sample_audio_params, sample_param_lists, sample
 from avssl.data.audio import equiav_fbank_batch
 from avssl.data.datasets import AVFrameAudioDataset
 from avssl.data.manifest import Record
+from avssl.distributed import shard_rows
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,6 @@ class EquiAVBatchTransform:
         a, v = self.clean(batch)
         if not train:
             return {"a": a, "v": v}
-        from avssl.engine.pipelines import shard_rows  # (pipelines imports this module)
 
         c = self.cfg
         b, world = a.shape[0], shard[1]

@@ -1,4 +1,4 @@
-"""EquiAV losses (avssl.losses_equiav) against golden B and basic properties."""
+"""EquiAV losses (avssl.methods.equiav.losses) against golden B and basic properties."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avssl.losses_equiav import gather_keys, info_nce, nt_xent
+from avssl.methods.equiav.losses import gather_keys, info_nce, nt_xent
 
 FUNCS = {"ntxent": info_nce, "simclr": nt_xent}
 

@@ -24,6 +24,7 @@ import pickle
 import random
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,15 +209,24 @@ def check_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def strip_prefixes(state_dict: dict, prefixes: tuple[str, ...] = ("module.",)) -> dict:
-    """Remove DDP/wrapper prefixes such as ``module.`` from every key that has them."""
-    out = {}
-    for k, v in state_dict.items():
+#: Prefixes wrappers put before parameter names: DDP / DataParallel, EquiAV's released trainer.
+WRAPPER_PREFIXES = ("module.", "__M__.")
+
+
+def strip_key(key: str, prefixes: tuple[str, ...] = WRAPPER_PREFIXES) -> str:
+    """``key`` without leading wrapper ``prefixes`` (any number, in any order)."""
+    changed = True
+    while changed:
+        changed = False
         for p in prefixes:
-            if k.startswith(p):
-                k = k[len(p):]
-        out[k] = v
-    return out
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    return key
+
+
+def strip_prefixes(state_dict: Mapping, prefixes: tuple[str, ...] = WRAPPER_PREFIXES) -> dict:
+    """``state_dict`` with :func:`strip_key` applied to every key."""
+    return {strip_key(k, prefixes): v for k, v in state_dict.items()}
 
 
 def unwrap_state_dict(obj: Any, keys: tuple[str, ...] = ("model", "state_dict", "module")) -> dict:

@@ -1,16 +1,16 @@
-"""EquiAV fine-tuning classifier (avssl.methods.equiav_ft) against golden C, plus options."""
+"""EquiAV fine-tuning classifier (avssl.methods.equiav.finetune) against golden C, plus options."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from avssl.methods.equiav import equiav_tiny, equiav_tiny_config
-from avssl.methods.equiav_ft import (
+from avssl.methods.equiav.convert import load_official_finetune
+from avssl.methods.equiav.finetune import (
     EquiAVClassifier,
     EquiAVFTConfig,
-    load_official_finetune,
     load_pretrained_backbone,
 )
+from avssl.methods.equiav.model import equiav_tiny, equiav_tiny_config
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 TAGS = [f"{m}_interlinear{i}" for m in ("multimodal", "audio_only", "video_only") for i in (1, 0)]

@@ -1,4 +1,4 @@
-"""avssl.engine.checkpoint: atomic writes, clear errors, RNG round trip."""
+"""avssl.checkpoint: atomic writes, clear errors, RNG round trip."""
 from __future__ import annotations
 
 import random
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from avssl.engine.checkpoint import (
+from avssl.checkpoint import (
     CheckpointError,
     load_checkpoint,
     rng_state,

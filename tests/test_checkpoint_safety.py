@@ -1,5 +1,5 @@
 """Untrusted checkpoints never run code: every avssl entry point that reads a checkpoint uses
-``weights_only`` loading (avssl.engine.checkpoint.safe_load) and refuses a file holding other
+``weights_only`` loading (avssl.checkpoint.safe_load) and refuses a file holding other
 Python objects with a one-line error, while avssl's own and the authors' files still load."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from avssl.engine.checkpoint import (
+from avssl.checkpoint import (
     CheckpointError,
     load_checkpoint,
     rng_state,
@@ -25,7 +25,7 @@ from avssl.engine.checkpoint import (
     set_rng_state,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "configs" / "synthetic" / "ssltie.yaml"
 REFUSED = "refused to load"
 
@@ -144,7 +144,7 @@ def test_convert_refuses_code(tmp_path, source, caplog):
 
 
 def test_equiav_ft_init_checkpoint_refuses_code(tmp_path):
-    from avssl.methods.equiav_ft import load_init_checkpoint
+    from avssl.methods.equiav.finetune import load_init_checkpoint
 
     ours, official, marker = _evil_files(tmp_path)
     for path in (ours, official):  # refused before the model is touched
@@ -152,7 +152,7 @@ def test_equiav_ft_init_checkpoint_refuses_code(tmp_path):
 
 
 def test_equiav_mae_init_refuses_code(tmp_path):
-    from avssl.methods.equiav import load_mae_init
+    from avssl.methods.equiav.model import load_mae_init
 
     _, official, marker = _evil_files(tmp_path)
     _refused(lambda: load_mae_init(object(), official), official, marker)

@@ -1,4 +1,4 @@
-"""avssl.engine.distributed and the gathered EquiAV losses on a real 2-process gloo group.
+"""avssl.distributed and the gathered EquiAV losses on a real 2-process gloo group.
 
 Each rank embeds its half of a batch with a shared linear "encoder", computes a loss over
 its local queries against gathered keys, backpropagates, and the parameter gradients are
@@ -12,8 +12,8 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from avssl.engine import distributed as D
-from avssl.losses_equiav import info_nce, nt_xent
+from avssl import distributed as D
+from avssl.methods.equiav.losses import info_nce, nt_xent
 
 WORLD, N_LOCAL, DIM_IN, DIM = 2, 4, 6, 5
 TAU = 0.1

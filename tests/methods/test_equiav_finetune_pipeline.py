@@ -5,12 +5,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from avssl.checkpoint import CheckpointError, save_checkpoint
 from avssl.config import load_config
 from avssl.data.audio import equiav_fbank_batch
-from avssl.engine.checkpoint import CheckpointError, save_checkpoint
-from avssl.methods.equiav import EquiAV, equiav_tiny_config
-from avssl.methods.equiav_ft import EquiAVFinetune, EquiAVFinetuneConfig, EquiAVFTConfig
-from avssl.methods.equiav_ft_data import (
+from avssl.methods.equiav.finetune import EquiAVFinetune, EquiAVFinetuneConfig, EquiAVFTConfig
+from avssl.methods.equiav.finetune_pipeline import (
     EquiAVFinetuneTransform,
     finetune_evaluate,
     finetune_param_groups,
@@ -19,6 +18,7 @@ from avssl.methods.equiav_ft_data import (
     read_sample_weights,
     sample_beta,
 )
+from avssl.methods.equiav.model import EquiAV, equiav_tiny_config
 from avssl.registry import build_method, load_method
 from avssl.train_config import TrainConfig
 
@@ -230,7 +230,7 @@ def test_presets_load():
 
 
 def test_read_class_list(tmp_path):
-    from avssl.methods.equiav_ft_data import read_class_list
+    from avssl.methods.equiav.finetune_pipeline import read_class_list
 
     (tmp_path / "labels.csv").write_text("index,mid,display_name\n1,/m/b,B\n0,/m/a,\"A, a\"\n")
     assert read_class_list(tmp_path / "labels.csv") == ["/m/a", "/m/b"]

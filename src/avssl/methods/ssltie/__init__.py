@@ -1,0 +1,23 @@
+"""SSL-TIE (Liu et al., ACM MM 2022): sound source localisation with transformation invariance and
+equivariance.
+
+``model`` (the network, its config and loss), ``pipeline`` (data set, batched transform,
+inference), ``audmix`` (the optional Audmix hard negatives), ``losses`` (pure loss functions),
+``convert`` (the authors' checkpoints). The public names are re-exported here, and
+:data:`SPEC` is the method's row in :mod:`avssl.registry`.
+"""
+from avssl.methods.base import MethodSpec, Pipeline
+from avssl.methods.ssltie.audmix import audmix_on_epoch_end
+from avssl.methods.ssltie.convert import convert_official_state_dict, load_official
+from avssl.methods.ssltie.model import SSLTIE, SSLTIEConfig
+from avssl.methods.ssltie.pipeline import SSLTIEBatchTransform, ssltie_dataset, ssltie_infer
+
+__all__ = ["SSLTIE", "SSLTIEConfig", "SSLTIEBatchTransform", "convert_official_state_dict", "load_official",
+           "ssltie_dataset",
+           "ssltie_infer", "SPEC"]
+
+SPEC = MethodSpec(
+    name="ssltie", config=SSLTIEConfig, model=SSLTIE,
+    pipeline=Pipeline(ssltie_dataset, SSLTIEBatchTransform.from_config, ssltie_infer,
+                      on_epoch_end=audmix_on_epoch_end),
+    title="SSL-TIE", paper="Liu et al., SSL-TIE, ACM MM 2022 (arXiv 2206.12772)", demo_preset="synthetic/ssltie")
