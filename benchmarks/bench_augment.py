@@ -3,7 +3,7 @@
 Augments B random 256x256 RGB frames to 224x224 (METHODS 1.1: RandomResizedCrop scale (0.3, 1),
 ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2, PIL GaussianBlur radius U(0.1, 2) p 0.5,
 horizontal flip, ToTensor, ImageNet normalisation), once with
-:class:`avssl.augment.image.MoCoV2Transform` on a (B, 3, 256, 256) uint8 tensor (on the CPU, and
+:class:`avssl.augment.recipes.MoCoV2Transform` on a (B, 3, 256, 256) uint8 tensor (on the CPU, and
 on CUDA when available) and once with a torchvision ``Compose`` applied to each PIL image in a
 Python loop (the usual Dataset path, one process). Prints the median time of ``--repeats`` runs.
 Then the same on ORIGINAL frames of ``--original HxW`` (``data.train_crop=original``): the PIL
@@ -27,10 +27,12 @@ from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
 try:
-    from avssl.augment.image import IMAGENET_MEAN, IMAGENET_STD, MoCoV2Transform
+    from avssl.augment.image import IMAGENET_MEAN, IMAGENET_STD
+    from avssl.augment.recipes import MoCoV2Transform
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from avssl.augment.image import IMAGENET_MEAN, IMAGENET_STD, MoCoV2Transform
+    from avssl.augment.image import IMAGENET_MEAN, IMAGENET_STD
+    from avssl.augment.recipes import MoCoV2Transform
 
 
 class PILGaussianBlur:

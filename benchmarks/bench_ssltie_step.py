@@ -81,7 +81,7 @@ def bench_loader(clips: int, size: int, seconds: float) -> None:
     from avssl.data.synthetic import SynthConfig, generate
 
     with tempfile.TemporaryDirectory() as tmp:
-        generate(tmp, clips=clips, seed=0, reference=False, config=SynthConfig(size=size, duration=seconds))
+        generate(tmp, clips=clips, seed=0, config=SynthConfig(size=size, duration=seconds))
         records = read_manifest(Path(tmp) / "manifest.jsonl")
         for workers in (0, 2):
             ds = AVFrameAudioDataset(records, image_size=size, seconds=seconds)

@@ -51,6 +51,6 @@ def tiny_synth(tmp_path_factory) -> Path:
     from avssl.data.synthetic import SynthConfig, generate
 
     out = tmp_path_factory.mktemp("tiny_synth")
-    generate(out, clips=16, seed=0, reference=False,
+    generate(out, clips=16, seed=0,
              config=SynthConfig(size=64, duration=1.0, classes=3, workers=2, split=(0.5, 0.25, 0.25)))
     return out

@@ -14,7 +14,7 @@ from PIL import Image
 from avssl import infer
 from avssl.checkpoint import save_checkpoint
 from avssl.cli import main
-from avssl.data import decode
+from avssl.data import container, decode
 from avssl.registry import build_method, load_method
 
 TINY = {"width": 8, "image_size": 64, "heatmap_size": 4}
@@ -277,7 +277,7 @@ def test_late_audio_stays_in_sync_in_windows_and_overlay(tmp_path):
     mp4 = infer.write_overlay_video(out, tmp_path / "late_overlay.mp4", path)
     heard, hsr = decode.read_audio(mp4, align_to_video=False)
     with av.open(str(mp4)) as c:
-        v0 = decode._start(c.streams.video[0])
+        v0 = container.stream_start(c.streams.video[0])
         a0 = next(iter(c.decode(audio=0))).time
     assert (a0 - v0) + np.flatnonzero(np.abs(heard) > 0.1)[0] / hsr == pytest.approx(1.0, abs=0.03)
 
@@ -285,7 +285,7 @@ def test_late_audio_stays_in_sync_in_windows_and_overlay(tmp_path):
 def test_frames_go_through_the_loaders_pil_resize(media, tmp_path):
     """A frame that must be resized (128x96 at image size 64) reaches the model exactly as
     ``avssl eval``'s loader gives it (PIL bicubic Resize + CenterCrop), not a torch resize."""
-    from avssl.augment.image import EvalTransform
+    from avssl.augment.recipes import EvalTransform
     from avssl.config import from_dict
     from avssl.data.audio import ssltie_spectrogram
     from avssl.data.datasets import resize_crop

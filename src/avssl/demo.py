@@ -29,7 +29,7 @@ def _demo_methods() -> dict[str, str]:
     """Method -> its demo preset, for the registered methods that have one."""
     from avssl.registry import METHODS
 
-    return {name: spec.demo_preset for name, spec in METHODS.items() if spec.demo_preset}
+    return {name: spec.preset for name, spec in METHODS.items() if spec.demo}
 
 
 def _title(method: str) -> str:
@@ -166,6 +166,7 @@ def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds
     from avssl.data.manifest import read_manifest
     from avssl.data.synthetic import SynthConfig, generate
     from avssl.engine.evaluate import best_worst_sheet, load_annotations
+    from avssl.eval.references import reference_scores
     from avssl.report import write_report
 
     demos = _demo_methods()
@@ -179,6 +180,7 @@ def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds
     if not (data / "reference_scores.json").is_file():
         log.info("demo: generating %d synthetic clips (%d px) into %s", clips, size, data)
         generate(data, clips=clips, seed=data_seed, config=SynthConfig(size=size, workers=workers))
+        reference_scores(data, seed=data_seed)
     timings["synthetic data (s)"] = round(time.perf_counter() - t0, 1)
     refs = json.loads((data / "reference_scores.json").read_text())
     test_records = read_manifest(data / "manifest.jsonl", split="test")

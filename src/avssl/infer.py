@@ -4,11 +4,11 @@ With ``cfg`` (the checkpoint's :class:`~avssl.train_config.TrainConfig`), the me
 pipeline prepares the inputs exactly as its evaluation does: its data set's audio settings
 (sample rate, window length, tiling or zero padding), its eval batch transform and its
 ``infer`` heatmap — the same code path as ``avssl eval``. Without ``cfg`` the model must be an
-SSL-TIE model (``localise(image, spec)``) and the SSL-TIE front-end below is used.
+SSL-TIE model (``localise(image, spec)``) and SSL-TIE's pipeline prepares its inputs.
 
 :func:`localise_video` decodes frames at chosen times and the whole audio track, builds one
 (frame, audio window) pair per time exactly as the test pipeline does (METHODS 1.1), runs
-``model.localise`` in batches and maps the heatmaps back onto the full frames.
+the model in batches (:func:`avssl.methods.base.run_batches`) and maps the heatmaps back onto the full frames.
 
 Audio windowing (SSL-TIE, ``audio_seconds`` = 10 s at the track's native rate): the window of a
 frame at time ``t`` is the ``10 s`` of audio centred on ``t``, shifted to lie inside the track
@@ -42,9 +42,8 @@ import torch
 from torch import nn
 
 from avssl.atomic import atomic_path
-from avssl.augment.image import EvalTransform
-from avssl.data import decode
-from avssl.data.audio import ssltie_spectrogram, tile_to_duration
+from avssl.data import container, decode
+from avssl.data.audio import tile_to_duration
 from avssl.data.datasets import resize_crop
 
 __all__ = ["LocalisationOutput", "localise_video", "audio_windows", "crop_geometry", "crop_to_frame",
@@ -91,7 +90,7 @@ def crop_geometry(height: int, width: int, size: int, method: str = "pil_bicubic
     """Frame-pixel box ``(x0, y0, x1, y1)`` that Resize(short side = size) + CenterCrop(size) keeps.
 
     Same size/offset rule as :func:`avssl.data.datasets.resize_crop` with ``method`` (the
-    default is torchvision's, as :class:`avssl.augment.image.EvalTransform`).
+    default is torchvision's, as :class:`avssl.augment.recipes.EvalTransform`).
     """
     if method == "torch_bilinear":
         scale = size / min(height, width)
@@ -169,9 +168,9 @@ def audio_windows(wave: torch.Tensor, sample_rate: int, times: torch.Tensor, sec
 
 def _video_duration(p: str) -> float:
     """Duration of the video stream (not the container's, which may be the longer audio's)."""
-    with decode._open(p) as (c, _):
-        vs = decode._video_stream(c)
-        d = decode._stream_duration(vs, c)[0]
+    with container.open_media(p) as (c, _):
+        vs = container.video_stream(c)
+        d = container.stream_duration(vs, c)[0]
     if d is None or not np.isfinite(d) or d <= 0:
         raise decode.CorruptMediaError(p, "no video duration in the headers; pass explicit times")
     return d
@@ -197,17 +196,20 @@ def _squares(frames: np.ndarray, size: int, method: str) -> torch.Tensor:
 
 
 def _pipeline_maps(model: nn.Module, cfg, frames: torch.Tensor, wave: torch.Tensor, sr: int, t: np.ndarray,
-                   device: torch.device, batch_size: int, seconds: float, pad: str) -> list[torch.Tensor]:
-    """Heatmaps through the method's eval transform and ``infer`` (frames (N, 3, S, S) uint8, the
-    loader's squares), one (b, h, w) CPU tensor per batch."""
+                   device: torch.device, batch_size: int, seconds: float, pad: str,
+                   infer_fn=None) -> torch.Tensor | None:
+    """(N, h, w) CPU heatmaps through the method's eval transform and ``infer`` (or ``infer_fn``;
+    frames (N, 3, S, S) uint8, the loader's squares), in batches of ``batch_size`` frames."""
+    from avssl.methods.base import run_batches
     from avssl.registry import pipeline_for
 
     pipe = pipeline_for(cfg.method)
-    if pipe.infer is None:
+    infer_fn = infer_fn or pipe.infer
+    if infer_fn is None:
         raise TypeError(f"method {cfg.method!r} gives no localisation maps")
     transform = pipe.batch_transform(cfg, device)
-    out = []
-    with torch.no_grad():
+
+    def batches():
         for i in range(0, len(t), batch_size):
             tt = torch.from_numpy(t[i:i + batch_size]).to(device)
             if pad == "tile":
@@ -215,12 +217,30 @@ def _pipeline_maps(model: nn.Module, cfg, frames: torch.Tensor, wave: torch.Tens
                 n = torch.full((win.shape[0],), win.shape[-1], dtype=torch.long)
             else:
                 win, n = zero_padded_windows(wave, sr, tt, seconds)
-            img = frames[i:i + batch_size]
-            k = img.shape[0]
-            batch = {"id": [str(x) for x in range(i, i + k)], "image": img, "wave": win.contiguous(),
-                     "num_samples": n, "label": torch.full((k,), -1), "sample_rate": sr}
-            out.append(pipe.infer(model, transform(batch, None, train=False))["heatmap"].float().cpu())
-    return out
+            k = win.shape[0]
+            yield {"id": [str(x) for x in range(i, i + k)], "image": frames[i:i + k], "wave": win.contiguous(),
+                   "num_samples": n, "label": torch.full((k,), -1), "sample_rate": sr}
+
+    rows = run_batches(model, batches(), lambda b: {"heatmap": infer_fn(model, transform(b, None, train=False))
+                                                    ["heatmap"]})
+    return rows.get("heatmap")
+
+
+def _ssltie_config(model: nn.Module, image_size: int | None, sample_rate: int | None, seconds: float):
+    """The run config :func:`localise_video` uses for a model given without one: SSL-TIE's
+    evaluation front-end at the model's ``config.image_size`` (or ``image_size``)."""
+    from avssl.methods.ssltie import SSLTIEConfig
+    from avssl.train_config import DataConfig, TrainConfig
+
+    if not hasattr(model, "localise"):
+        raise TypeError(f"{type(model).__name__} has no localise(image, spec); pass cfg (the checkpoint's config)")
+    size = int(image_size or model.config.image_size)
+    return TrainConfig(method="ssltie", ssltie=SSLTIEConfig(image_size=size, heatmap_size=max(1, size // 16)),
+                       data=DataConfig(sample_rate=sample_rate, seconds=seconds, frame_resize="pil_bicubic"))
+
+
+def _localise(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
+    return {"heatmap": model.localise(inputs["image"], inputs["spec"])}
 
 
 def localise_video(model: nn.Module, path: PathLike, times: Sequence[float] | None = None,
@@ -232,21 +252,20 @@ def localise_video(model: nn.Module, path: PathLike, times: Sequence[float] | No
 
     With ``cfg`` (a TrainConfig, e.g. the checkpoint's), the method's pipeline prepares the
     inputs and gives the maps, and ``image_size``/``sample_rate``/``audio_seconds`` come from its
-    evaluation data set. Without it ``model`` needs ``localise(image (B,3,S,S), spec (B,1,F,T))
-    -> (B,h,w)`` (SSL-TIE); ``image_size`` defaults to ``model.config.image_size``;
-    ``sample_rate`` None keeps the track's native rate (as SSL-TIE does). Raises
-    NoAudioStreamError for a video without sound.
+    evaluation data set. Without it, SSL-TIE's pipeline prepares the inputs and ``model`` needs
+    ``localise(image (B,3,S,S), spec (B,1,F,T)) -> (B,h,w)`` (an SSL-TIE model); ``image_size``
+    defaults to ``model.config.image_size``; ``sample_rate`` None keeps the track's native rate
+    (as SSL-TIE does). Raises NoAudioStreamError for a video without sound.
     """
-    pad, resize = "tile", "pil_bicubic"
-    if cfg is not None:
-        from avssl.registry import pipeline_for
+    infer_fn = None  # the pipeline's
+    if cfg is None:
+        cfg, infer_fn = _ssltie_config(model, image_size, sample_rate, audio_seconds), _localise
+    from avssl.registry import pipeline_for
 
-        probe_ds = pipeline_for(cfg.method).dataset([], cfg, train=False)
-        image_size, sample_rate = probe_ds.image_size, probe_ds.sample_rate
-        audio_seconds, pad = probe_ds.seconds, getattr(probe_ds, "audio_pad", "tile")
-        resize = getattr(probe_ds, "frame_resize", resize)
-    elif not hasattr(model, "localise"):
-        raise TypeError(f"{type(model).__name__} has no localise(image, spec); localisation needs SSL-TIE")
+    probe_ds = pipeline_for(cfg.method).dataset([], cfg, train=False)
+    size, sample_rate = probe_ds.image_size, probe_ds.sample_rate
+    audio_seconds, pad = probe_ds.seconds, getattr(probe_ds, "audio_pad", "tile")
+    resize = getattr(probe_ds, "frame_resize", "pil_bicubic")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     p = os.fspath(path)
@@ -255,7 +274,6 @@ def localise_video(model: nn.Module, path: PathLike, times: Sequence[float] | No
         raise decode.NoVideoStreamError(p, "no video stream: nothing to localise in")
     if not info.has_audio:
         raise decode.NoAudioStreamError(p, "no audio stream: sound localisation needs the video's audio track")
-    size = int(image_size or model.config.image_size)
     duration = _video_duration(p) if times is None else None
     frame_times = _frame_times(duration, times, num_frames, fps)
     clip = decode.read_clip(p, frame_times=frame_times, sample_rate=sample_rate, require_audio=True)
@@ -269,17 +287,8 @@ def localise_video(model: nn.Module, path: PathLike, times: Sequence[float] | No
     wave = torch.from_numpy(clip.audio).to(device)
     model = model.to(device).eval()
     squares = _squares(frames, size, resize)
-    if cfg is not None:
-        out = _pipeline_maps(model, cfg, squares, wave, sr, t, device, batch_size, audio_seconds, pad)
-    else:
-        transform, out = EvalTransform(size), []
-        with torch.no_grad():
-            for i in range(0, len(t), batch_size):
-                img = squares[i:i + batch_size].to(device)
-                spec = ssltie_spectrogram(audio_windows(wave, sr, torch.from_numpy(t[i:i + batch_size]).to(device),
-                                                        audio_seconds), sr)
-                out.append(model.localise(transform(img), spec).float().cpu())
-    crop_maps = torch.cat(out).numpy() if out else np.empty((0, size // 16, size // 16), np.float32)
+    maps = _pipeline_maps(model, cfg, squares, wave, sr, t, device, batch_size, audio_seconds, pad, infer_fn)
+    crop_maps = maps.numpy() if maps is not None else np.empty((0, size // 16, size // 16), np.float32)
     box = crop_geometry(height, width, size, resize)
     logger.info("%s: localised %d frames (%dx%d, crop box %s, audio %d Hz)", p, len(t), width, height,
                 tuple(round(v, 1) for v in box), sr)
@@ -311,7 +320,7 @@ def write_overlay_video(output: LocalisationOutput, path_out_mp4: PathLike, sour
     strictly increasing) and the nominal rate is the source's, limited to a denominator of 1001. The audio track is
     decoded and re-encoded as AAC (any source codec works); rates AAC lacks are resampled to 48 kHz.
     """
-    src = decode._check_path(source_video or output.source)
+    src = container.check_path(source_video or output.source)
     dst = Path(path_out_mp4)
     dst.parent.mkdir(parents=True, exist_ok=True)
     times = np.asarray(output.times, np.float64)
@@ -345,8 +354,8 @@ def _encode_overlay(src: str, tmp: Path, times: np.ndarray, maps: np.ndarray, au
 
     from avssl.viz import blend, heat_layer
 
-    with decode._open(src) as (cin, p), av.open(str(tmp), mode="w", format="mp4") as cout:
-        vin = decode._video_stream(cin)
+    with container.open_media(src) as (cin, p), av.open(str(tmp), mode="w", format="mp4") as cout:
+        vin = container.video_stream(cin)
         if vin is None:
             raise decode.NoVideoStreamError(p, "no video stream")
         rate = _nominal_rate(vin.average_rate or vin.guessed_rate)
@@ -357,7 +366,7 @@ def _encode_overlay(src: str, tmp: Path, times: np.ndarray, maps: np.ndarray, au
         vout.time_base = vout.codec_context.time_base = Fraction(1, 90000)
         out_sr = sr if sr in AAC_RATES else 48000
         aout = cout.add_stream("aac", rate=out_sr, layout="stereo" if audio.shape[0] == 2 else "mono")
-        start = decode._start(vin)
+        start = container.stream_start(vin)
         cached = (-1, None)
         prev_pts = -1
         for frame in cin.decode(vin):

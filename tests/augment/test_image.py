@@ -8,7 +8,9 @@ import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import RandomResizedCrop
 
+from avssl.augment import apply as AP
 from avssl.augment import image as I
+from avssl.augment import recipes as R
 
 
 def _images(b: int = 5, h: int = 20, w: int = 28, seed: int = 0) -> torch.Tensor:
@@ -56,7 +58,7 @@ def test_colour_jitter_identity_factors():
 def test_colour_jitter_follows_each_samples_order_and_enabled():
     x = _images()
     g = torch.Generator().manual_seed(3)
-    factors, order = I.sample_jitter(5, g)
+    factors, order = R.sample_jitter(5, g)
     enabled = torch.tensor([True, True, False, True, True])
     out = I.color_jitter(x, factors, order, enabled)
     refs = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
@@ -157,7 +159,7 @@ def test_sample_resized_crop_per_sample_sizes():
 def test_moco_on_original_frames_of_mixed_sizes():
     """With each frame's size, the crop is drawn on that frame alone: over many draws it reaches
     the sides a centre crop would cut, and never the zero padding."""
-    t = I.MoCoV2Transform(size=16, jitter_p=0.0, gray_p=0.0, blur_p=0.0, flip_p=0.0, antialias=True)
+    t = R.MoCoV2Transform(size=16, jitter_p=0.0, gray_p=0.0, blur_p=0.0, flip_p=0.0, antialias=True)
     canvas = torch.zeros(64, 3, 40, 120, dtype=torch.uint8)
     canvas[:32, :, :40, :120] = 255
     canvas[32:, :, :40, :60] = 255
@@ -201,7 +203,7 @@ def test_flip_gray_normalize():
 
 
 def test_moco_batched_equals_per_sample_and_deterministic():
-    t = I.MoCoV2Transform(size=24, blur_p=0.7)
+    t = R.MoCoV2Transform(size=24, blur_p=0.7)
     x = (_images(6, 32, 40) * 255).to(torch.uint8)
     p = t.sample(6, 32, 40, torch.Generator().manual_seed(5))
     batched = t.apply(x, p)
@@ -215,7 +217,7 @@ def test_moco_batched_equals_per_sample_and_deterministic():
 
 
 def test_moco_shape_stats_and_speed():
-    t = I.MoCoV2Transform()
+    t = R.MoCoV2Transform()
     x = (torch.rand(32, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     g = torch.Generator().manual_seed(0)
     t(x[:2], g)
@@ -236,13 +238,13 @@ def test_moco_shape_stats_and_speed():
 
 def test_eval_transform_matches_torchvision():
     x = _images(3, 30, 40)
-    out = I.EvalTransform(size=16)(x)
+    out = R.EvalTransform(size=16)(x)
     tv = TF.center_crop(TF.resize(x, 16, interpolation=TF.InterpolationMode.BICUBIC, antialias=True), 16)
     expected = TF.normalize(tv.clamp(0, 1), I.IMAGENET_MEAN, I.IMAGENET_STD)
     assert out.shape == (3, 3, 16, 16)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
     # already the right size: only normalisation
-    torch.testing.assert_close(I.EvalTransform(size=30)(x[..., :30, :30]), I.normalize(x[..., :30, :30]))
+    torch.testing.assert_close(R.EvalTransform(size=30)(x[..., :30, :30]), I.normalize(x[..., :30, :30]))
 
 
 # ----------------------------------------------------------------------------- EquiAV visual vectors
@@ -269,13 +271,13 @@ def test_apply_visual_matches_reference_and_batch():
     t = P.sample_visual_params(8, torch.Generator().manual_seed(11), 40, 50)
     no_blur = t.clone()
     no_blur[:, P.VisualSlot.BLUR_ON] = 0
-    y = I.apply_visual(x, no_blur, out_size=24)
+    y = AP.apply_visual(x, no_blur, out_size=24)
     for i in range(8):
         torch.testing.assert_close(y[i], _visual_reference(x[i], no_blur[i], 24), atol=1e-4, rtol=0)
-    yb = I.apply_visual(x, t, out_size=24)
+    yb = AP.apply_visual(x, t, out_size=24)
     assert not torch.allclose(yb[t[:, P.VisualSlot.BLUR_ON] == 1], y[t[:, P.VisualSlot.BLUR_ON] == 1])
     for i in range(8):
-        torch.testing.assert_close(yb[i:i + 1], I.apply_visual(x[i:i + 1], t[i:i + 1], out_size=24),
+        torch.testing.assert_close(yb[i:i + 1], AP.apply_visual(x[i:i + 1], t[i:i + 1], out_size=24),
                                    atol=1e-5, rtol=0)
 
 
@@ -283,25 +285,25 @@ def test_apply_visual_identity_flip_and_extended():
     from avssl.augment import params as P
 
     x = _images(3, 24, 24)
-    torch.testing.assert_close(I.apply_visual(x, P.identity_visual_params(3), out_size=24), I.normalize(x))
-    torch.testing.assert_close(I.apply_visual(x, P.identity_visual_params(3, extended=True), out_size=24),
+    torch.testing.assert_close(AP.apply_visual(x, P.identity_visual_params(3), out_size=24), I.normalize(x))
+    torch.testing.assert_close(AP.apply_visual(x, P.identity_visual_params(3, extended=True), out_size=24),
                                I.normalize(x))
     t = P.identity_visual_params(3, extended=True)
     t[:, P.VisualSlot.HFLIP] = 1
     t[:, P.VisualSlot.VFLIP] = 1
-    once = I.apply_visual(x, t, out_size=24, normalise=False)
+    once = AP.apply_visual(x, t, out_size=24, normalise=False)
     assert torch.equal(once, x.flip(-1).flip(-2))
-    assert torch.equal(I.apply_visual(once, t, out_size=24, normalise=False), x)
+    assert torch.equal(AP.apply_visual(once, t, out_size=24, normalise=False), x)
     # rotation by +90 degrees moves a dot right of the centre to above it (counter-clockwise on screen)
     dot = torch.zeros(1, 3, 25, 25)
     dot[..., 12, 20] = 1.0
     r = P.identity_visual_params(1, extended=True)
     r[:, P.VisualSlot.ROTATE_ON] = 1
     r[:, P.VisualSlot.ANGLE] = 90
-    rot = I.apply_visual(dot, r, out_size=25, normalise=False)
+    rot = AP.apply_visual(dot, r, out_size=25, normalise=False)
     assert rot[0, 0].argmax().item() == 4 * 25 + 12
 
 
 def test_apply_visual_rejects_wrong_width():
     with pytest.raises(ValueError, match="18 or 21"):
-        I.apply_visual(_images(2), torch.zeros(2, 24))
+        AP.apply_visual(_images(2), torch.zeros(2, 24))

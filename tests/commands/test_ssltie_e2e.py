@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from avssl.augment.image import EvalTransform
+from avssl.augment.recipes import EvalTransform
 from avssl.cli import main
 from avssl.data.datasets import AVFrameAudioDataset
 from avssl.data.manifest import read_manifest

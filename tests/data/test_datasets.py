@@ -14,7 +14,7 @@ from avssl.data.synthetic import SynthConfig, generate
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth_ds")
-    manifest = generate(out, clips=6, seed=3, reference=False,
+    manifest = generate(out, clips=6, seed=3,
                         config=SynthConfig(size=64, duration=1.0, classes=3, workers=1))
     return read_manifest(manifest)
 

@@ -11,8 +11,9 @@ import pytest
 
 from avssl.data.decode import probe, read_audio, read_clip, read_frames
 from avssl.data.manifest import read_manifest
-from avssl.data.synthetic import SynthConfig, clip_id, generate, plan_scene, reference_heatmaps
+from avssl.data.synthetic import SynthConfig, clip_id, generate, plan_scene
 from avssl.data.synthetic_render import make_classes, object_box
+from avssl.eval.references import reference_heatmaps, reference_scores
 
 CFG = SynthConfig(size=64, duration=1.0, fps=8, classes=4, workers=2, two_source_frac=0.2,
                   offscreen_frac=0.2, split=(0.4, 0.1, 0.5), noise_db=(15.0, 25.0))
@@ -23,6 +24,7 @@ N_CLIPS, SEED = 10, 3
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     generate(out, clips=N_CLIPS, seed=SEED, config=CFG)
+    reference_scores(out, seed=SEED)
     return out
 
 
@@ -72,8 +74,7 @@ def test_layout_and_decoding(dataset, records):
 
 def test_deterministic_and_worker_independent(dataset, tmp_path):
     same = tmp_path / "same"
-    generate(same, clips=N_CLIPS, seed=SEED, config=SynthConfig(**{**CFG.__dict__, "workers": 1}),
-             reference=False)
+    generate(same, clips=N_CLIPS, seed=SEED, config=SynthConfig(**{**CFG.__dict__, "workers": 1}))
     assert (same / "manifest.jsonl").read_text() == (dataset / "manifest.jsonl").read_text()
     for i in (0, 7):
         name = f"clips/{clip_id(i)}.mp4"
@@ -83,7 +84,7 @@ def test_deterministic_and_worker_independent(dataset, tmp_path):
         np.testing.assert_array_equal(read_frames(dataset / name, [0.0, 0.5]),
                                       read_frames(same / name, [0.0, 0.5]))
     other = tmp_path / "other"
-    generate(other, clips=2, seed=SEED + 1, config=CFG, reference=False)
+    generate(other, clips=2, seed=SEED + 1, config=CFG)
     f_other = read_frames(other / "clips" / f"{clip_id(0)}.mp4", [0.5])
     assert np.abs(f_other.astype(int) - read_frames(dataset / f"clips/{clip_id(0)}.mp4", [0.5])).mean() > 5
     a_other, _ = read_audio(other / "clips" / f"{clip_id(0)}.mp4", 16000)

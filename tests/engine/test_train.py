@@ -50,7 +50,7 @@ def test_fit_logs_checkpoints_and_resumes_exactly(synth, tmp_path):
 
 
 def test_train_crop_original_feeds_the_original_frames_to_the_moco_crop(synth, tmp_path):
-    from avssl.augment.image import MoCoV2Transform
+    from avssl.augment.recipes import MoCoV2Transform
     from avssl.data.datasets import collate
     from avssl.data.manifest import read_manifest
     from avssl.methods.ssltie.pipeline import SSLTIEBatchTransform, ssltie_dataset

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from avssl.data.annotations import flickr_gt_maps, vggss_gt_maps
-from avssl.eval import localisation as L
+from avssl.eval import upsample as U
 from avssl.eval.localisation import (
     InvalidHeatmapError,
     Protocol,
@@ -117,7 +117,7 @@ def test_any_resolution_and_bicubic(shape, mode):
 def test_upsample_batched_equals_single():
     maps = np.random.default_rng(4).normal(size=(5, 14, 14)).astype(np.float32)
     assert np.array_equal(upsample(maps[0]), upsample(maps)[:1])
-    assert np.array_equal(L._upsample_t(maps, 224, "bilinear").transpose(0, 2, 1), upsample(maps))
+    assert np.array_equal(U._upsample_t(maps, 224, "bilinear").transpose(0, 2, 1), upsample(maps))
 
 
 def test_empty_gt_counts_as_failure_by_default():

@@ -6,7 +6,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from avssl.eval import localisation as L
+from avssl.eval import upsample as U
 from avssl.eval.localisation import upsample
 
 cv2 = pytest.importorskip("cv2")
@@ -57,7 +57,7 @@ def test_fma32_correctly_rounded():
     a[:4] = np.float32(1.0) + np.float32(2.0 ** -23) * np.arange(4, dtype=np.float32)
     t[4:8] = np.float32(2.0 ** -24) + np.float32(2.0 ** -50)
     a[4:8] = np.float32(1.0)
-    got = L._fma32(d, t, a)
+    got = U._fma32(d, t, a)
     for i in [*range(8), *range(8, 20000, 97)]:
         exact = Fraction(float(d[i])) * Fraction(float(t[i])) + Fraction(float(a[i]))
         lo = np.float32(float(exact))

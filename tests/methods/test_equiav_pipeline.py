@@ -6,9 +6,9 @@ import dataclasses
 import pytest
 import torch
 
-from avssl.augment.audio import apply_audio
-from avssl.augment.image import EvalTransform, apply_visual
+from avssl.augment.apply import apply_audio, apply_visual
 from avssl.augment.params import identity_audio_params, identity_visual_params
+from avssl.augment.recipes import EvalTransform
 from avssl.config import load_config
 from avssl.data.audio import equiav_fbank_batch
 from avssl.methods.equiav.model import EquiAV, EquiAVConfig

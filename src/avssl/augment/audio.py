@@ -1,39 +1,75 @@
-"""Apply EquiAV audio parameter vectors (METHODS 2.3) to normalised fbanks, batched.
+"""Batched spectrogram augmentations (primitives), vectorised over the batch.
 
-Input ``fbank`` (B, 3, T, F) (normally 3 identical channels, T = 1024 frames, F = 128 bins),
-vectors ``t`` (B, 24) laid out by :data:`avssl.augment.params.AUDIO_LAYOUT`. Order of the ops, as
-in the released ``_get_transform_a``:
-
-1. SpecAugment (slot 0): frames ``[t1, t2)`` and bins ``[t3, t4)`` set to 0;
-2. time shift (slots 5-6, shift = ``round(t6 * T)``);
-3. random-resized crop (slots 7-11), resized back to (T, F) bilinearly (crop + interpolate,
-   half-pixel centres; the crop is never larger than the input, so no antialiasing is involved);
-4. colour jitter (slots 12-20) in the encoded order, factors ``1 + t``, hue ``t20``;
-5. Gaussian blur (slots 21-22), kernel ``2 ceil(sigma) + 1``, reflected edges (torchvision's
-   tensor op with the released code's kernel rule);
-6. "horizontal" flip (slot 23): reverses the frequency axis.
-
-Deviations of the released code, reproduced by default (``original_bugs=True``), each
-selectable on its own:
-
-* ``crop_axes_swapped``: the crop slots hold top/F, left/T, h/F, w/T (top, h along time; left, w
-  along frequency) — decoded accordingly; with False they hold top/T, left/F, h/T, w/F. The
-  encoding must match the sampler's (``sample_audio_params(original_bugs=...)``).
-* ``shift_noop``: the released shift is ``torch.roll(fbank, shift, 0)`` on a (3, T, F) tensor,
-  which rolls the identical channels: nothing happens although slot 6 records the shift. With
-  False the fbank is rolled circularly along time.
-* ``jitter_clamp``: torchvision's float jitter clamps to [0, 1] (brightness, contrast,
-  saturation clamp their output; hue clamps two of the three channels) — applied to a
-  normalised spectrogram, this destroys most of it. With False the ops run unclamped (hue on
-  identical channels is then the identity).
+* :func:`spec_augment`: SSL-TIE's SpecAugment (one time and one frequency mask, drawn per map,
+  torchaudio's ``mask_along_axis`` widths) on a power spectrogram;
+* :func:`spec_masks` and :func:`time_roll`: EquiAV's mask and circular time shift as decoded
+  from its parameter vectors (applied by :func:`avssl.augment.apply.apply_audio`).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from avssl.augment import image as I
-from avssl.augment.params import AUDIO_LAYOUT, AudioSlot, decode_crop
+from avssl.augment.params import AudioSlot
+
+__all__ = ["SpecAugmentParams", "spec_augment", "spec_masks", "time_roll"]
+
+
+class SpecAugmentParams(NamedTuple):
+    """Sampled SpecAugment masks, each of the spectrogram's batch shape ``(...)``.
+
+    Masked time frames are ``[time_start, time_end)``, mel bins ``[freq_start, freq_end)``;
+    both ranges are empty where ``applied`` is False.
+    """
+
+    applied: torch.Tensor
+    time_start: torch.Tensor
+    time_end: torch.Tensor
+    freq_start: torch.Tensor
+    freq_end: torch.Tensor
+
+
+def _mask_range(u_width: torch.Tensor, u_start: torch.Tensor, max_width: int,
+                size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # torchaudio's mask_along_axis: width floor(U*max), start floor(U' * (size - U*max)).
+    value = u_width * max_width
+    start = (u_start * (size - value)).floor().long()
+    return start, start + value.floor().long()
+
+
+def spec_augment(spec: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.8,
+                 max_time_width: int = 180, max_freq_width: int = 35, value: float = 0.0,
+                 return_params: bool = False
+                 ) -> torch.Tensor | tuple[torch.Tensor, SpecAugmentParams]:
+    """SSL-TIE SpecAugment: with probability ``p``, one time mask then one frequency mask.
+
+    Every ``(F, T)`` map of ``spec`` ``(..., F, T)`` draws its own masks (a shared channel axis
+    should be folded away by the caller). Widths are ``floor(U * max_width)``. Apply it to the
+    power spectrogram so masked entries become -100 dB after :func:`power_to_db`.
+
+    Returns:
+        the masked spectrogram (a new tensor, same shape), plus the
+        :class:`SpecAugmentParams` when ``return_params``.
+    """
+    *batch, n_freq, n_time = spec.shape
+    rand_device = generator.device if generator is not None else spec.device
+    u = torch.rand(*batch, 5, generator=generator, device=rand_device,
+                   dtype=torch.float64).to(spec.device)
+    applied = u[..., 0] < p
+    t0, t1 = _mask_range(u[..., 1], u[..., 2], max_time_width, n_time)
+    f0, f1 = _mask_range(u[..., 3], u[..., 4], max_freq_width, n_freq)
+    t1, f1 = torch.where(applied, t1, t0), torch.where(applied, f1, f0)
+    t = torch.arange(n_time, device=spec.device)
+    f = torch.arange(n_freq, device=spec.device)
+    time_mask = (t >= t0[..., None]) & (t < t1[..., None])  # (..., T)
+    freq_mask = (f >= f0[..., None]) & (f < f1[..., None])  # (..., F)
+    mask = time_mask[..., None, :] | freq_mask[..., :, None]
+    out = spec.masked_fill(mask, value)
+    if return_params:
+        return out, SpecAugmentParams(applied, t0, t1, f0, f1)
+    return out
 
 
 def spec_masks(fbank: Tensor, t: Tensor) -> Tensor:
@@ -57,63 +93,3 @@ def time_roll(fbank: Tensor, shift: Tensor, enabled: Tensor) -> Tensor:
     src = torch.where(enabled.to(fbank.device)[:, None], src, fr[None])
     idx = src[:, None, :, None].expand(-1, fbank.shape[1], -1, fbank.shape[-1])
     return fbank.gather(2, idx)
-
-
-def _jitter_unclamped(x: Tensor, factors: Tensor, order: Tensor, enabled: Tensor) -> Tensor:
-    """Colour jitter without any clamp (the fixed behaviour for spectrograms)."""
-    def bright(z: Tensor, f: Tensor) -> Tensor:
-        return z * f.view(-1, 1, 1, 1)
-
-    def contrast(z: Tensor, f: Tensor) -> Tensor:
-        m = I.rgb_to_gray(z).mean(dim=(1, 2, 3), keepdim=True)
-        return f.view(-1, 1, 1, 1) * z + (1 - f.view(-1, 1, 1, 1)) * m
-
-    def sat(z: Tensor, f: Tensor) -> Tensor:
-        return f.view(-1, 1, 1, 1) * z + (1 - f.view(-1, 1, 1, 1)) * I.rgb_to_gray(z)
-
-    def hue(z: Tensor, h: Tensor) -> Tensor:
-        return I.adjust_hue(z, h, clamp=False)
-
-    return I.color_jitter(x, factors, order, enabled, ops=(bright, contrast, sat, hue))
-
-
-def apply_audio(fbank: Tensor, t: Tensor, original_bugs: bool = True, *,
-                crop_axes_swapped: bool | None = None, shift_noop: bool | None = None,
-                jitter_clamp: bool | None = None) -> Tensor:
-    """Apply (B, 24) vectors ``t`` to normalised fbanks (B, 3, T, F) -> (B, 3, T, F).
-
-    Every op runs only where its "on" slot is 1, so :func:`~avssl.augment.params.identity_audio_params`
-    returns the input unchanged. The three named flags default to ``original_bugs`` (module
-    docstring).
-    """
-    AUDIO_LAYOUT.check(t)
-    if fbank.ndim != 4:
-        raise ValueError(f"fbank must be (B, C, T, F), got shape {tuple(fbank.shape)}")
-    crop_axes_swapped = original_bugs if crop_axes_swapped is None else crop_axes_swapped
-    shift_noop = original_bugs if shift_noop is None else shift_noop
-    jitter_clamp = original_bugs if jitter_clamp is None else jitter_clamp
-    A = AudioSlot
-    t = t.to(device=fbank.device, dtype=torch.float32)
-    on = lambda slot: t[:, slot] > 0.5  # noqa: E731
-    n_t, n_f = fbank.shape[-2:]
-    x = spec_masks(fbank, t)
-    if not shift_noop:
-        x = time_roll(x, torch.round(t[:, A.SHIFT] * n_t), on(A.SHIFT_ON))
-    crop_on = on(A.CROP_ON)
-    if bool(crop_on.any()):
-        boxes = decode_crop(t, AUDIO_LAYOUT, n_t, n_f, axes_swapped=crop_axes_swapped)
-        full = torch.tensor([0.0, 0.0, n_t, n_f], device=x.device)
-        boxes = torch.where(crop_on[:, None], boxes, full)
-        top, left, h, w = boxes.unbind(1)
-        if bool(((top < 0) | (left < 0) | (h < 1) | (w < 1) | (top + h > n_t) | (left + w > n_f)).any()):
-            raise ValueError("audio crop slots decode to a box outside the (T, F) plane; was the vector "
-                             f"sampled with original_bugs={crop_axes_swapped}?")
-        x = torch.where(crop_on.view(-1, 1, 1, 1), I.resized_crop(x, boxes, (n_t, n_f)), x)
-    factors = t[:, AUDIO_LAYOUT.jitter] + torch.tensor([1.0, 1.0, 1.0, 0.0], device=x.device)
-    order = t[:, AUDIO_LAYOUT.order].round().long()
-    if jitter_clamp:
-        x = I.color_jitter(x, factors, order, on(A.JITTER_ON))
-    else:
-        x = _jitter_unclamped(x, factors, order, on(A.JITTER_ON))
-    x = I.gaussian_blur(x, t[:, A.SIGMA], on(A.BLUR_ON), kernel_rule="1sigma", padding_mode="reflect")
-    return I.hflip(x, on(A.FLIP))

@@ -2,7 +2,7 @@
 
 The layouts are defined once here (:class:`AudioSlot`, :class:`VisualSlot`, and the
 :class:`ParamLayout` objects :data:`AUDIO_LAYOUT`, :data:`VISUAL_LAYOUT`,
-:data:`VISUAL_LAYOUT_EXTENDED`); :mod:`avssl.augment.audio` and :func:`avssl.augment.image.apply_visual`
+:data:`VISUAL_LAYOUT_EXTENDED`); :func:`avssl.augment.apply.apply_audio` and :func:`avssl.augment.apply.apply_visual`
 decode vectors through them. Values are raw unless stated.
 
 Audio (24-d), on a normalised ``(3, T=1024, F=128)`` fbank: SpecAugment on, time-mask start/end,

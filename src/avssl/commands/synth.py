@@ -97,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         log.error("invalid option: %s", e)
         return 2
-    manifest = generate(args.out, clips=args.clips, seed=args.seed, config=cfg,
-                        reference=not args.no_reference)
+    manifest = generate(args.out, clips=args.clips, seed=args.seed, config=cfg)
+    if not args.no_reference:
+        from avssl.eval.references import reference_scores
+
+        reference_scores(args.out, seed=args.seed)
     log.info("wrote %d clips; manifest %s", args.clips, manifest)
     return 0

@@ -18,10 +18,11 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from avssl.augment.audio import spec_augment
 
 logger = logging.getLogger(__name__)
 
@@ -347,61 +348,6 @@ def mel_spectrogram(wave: torch.Tensor, sample_rate: int, n_fft: int = 512,
 def power_to_db(x: torch.Tensor, amin: float = 1e-10) -> torch.Tensor:
     """``10 * log10(max(x, amin))``, no top_db clipping. Any shape."""
     return 10.0 * torch.log10(torch.clamp(x, min=amin))
-
-
-class SpecAugmentParams(NamedTuple):
-    """Sampled SpecAugment masks, each of the spectrogram's batch shape ``(...)``.
-
-    Masked time frames are ``[time_start, time_end)``, mel bins ``[freq_start, freq_end)``;
-    both ranges are empty where ``applied`` is False.
-    """
-
-    applied: torch.Tensor
-    time_start: torch.Tensor
-    time_end: torch.Tensor
-    freq_start: torch.Tensor
-    freq_end: torch.Tensor
-
-
-def _mask_range(u_width: torch.Tensor, u_start: torch.Tensor, max_width: int,
-                size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    # torchaudio's mask_along_axis: width floor(U*max), start floor(U' * (size - U*max)).
-    value = u_width * max_width
-    start = (u_start * (size - value)).floor().long()
-    return start, start + value.floor().long()
-
-
-def spec_augment(spec: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.8,
-                 max_time_width: int = 180, max_freq_width: int = 35, value: float = 0.0,
-                 return_params: bool = False
-                 ) -> torch.Tensor | tuple[torch.Tensor, SpecAugmentParams]:
-    """SSL-TIE SpecAugment: with probability ``p``, one time mask then one frequency mask.
-
-    Every ``(F, T)`` map of ``spec`` ``(..., F, T)`` draws its own masks (a shared channel axis
-    should be folded away by the caller). Widths are ``floor(U * max_width)``. Apply it to the
-    power spectrogram so masked entries become -100 dB after :func:`power_to_db`.
-
-    Returns:
-        the masked spectrogram (a new tensor, same shape), plus the
-        :class:`SpecAugmentParams` when ``return_params``.
-    """
-    *batch, n_freq, n_time = spec.shape
-    rand_device = generator.device if generator is not None else spec.device
-    u = torch.rand(*batch, 5, generator=generator, device=rand_device,
-                   dtype=torch.float64).to(spec.device)
-    applied = u[..., 0] < p
-    t0, t1 = _mask_range(u[..., 1], u[..., 2], max_time_width, n_time)
-    f0, f1 = _mask_range(u[..., 3], u[..., 4], max_freq_width, n_freq)
-    t1, f1 = torch.where(applied, t1, t0), torch.where(applied, f1, f0)
-    t = torch.arange(n_time, device=spec.device)
-    f = torch.arange(n_freq, device=spec.device)
-    time_mask = (t >= t0[..., None]) & (t < t1[..., None])  # (..., T)
-    freq_mask = (f >= f0[..., None]) & (f < f1[..., None])  # (..., F)
-    mask = time_mask[..., None, :] | freq_mask[..., :, None]
-    out = spec.masked_fill(mask, value)
-    if return_params:
-        return out, SpecAugmentParams(applied, t0, t1, f0, f1)
-    return out
 
 
 def ssltie_spectrogram(wave: torch.Tensor, sample_rate: int, seconds: float = 10.0,

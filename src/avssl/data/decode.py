@@ -15,6 +15,10 @@ Conventions:
   presentation time is ``<= t``; ``t`` is clamped into the clip.
 * Frames are ``uint8`` RGB ``(N, H, W, 3)``; audio is ``float32`` in ``[-1, 1]``, shape ``(N,)``
   (mono, the average of all channels) or ``(C, N)`` with ``mono=False``.
+
+Long file: one job, reading a clip's frames and audio on one clock. The container layer
+(:mod:`avssl.data.container`) and the resampler (:mod:`avssl.data.resample`) are split out; what
+remains (the frame seeker, the audio aligner, packet skipping) shares the conventions above.
 """
 from __future__ import annotations
 
@@ -23,13 +27,30 @@ import math
 import os
 import struct
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import av
 import numpy as np
+
+from avssl.data.container import (
+    CorruptMediaError,
+    EmptyAudioError,
+    MediaError,
+    MediaNotFoundError,
+    NoAudioStreamError,
+    NoVideoStreamError,
+    SampleRateError,
+    audio_stream,
+    check_path,
+    open_media,
+    stream_duration,
+    stream_start,
+    video_stream,
+)
+from avssl.data.resample import resample
+
+_resample = resample  # read_wav's argument ``resample`` shadows the function name
 
 __all__ = [
     "MediaError", "MediaNotFoundError", "CorruptMediaError", "NoAudioStreamError",
@@ -42,43 +63,6 @@ logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 _EPS = 1e-6  # seconds; slack when comparing a requested time with a frame's timestamp
-
-
-# ----------------------------------------------------------------------------- errors
-class MediaError(Exception):
-    """A media file could not be used. ``path`` names the file, ``reason`` the cause."""
-
-    def __init__(self, path: PathLike, reason: str):
-        self.path = os.fspath(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-    def __reduce__(self):  # keep picklable for multiprocessing pools
-        return (type(self), (self.path, self.reason))
-
-
-class MediaNotFoundError(MediaError, FileNotFoundError):
-    """The path does not exist (also a ``FileNotFoundError``)."""
-
-
-class CorruptMediaError(MediaError):
-    """Unreadable, truncated, zero-byte or not a media file at all."""
-
-
-class NoAudioStreamError(MediaError):
-    """Audio was requested from a file without an audio stream."""
-
-
-class NoVideoStreamError(MediaError):
-    """Frames were requested from a file without a video stream."""
-
-
-class EmptyAudioError(MediaError):
-    """The audio stream decodes to zero samples."""
-
-
-class SampleRateError(MediaError):
-    """The file's sample rate differs from the one demanded and resampling was refused."""
 
 
 # ----------------------------------------------------------------------------- records
@@ -109,71 +93,6 @@ class Clip:
     duration: float
 
 
-# ----------------------------------------------------------------------------- opening
-def _check_path(path: PathLike) -> str:
-    p = os.fspath(path)
-    if not os.path.exists(p):
-        raise MediaNotFoundError(p, "no such file")
-    if os.path.isdir(p):
-        raise CorruptMediaError(p, "is a directory, not a media file")
-    if os.path.getsize(p) == 0:
-        raise CorruptMediaError(p, "zero-byte file")
-    return p
-
-
-@contextmanager
-def _open(path: PathLike) -> Iterator[tuple[av.container.InputContainer, str]]:
-    p = _check_path(path)
-    try:
-        container = av.open(p, mode="r", metadata_errors="replace")
-    except PermissionError as e:
-        raise MediaError(p, f"permission denied ({e})") from e
-    except av.error.FFmpegError as e:
-        raise CorruptMediaError(p, f"not a readable media file ({e.strerror or e})") from e
-    try:
-        yield container, p
-    finally:
-        container.close()
-
-
-def _video_stream(c: av.container.InputContainer) -> av.video.stream.VideoStream | None:
-    for s in c.streams.video:  # skip cover art (mp3/m4a attached pictures)
-        if not (int(s.disposition) & int(av.stream.Disposition.attached_pic)):
-            return s
-    return None
-
-
-def _audio_stream(c: av.container.InputContainer) -> av.audio.stream.AudioStream | None:
-    return c.streams.audio[0] if c.streams.audio else None
-
-
-def _start(stream: av.stream.Stream) -> float:
-    return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-
-
-def _parse_clock(text: str) -> float | None:
-    try:
-        h, m, s = text.strip().split(":")
-        return int(h) * 3600 + int(m) * 60 + float(s)
-    except ValueError:
-        return None
-
-
-def _stream_duration(stream: av.stream.Stream, c: av.container.InputContainer) -> tuple[float | None, str]:
-    """Declared duration of ``stream`` in seconds and where it came from.
-
-    Sources, most to least precise: the stream header (mp4/mov/avi), the matroska per-stream
-    ``DURATION`` tag, the container header (covers all streams; may be estimated)."""
-    if stream.duration is not None and stream.duration > 0:
-        return float(stream.duration * stream.time_base), "stream"
-    for key, value in stream.metadata.items():
-        if key.upper() == "DURATION" and (d := _parse_clock(value)) is not None and d > 0:
-            return d, "tag"
-    if c.duration is not None and c.duration > 0:
-        return c.duration / av.time_base, "container"
-    return None, "unknown"
-
-
 def _check_complete(p: str, what: str, decoded: float, declared: float | None, source: str,
                     step: float) -> None:
     """Raise if decoding ended well before the declared duration (a truncated file)."""
@@ -191,15 +110,15 @@ def _check_complete(p: str, what: str, decoded: float, declared: float | None, s
 def probe(path: PathLike) -> MediaInfo:
     """Read the headers of ``path``. ``num_frames`` is the container's count, else
     ``round(duration * fps)``; ``duration`` is NaN only when no header states it."""
-    with _open(path) as (c, p):
-        v, a = _video_stream(c), _audio_stream(c)
-        durs = [d for s in (v, a) if s is not None if (d := _stream_duration(s, c)[0]) is not None]
+    with open_media(path) as (c, p):
+        v, a = video_stream(c), audio_stream(c)
+        durs = [d for s in (v, a) if s is not None if (d := stream_duration(s, c)[0]) is not None]
         duration = c.duration / av.time_base if c.duration else (max(durs) if durs else math.nan)
         fps = n = None
         if v is not None:
             rate = v.average_rate or v.guessed_rate
             fps = float(rate) if rate else None
-            vd = _stream_duration(v, c)[0]
+            vd = stream_duration(v, c)[0]
             n = v.frames or (round(vd * fps) if vd and fps else None)
         return MediaInfo(
             path=p, duration=float(duration), has_video=v is not None, has_audio=a is not None,
@@ -228,8 +147,8 @@ def read_frames(path: PathLike, times: Sequence[float], size: tuple[int, int] | 
     t = np.asarray(times, dtype=np.float64).reshape(-1)
     if not np.all(np.isfinite(t)):
         raise ValueError(f"times must be finite, got {times}")
-    with _open(path) as (c, p):
-        vs = _video_stream(c)
+    with open_media(path) as (c, p):
+        vs = video_stream(c)
         if vs is None:
             raise NoVideoStreamError(p, "no video stream (frames requested)")
         return _decode_frames(c, vs, p, t, size, seek_threshold)
@@ -240,8 +159,8 @@ def _decode_frames(c: av.container.InputContainer, vs: av.video.stream.VideoStre
     if times.size == 0:
         w, h = size or (vs.codec_context.width, vs.codec_context.height)
         return np.empty((0, h, w, 3), np.uint8)
-    start = _start(vs)
-    duration, source = _stream_duration(vs, c)
+    start = stream_start(vs)
+    duration, source = stream_duration(vs, c)
     rate = vs.average_rate or vs.guessed_rate
     step = 1.0 / float(rate) if rate else 0.04
     uniq, inverse = np.unique(times, return_inverse=True)
@@ -321,63 +240,6 @@ def _decode_frames(c: av.container.InputContainer, vs: av.video.stream.VideoStre
     return out[inverse]
 
 
-# ----------------------------------------------------------------------------- resampling
-@lru_cache(maxsize=16)
-def _polyphase_filters(up: int, down: int, zero_crossings: int, rolloff: float,
-                       beta: float) -> tuple[np.ndarray, int]:
-    """Kaiser-windowed sinc filters ``(up, 2r+2)``: row ``p`` holds the weights of input samples
-    ``floor(x) - r ... floor(x) + r + 1`` for an output at input position ``x`` with
-    ``frac(x) = p / up``. Cutoff ``rolloff * min(1, up/down) / 2`` cycles per input sample."""
-    fc = 0.5 * rolloff * min(1.0, up / down)
-    radius = zero_crossings / (2.0 * fc)  # filter half-length in input samples
-    r = math.ceil(radius)
-    t = np.arange(-r, r + 2)[None, :] - (np.arange(up) / up)[:, None]  # input minus output position
-    inside = np.abs(t) < radius
-    window = np.i0(beta * np.sqrt(np.clip(1.0 - (t / radius) ** 2, 0.0, None))) / np.i0(beta)
-    h = np.where(inside, 2.0 * fc * np.sinc(2.0 * fc * t) * window, 0.0).astype(np.float32)
-    h.setflags(write=False)
-    return h, r
-
-
-def resample(wave: np.ndarray, orig_sr: int, new_sr: int, *, zero_crossings: int = 24,
-             rolloff: float = 0.92, beta: float = 9.0) -> np.ndarray:
-    """Band-limited resampling along the last axis: ``(..., N)`` -> ``(..., ceil(N*new/orig))`` float32.
-
-    Polyphase windowed sinc: with ``g = gcd(orig, new)``, ``up = new/g``, ``down = orig/g``, output
-    ``m = q*up + j`` lies at input position ``q*down + j*down/up``; all outputs of one residue
-    ``j`` share a filter (one of ``up``, Kaiser-windowed, ``beta`` 9 gives about 90 dB stopband,
-    ``zero_crossings`` a side) and read input with stride ``down``: one strided matrix-vector
-    product per residue. The cutoff is ``rolloff`` times the lower Nyquist frequency, so
-    downsampling rejects what would alias. Samples beyond the ends count as 0."""
-    x = np.asarray(wave, dtype=np.float32)
-    orig_sr, new_sr = int(orig_sr), int(new_sr)
-    if orig_sr <= 0 or new_sr <= 0:
-        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
-    if orig_sr == new_sr:
-        return x.copy()
-    g = math.gcd(orig_sr, new_sr)
-    up, down = new_sr // g, orig_sr // g
-    h, r = _polyphase_filters(up, down, zero_crossings, float(rolloff), float(beta))
-    k = h.shape[1]
-    n = x.shape[-1]
-    total = -(-n * up // down)
-    q = -(-total // up)  # outputs per residue
-    rows = x.reshape(-1, n)
-    out = np.empty((rows.shape[0], q * up), dtype=np.float32)
-    padded = np.zeros(q * down + down + k, dtype=np.float32)
-    step = padded.strides[0]
-    for b, row in enumerate(rows):
-        padded[r:r + n] = row
-        for j in range(up):
-            first = j * down // up  # floor of the input position of output j, minus r, in padded
-            taps = np.lib.stride_tricks.as_strided(padded[first:], (q, k), (down * step, step), writeable=False)
-            out[b, j::up] = taps @ h[j * down % up]
-    return out[:, :total].reshape(*x.shape[:-1], total)
-
-
-_resample = resample  # read_wav's argument ``resample`` shadows the function name
-
-
 # ----------------------------------------------------------------------------- audio
 def read_audio(path: PathLike, sample_rate: int | None = None, mono: bool = True,
                align_to_video: bool = True) -> tuple[np.ndarray, int]:
@@ -391,14 +253,14 @@ def read_audio(path: PathLike, sample_rate: int | None = None, mono: bool = True
     container timeline (where frame time 0 is): audio that starts later is preceded by silence,
     audio that starts earlier loses its leading part (both logged). Packets the decoder rejects
     are skipped (counted, logged) rather than ending the track."""
-    with _open(path) as (c, p):
-        a = _audio_stream(c)
+    with open_media(path) as (c, p):
+        a = audio_stream(c)
         if a is None:
             raise NoAudioStreamError(p, "no audio stream")
-        vs = _video_stream(c) if align_to_video else None
-        declared, source = _stream_duration(a, c)
+        vs = video_stream(c) if align_to_video else None
+        declared, source = stream_duration(a, c)
         c_start = c.start_time / av.time_base if c.start_time else 0.0
-        v_start = _start(vs) if vs is not None else None
+        v_start = stream_start(vs) if vs is not None else None
         resampler = av.AudioResampler(format="fltp", rate=sample_rate)
         chunks: list[np.ndarray] = []
         n, rate = 0, sample_rate or a.codec_context.sample_rate
@@ -414,7 +276,7 @@ def read_audio(path: PathLike, sample_rate: int | None = None, mono: bool = True
         try:
             for frame in _decode_skipping(c, a, p, bad):
                 if first is None:
-                    first = float(frame.time) if frame.time is not None else _start(a)
+                    first = float(frame.time) if frame.time is not None else stream_start(a)
                 take(resampler.resample(frame))
             take(resampler.resample(None))
         except (av.error.FFmpegError, ValueError) as e:
@@ -426,7 +288,7 @@ def read_audio(path: PathLike, sample_rate: int | None = None, mono: bool = True
     if bad:
         logger.warning("%s: skipped %d audio packets the decoder rejected (first: %s)", p, len(bad), bad[0])
     wave = np.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
-    first = _start(a) if first is None else first
+    first = stream_start(a) if first is None else first
     # a per-stream "stream" duration counts from the stream's first sample; the matroska tag
     # and the container duration are end times on the container timeline
     origin = 0.0 if source == "stream" else first - c_start
@@ -502,7 +364,7 @@ def read_wav(path: PathLike, sample_rate: int | None = None, resample: bool = Tr
     import soundfile as sf
 
     do_resample = resample
-    p = _check_path(path)
+    p = check_path(path)
     _check_wav_size(p)
     try:
         data, sr = sf.read(p, dtype="float32", always_2d=True)
@@ -528,7 +390,7 @@ def read_image(path: PathLike) -> np.ndarray:
     """A JPEG/PNG/... image -> uint8 ``(H, W, 3)`` RGB."""
     from PIL import Image, UnidentifiedImageError
 
-    p = _check_path(path)
+    p = check_path(path)
     try:
         with Image.open(p) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
@@ -546,14 +408,14 @@ def read_clip(path: PathLike, num_frames: int | None = None, frame_times: Sequen
     NoAudioStreamError unless ``require_audio`` is False, in which case ``Clip.audio`` is None."""
     if num_frames is not None and frame_times is not None:
         raise ValueError("give num_frames or frame_times, not both")
-    with _open(path) as (c, p):
-        vs = _video_stream(c)
+    with open_media(path) as (c, p):
+        vs = video_stream(c)
         if vs is None:
             raise NoVideoStreamError(p, "no video stream (frames requested)")
-        has_audio = _audio_stream(c) is not None
+        has_audio = audio_stream(c) is not None
         if not has_audio and require_audio:
             raise NoAudioStreamError(p, "no audio stream (require_audio=True)")
-        vdur = _stream_duration(vs, c)[0]
+        vdur = stream_duration(vs, c)[0]
         duration = c.duration / av.time_base if c.duration else vdur
         if duration is None:
             raise CorruptMediaError(p, "no duration in the headers; pass frame_times")

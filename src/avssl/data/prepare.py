@@ -16,6 +16,9 @@ manifest, a CAV-MAE JSON manifest, or an SSL-TIE id list (with ``layout`` and ``
 Pre-extracted clips (frames + audio) are checked (every frame and the audio decode, audio
 non-empty); their frames stay where they are unless a resize is asked for, and their audio is
 converted into ``OUT/audio`` unless it already is a mono wav at ``sample_rate``.
+
+Long file: one command's pipeline (find and probe the inputs, decode, write, report), kept in
+one place so that resuming, the failure reports and the atomic sidecars read together.
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avssl.data.manifest import Record, read_manifest, write_manifest
+from avssl.data.manifest import Record, write_manifest
 from avssl.data.synthetic_render import (
     ClassSpec,
     ObjectInstance,
@@ -46,7 +46,6 @@ from avssl.data.synthetic_render import (
     render_background,
     shape_extent,
     synth_sound,
-    upsample_bilinear,
     video_codec,
     write_mp4,
 )
@@ -54,8 +53,7 @@ from avssl.data.synthetic_render import (
 log = logging.getLogger(__name__)
 
 __all__ = ["SynthConfig", "generate", "render_clip", "plan_dataset", "plan_scene", "synth_audio",
-           "write_mp4", "video_codec", "clip_id", "load_config", "reference_heatmaps",
-           "reference_scores"]
+           "write_mp4", "video_codec", "clip_id", "load_config"]
 
 PLACEMENTS = ("corner", "spread", "centre", "uniform")
 KINDS = ("single", "two", "offscreen")
@@ -303,15 +301,16 @@ def _make_clip(task: tuple) -> dict:
 
 # ---------------------------------------------------------------- data set
 def generate(out_dir: str | os.PathLike, clips: int = 100, seed: int = 0,
-             config: SynthConfig = SynthConfig(), reference: bool = True) -> Path:
+             config: SynthConfig = SynthConfig()) -> Path:
     """Write the synthetic data set into ``out_dir``; returns the manifest path.
 
     Args:
         clips: number of clips.
         seed: data-set seed; clip ``i`` is drawn from an RNG of ``(seed, i)``.
         config: every other option (:class:`SynthConfig`).
-        reference: also score the reference heatmaps on the test split
-            (``reference_scores.json``).
+
+    The reference scores beside the set (``reference_scores.json``) are written by
+    :func:`avssl.eval.references.reference_scores` (``avssl synth`` and the demo call it).
     """
     if clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
@@ -353,8 +352,6 @@ def generate(out_dir: str | os.PathLike, clips: int = 100, seed: int = 0,
     (out / "synth_config.json").write_text(json.dumps(
         {"clips": clips, "seed": seed, "codec": codec} | asdict(cfg), indent=2))
     _write_annotations(out, vggss, flickr, names)
-    if reference:
-        reference_scores(out, seed=seed)
     return manifest
 
 
@@ -394,61 +391,6 @@ def _write_annotations(out: Path, vggss: list[dict], flickr: dict[str, list], na
     write_vggss(out / "annotations" / "vggss.json", vggss, classes=names)
     for cid, boxes in flickr.items():
         write_flickr_xml(out / "annotations" / "flickr" / f"{cid}.xml", boxes)
-
-
-def reference_heatmaps(boxes: list[list[list[float]]], size: int = 224, seed: int = 0
-                       ) -> dict[str, np.ndarray]:
-    """Reference heatmaps for clips with the given ground-truth boxes.
-
-    Args:
-        boxes: per clip, its normalised ``[x1, y1, x2, y2]`` boxes (list or (k, 4) array).
-        size: map size (the evaluation resolution).
-        seed: seed of the random maps.
-
-    Returns:
-        ``{"perfect", "centre_prior", "random"}`` -> float32 (N, size, size): the
-        ground-truth box map itself (the ceiling), an isotropic Gaussian at the centre
-        (sigma = size / 4), and smooth seeded noise (a 14x14 uniform grid, upsampled).
-    """
-    from avssl.data.annotations import pad_boxes, vggss_gt_maps
-
-    n = len(boxes)
-    _, padded, mask = pad_boxes([np.asarray(b, np.float64).reshape(-1, 4) for b in boxes])
-    perfect = vggss_gt_maps(padded, size, mask)
-    c = (np.arange(size, dtype=np.float32) + 0.5) - size / 2
-    gauss = np.exp(-(c[None, :] ** 2 + c[:, None] ** 2) / (2 * (size / 4) ** 2)).astype(np.float32)
-    grid = _rng(seed, _PLAN_KEY).uniform(size=(14, 14, n)).astype(np.float32)
-    random = np.moveaxis(upsample_bilinear(grid, size), -1, 0)
-    return {"perfect": perfect, "centre_prior": np.broadcast_to(gauss, (n, size, size)),
-            "random": np.ascontiguousarray(random)}
-
-
-def reference_scores(out_dir: str | os.PathLike, split: str = "test", seed: int = 0) -> dict:
-    """Score the reference heatmaps on a split's clips with a visible source.
-
-    Ground truth is read back from ``annotations/vggss.json``; scores (the standard
-    evaluator, :func:`avssl.eval.localisation.score`) go to ``reference_scores.json``.
-    Returns ``{map name: metrics}``.
-    """
-    from avssl.data.annotations import load_vggss
-    from avssl.eval.localisation import score
-
-    out = Path(out_dir)
-    ids = [r.id for r in read_manifest(out / "manifest.jsonl", split=split) if not r.extra.get("offscreen")]
-    gt = load_vggss(out / "annotations" / "vggss.json")
-    ids = [i for i in ids if i in gt]
-    if not ids:
-        log.warning("no %s clips with a visible source: no reference scores", split)
-        return {}
-    boxes = {i: gt[i] for i in ids}
-    maps = reference_heatmaps(list(boxes.values()), seed=seed)
-    scores = {name: score(dict(zip(ids, m, strict=True)), boxes, "vggss") for name, m in maps.items()}
-    (out / "reference_scores.json").write_text(json.dumps(scores, indent=2))
-    for name, sc in scores.items():
-        log.info("reference %-12s cIoU@0.5 %.3f  AUC %.3f  mean cIoU %.3f  adaptive cIoU@0.5 %.3f  "
-                 "pointing %.3f  (%d %s clips)", name, sc["ciou_at_0.5"], sc["auc"], sc["mean_ciou"],
-                 sc["adaptive_ciou_at_0.5"], sc["pointing_accuracy"], sc["n_scored"], split)
-    return scores
 
 
 def load_config(out_dir: str | os.PathLike) -> SynthConfig:

@@ -24,6 +24,7 @@ from torch import nn
 
 from avssl.atomic import atomic_path
 from avssl.eval import localisation, retrieval
+from avssl.methods.base import run_batches
 
 logger = logging.getLogger(__name__)
 
@@ -43,33 +44,19 @@ class InferenceOutput:
     visual: torch.Tensor
 
 
-@torch.no_grad()
 def run_inference(model: nn.Module, loader, batch_transform: Callable, infer: Callable,
                   device: torch.device | str, progress: bool = False) -> InferenceOutput:
     """Run ``infer(model, batch_transform(batch, None, train=False))`` over ``loader`` (eval mode)."""
-    was_training = model.training
-    model.eval()
-    ids, labels, heat, aud, vis = [], [], [], [], []
-    batches = loader
-    if progress:
-        from tqdm import tqdm
+    def step(batch):
+        out = infer(model, batch_transform(batch, None, train=False))
+        return {"id": batch["id"], "label": batch["label"], **{k: out[k] for k in ("heatmap", "audio", "visual")}}
 
-        batches = tqdm(loader, desc="eval", leave=False)
-    try:
-        for batch in batches:
-            out = infer(model, batch_transform(batch, None, train=False))
-            ids.extend(batch["id"])
-            labels.append(batch["label"])
-            heat.append(out["heatmap"].float().cpu())
-            aud.append(out["audio"].float().cpu())
-            vis.append(out["visual"].float().cpu())
-    finally:
-        model.train(was_training)
-    if not ids:
+    rows = run_batches(model, loader, step, progress="eval" if progress else None)
+    if not rows:
         raise ValueError("run_inference: the loader yielded no clips")
-    maps = torch.cat(heat).numpy()
-    return InferenceOutput({i: m for i, m in zip(ids, maps, strict=True)}, ids, torch.cat(labels),
-                           torch.cat(aud), torch.cat(vis))
+    ids = list(rows["id"])
+    return InferenceOutput({i: m for i, m in zip(ids, rows["heatmap"].numpy(), strict=True)}, ids,
+                           rows["label"], rows["audio"], rows["visual"])
 
 
 def localise_dataset(model: nn.Module, loader, batch_transform: Callable, device: torch.device | str,

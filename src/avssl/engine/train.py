@@ -35,6 +35,9 @@ method (:func:`selectable_metrics`), a CUDA device must exist, a resumed checkpo
 the same method. On resume, ``metrics.jsonl`` is cut back (atomically) to the records at or
 before the checkpoint's step, so steps logged after it by a killed run appear once; ``.*.tmp``
 files left in the run folder by a killed atomic write are removed.
+
+Long file: the loop with its resume, checkpoint, metric-log and DDP plumbing; its parts (the
+sampler, the optimiser and schedule, the metric writer) are small units tested one by one.
 """
 from __future__ import annotations
 

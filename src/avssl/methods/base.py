@@ -16,14 +16,15 @@ contiguous slice of every global batch.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from avssl.data.datasets import collate
 
-__all__ = ["Pipeline", "MethodSpec"]
+__all__ = ["Pipeline", "MethodSpec", "run_batches"]
 
 
 def _as_is(model: nn.Module, cfg) -> nn.Module:
@@ -72,7 +73,12 @@ class MethodSpec:
     model: the ``nn.Module`` class, built as ``model(config)``.
     pipeline: how the engine trains and evaluates it.
     title / paper: for reports and ``--help``.
-    demo_preset: the packaged preset ``avssl demo`` trains (None: no demo).
+    preset: the packaged preset that trains it on the built-in synthetic data (``avssl synth``).
+    demo: whether ``avssl demo`` trains and reports it (from ``preset``).
+    tiny: dotted overrides on top of ``preset`` that shrink the model to seconds on a CPU,
+        for the tests' tiny synthetic set (3 classes): the contract test
+        (``tests/methods/test_contract.py``) builds, trains one step, infers, saves and reloads
+        every registered method with them.
     validate: ``validate(train_config)`` raises ValueError for option combinations the method
         cannot run; called when a run's config is built (None: nothing to check).
     """
@@ -83,5 +89,38 @@ class MethodSpec:
     pipeline: Pipeline
     title: str
     paper: str
-    demo_preset: str | None = None
+    preset: str
+    demo: bool = False
+    tiny: tuple[str, ...] = ()
     validate: Callable | None = None
+
+
+@torch.no_grad()
+def run_batches(model: nn.Module, batches: Iterable, step: Callable[[Mapping], Mapping], *,
+                to_cpu: bool = True, progress: str | None = None) -> dict[str, torch.Tensor | list]:
+    """THE inference loop (evaluation, training validation, Audmix's embeddings, ``avssl localize``).
+
+    Runs ``step(batch) -> {name: (B, ...) tensor or list of B items}`` over ``batches`` with
+    ``model`` in eval mode and no grad, restores its train/eval mode, and returns every name's
+    rows in order: tensors concatenated (on the CPU, floating ones as float32, when ``to_cpu``;
+    else left where ``step`` put them), lists joined. No batch gives ``{}``. ``progress``: a tqdm bar's label.
+    """
+    was_training = model.training
+    model.eval()
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc=progress, leave=False)
+    parts: dict[str, list] = {}
+    try:
+        for batch in batches:
+            for name, value in step(batch).items():
+                if isinstance(value, torch.Tensor):
+                    if to_cpu:
+                        value = value.float().cpu() if value.is_floating_point() else value.cpu()
+                    parts.setdefault(name, []).append(value)
+                else:
+                    parts.setdefault(name, []).extend(value)
+    finally:
+        model.train(was_training)
+    return {name: torch.cat(v) if v and isinstance(v[0], torch.Tensor) else v for name, v in parts.items()}

@@ -42,11 +42,19 @@ SPEC = MethodSpec(
     name="equiav", config=EquiAVConfig, model=EquiAV,
     pipeline=Pipeline(equiav_dataset, EquiAVBatchTransform.from_config, equiav_infer,
                       train_module=lambda model, cfg: EquiAVTrainModule(model)),
-    title="EquiAV", paper=PAPER, demo_preset="synthetic/equiav")
+    title="EquiAV", paper=PAPER, preset="synthetic/equiav", demo=True,
+    tiny=("equiav.embed_dim=32", "equiav.num_heads=4", "equiav.depth=1", "equiav.img_size=32", "data.load_size=32",
+          "equiav.audio_length=64", "equiav.num_mel_bins=32", "equiav.num_centroid=2", "equiav.aug_emb_dim=16",
+          "equiav.cross_attn_heads=2", "equiav.cross_attn_head_dim=8", "equiav.proj_hidden_dim=32",
+          "equiav.inter_out_dim=16", "equiav.intra_out_dim=16", "data.seconds=1"))
 
 FINETUNE_SPEC = MethodSpec(
     name="equiav_ft", config=EquiAVFinetuneConfig, model=EquiAVFinetune,
     pipeline=Pipeline(ft.equiav_ft_dataset, ft.EquiAVFinetuneTransform.from_config,
                       train_module=ft.finetune_train_module, evaluate=ft.finetune_evaluate,
                       param_groups=ft.finetune_param_groups, sample_weights=ft.finetune_sample_weights),
-    title="EquiAV fine-tuning", paper=PAPER + ": fine-tuning classification", validate=ft.check_config)
+    title="EquiAV fine-tuning", paper=PAPER + ": fine-tuning classification", preset="synthetic/equiav_ft",
+    tiny=("equiav_ft.backbone.embed_dim=32", "equiav_ft.backbone.depth=1", "equiav_ft.backbone.img_size=32",
+          "equiav_ft.backbone.audio_length=64", "equiav_ft.backbone.num_mel_bins=32", "equiav_ft.ft.proj_out_dim=16",
+          "equiav_ft.ft.num_classes=3", "equiav_ft.class_list=null", "data.load_size=32", "data.seconds=1"),
+    validate=ft.check_config)

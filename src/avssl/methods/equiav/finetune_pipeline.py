@@ -37,12 +37,13 @@ from torch import Tensor, nn
 
 from avssl import distributed as dist_utils
 from avssl.augment.audio import time_roll
-from avssl.augment.image import EvalTransform
+from avssl.augment.recipes import EvalTransform
 from avssl.data.audio import equiav_fbank_batch, subtract_valid_mean
 from avssl.data.datasets import AVFrameAudioDataset
 from avssl.data.manifest import Record
 from avssl.distributed import shard_rows
 from avssl.eval.classification import classification_summary
+from avssl.methods.base import run_batches
 from avssl.methods.equiav.pipeline import equiav_clip_dataset
 
 logger = logging.getLogger(__name__)
@@ -266,23 +267,21 @@ def finetune_evaluate(model: nn.Module, loader, transform, device: torch.device,
     Returns ``{"mAP", "mAUC", "d_prime", "accuracy", "loss", "classes_scored",
     "classes_without_positives", "clips"}`` (see :mod:`avssl.eval.classification`).
     """
-    was_training = model.training
-    model.eval()
     use_amp = bool(getattr(cfg.train, "amp", False)) and device.type == "cuda"
-    logits, targets, ids = [], [], []
-    for batch in loader:
+
+    def step(batch):
         inputs = transform(batch, None, train=False)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             out = model(inputs["a"], inputs["v"])
-        logits.append(out.float())
-        targets.append(inputs["target"].float())
-        ids.extend(batch["id"])
-    model.train(was_training)
-    if not logits:  # this rank's shard is empty (fewer val clips than ranks)
+        return {"logits": out.float(), "target": inputs["target"].float(), "id": batch["id"]}
+
+    rows = run_batches(model, loader, step, to_cpu=False)  # gathered on the device (NCCL)
+    if not rows:  # this rank's shard is empty (fewer val clips than ranks)
         c = model.cfg.num_classes
-        logits, targets = [torch.zeros(0, c, device=device)], [torch.zeros(0, c, device=device)]
-    all_logits, all_targets = (dist_utils.all_gather_rows(torch.cat(logits)),
-                                dist_utils.all_gather_rows(torch.cat(targets)))
+        rows = {"logits": torch.zeros(0, c, device=device), "target": torch.zeros(0, c, device=device), "id": []}
+    ids = rows["id"]
+    all_logits, all_targets = (dist_utils.all_gather_rows(rows["logits"]),
+                                dist_utils.all_gather_rows(rows["target"]))
     if all_logits.shape[0] == 0:
         raise ValueError("the evaluation set is empty")
     all_ids = [i for part in dist_utils.all_gather_object(ids) for i in part]

@@ -254,13 +254,25 @@ class EquiAV(nn.Module):
         centroid of S parameter vectors of the clean inputs — always the centroid, whatever
         ``cfg.centroid`` (as the released retrieval code). Without lists, S fresh vectors come
         from :attr:`param_sampler` with ``generator`` (seed it for deterministic results)."""
+        out = self.infer(a, v, t_a_list, t_v_list, generator)
+        return out["audio"], out["visual"]
+
+    def infer(self, a: torch.Tensor, v: torch.Tensor, t_a_list: torch.Tensor | None = None,
+              t_v_list: torch.Tensor | None = None, generator: torch.Generator | None = None
+              ) -> dict[str, torch.Tensor]:
+        """Evaluation outputs, each encoder run once: ``heatmap`` (B, gh, gw) as :meth:`localise`,
+        ``audio`` / ``visual`` (B, P) as :meth:`embed` (the same draws for the same ``generator``)."""
         if t_a_list is None or t_v_list is None:
             t_a_list, t_v_list = self.centroid_params(a.shape[0], a.device, generator)
-        cen_a, _ = self._predict(self.predictor_a, self.aug_encoder_a, self.audio_encoder(a), t_a_list, None)
-        cen_v, _ = self._predict(self.predictor_v, self.aug_encoder_v, self.visual_encoder(v), t_v_list, None)
+        tok_a, tok_v = self.audio_encoder(a), self.visual_encoder(v)
+        cen_a, _ = self._predict(self.predictor_a, self.aug_encoder_a, tok_a, t_a_list, None)
+        cen_v, _ = self._predict(self.predictor_v, self.aug_encoder_v, tok_v, t_v_list, None)
         za = nn.functional.normalize(self.head_inter_a(cen_a), dim=-1)
         zv = nn.functional.normalize(self.head_inter_v(cen_v), dim=-1)
-        return za, zv
+        za_loc = za if self.cfg.centroid else nn.functional.normalize(self.head_inter_a(tok_a.mean(dim=1)), dim=-1)
+        patches = nn.functional.normalize(self.head_inter_v(tok_v), dim=-1)  # (B, N, P)
+        heat = torch.einsum("bp,bnp->bn", za_loc, patches).view(v.shape[0], *self.visual_encoder.grid)
+        return {"heatmap": heat, "audio": za, "visual": zv}
 
     def localise(self, a: torch.Tensor, v: torch.Tensor, t_a_list: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:

@@ -9,8 +9,8 @@ model inputs on the training device, batched (METHODS 2.1, 2.3):
 * frames: Resize (short side, bicubic) + CenterCrop + ImageNet normalisation: ``v`` (B, 3, S, S);
 * training adds: a random circular time roll of the clean audio (U{-T .. T-1} frames), the
   augmented views ``a_aug`` / ``v_aug`` made by *applying* freshly sampled parameter vectors
-  ``t_a`` (B, 24) / ``t_v`` (B, 18 or 21) (:func:`avssl.augment.audio.apply_audio`,
-  :func:`avssl.augment.image.apply_visual`), and S = ``num_centroid`` further vectors per clip
+  ``t_a`` (B, 24) / ``t_v`` (B, 18 or 21) (:func:`avssl.augment.apply.apply_audio`,
+  :func:`avssl.augment.apply.apply_visual`), and S = ``num_centroid`` further vectors per clip
   for the invariant centroid, ``t_a_list`` (B, S, 24) / ``t_v_list`` (B, S, d_v), never applied.
 
 The audio vectors are drawn for the configured (T, F) with the mask widths scaled from the
@@ -39,12 +39,12 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avssl.augment.audio import apply_audio, time_roll
-from avssl.augment.image import EvalTransform, apply_visual
+from avssl.augment.apply import apply_audio, apply_visual
+from avssl.augment.audio import time_roll
 from avssl.augment.params import sample_audio_params, sample_param_lists, sample_visual_params
+from avssl.augment.recipes import EvalTransform
 from avssl.data.audio import equiav_fbank_batch
 from avssl.data.datasets import AVFrameAudioDataset
 from avssl.data.manifest import Record
@@ -196,15 +196,4 @@ def equiav_infer(model: nn.Module, inputs: Mapping[str, Tensor], seed: int = INF
         inter head; ``audio``, ``visual`` (B, P): the L2-normalised retrieval embeddings (inter
         heads on the centroids, always).
     """
-    a, v = inputs["a"], inputs["v"]
-    gen = torch.Generator().manual_seed(seed)
-    t_a_list, t_v_list = model.centroid_params(a.shape[0], a.device, gen)
-    tok_a, tok_v = model.audio_encoder(a), model.visual_encoder(v)
-    cen_a, _ = model._predict(model.predictor_a, model.aug_encoder_a, tok_a, t_a_list, None)
-    cen_v, _ = model._predict(model.predictor_v, model.aug_encoder_v, tok_v, t_v_list, None)
-    za = F.normalize(model.head_inter_a(cen_a), dim=-1)
-    zv = F.normalize(model.head_inter_v(cen_v), dim=-1)
-    za_loc = za if model.cfg.centroid else F.normalize(model.head_inter_a(tok_a.mean(dim=1)), dim=-1)
-    patches = F.normalize(model.head_inter_v(tok_v), dim=-1)  # (B, N, P)
-    heat = torch.einsum("bp,bnp->bn", za_loc, patches).view(v.shape[0], *model.visual_encoder.grid)
-    return {"heatmap": heat, "audio": za, "visual": zv}
+    return model.infer(inputs["a"], inputs["v"], generator=torch.Generator().manual_seed(seed))

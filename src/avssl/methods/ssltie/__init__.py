@@ -20,4 +20,5 @@ SPEC = MethodSpec(
     name="ssltie", config=SSLTIEConfig, model=SSLTIE,
     pipeline=Pipeline(ssltie_dataset, SSLTIEBatchTransform.from_config, ssltie_infer,
                       on_epoch_end=audmix_on_epoch_end),
-    title="SSL-TIE", paper="Liu et al., SSL-TIE, ACM MM 2022 (arXiv 2206.12772)", demo_preset="synthetic/ssltie")
+    title="SSL-TIE", paper="Liu et al., SSL-TIE, ACM MM 2022 (arXiv 2206.12772)", preset="synthetic/ssltie", demo=True,
+    tiny=("ssltie.width=8", "ssltie.image_size=64", "ssltie.heatmap_size=4", "data.seconds=1"))

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from avssl import distributed as dist_utils
+from avssl.methods.base import run_batches
 
 logger = logging.getLogger(__name__)
 
@@ -129,16 +130,14 @@ def embed_audio(model: nn.Module, dataset, cfg, device: torch.device | str,
     bs = batch_size or cfg.train.eval_batch_size
     workers = 0 if cfg.data.cache_in_memory else cfg.data.num_workers
     loader = DataLoader(dataset, batch_size=bs, shuffle=False, num_workers=workers, collate_fn=collate)
-    was_training = model.training
-    model.eval()
-    try:
-        out = []
-        for batch in loader:
-            spec = ssltie_spectrogram(batch["wave"].to(device), int(batch["sample_rate"]), cfg.data.seconds)
-            out.append(model.encode_audio(spec).float().cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(out)
+    def step(batch):
+        spec = ssltie_spectrogram(batch["wave"].to(device), int(batch["sample_rate"]), cfg.data.seconds)
+        return {"audio": model.encode_audio(spec)}
+
+    rows = run_batches(model, loader, step)
+    if not rows:
+        raise ValueError("Audmix: the training set yielded no clips")
+    return rows["audio"]
 
 
 def mix_waves(wave: Tensor, ids: Sequence[str], state: AudmixState,

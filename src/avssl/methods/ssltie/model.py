@@ -214,7 +214,15 @@ class SSLTIE(nn.Module):
         return self.loss(batch["image"], batch["spec"], generator)
 
     @torch.no_grad()
+    def infer(self, image: Tensor, spec: Tensor) -> dict[str, Tensor]:
+        """Evaluation outputs (no grad), each encoder run once: ``heatmap`` (B, h, w) the cosine of
+        every location with the paired audio, ``audio`` (B, C) the normalised max-pooled audio
+        embedding, ``visual`` (B, C) the normalised spatial mean of the normalised visual map."""
+        img_feat, aud_feat = self.encode_image(image), self.encode_audio(spec)
+        return {"heatmap": torch.einsum("bchw,bc->bhw", img_feat, aud_feat), "audio": aud_feat,
+                "visual": F.normalize(img_feat.mean(dim=(2, 3)), dim=1)}
+
+    @torch.no_grad()
     def localise(self, image: Tensor, spec: Tensor) -> Tensor:
         """Localisation map (B, h, w): cosine of each location with the paired audio (no grad)."""
-        img_feat, aud_feat = self.encode_image(image), self.encode_audio(spec)
-        return torch.einsum("bchw,bc->bhw", img_feat, aud_feat)
+        return self.infer(image, spec)["heatmap"]

@@ -4,7 +4,7 @@ The loader returns uint8 frames and fixed-length waveforms (:mod:`avssl.data.dat
 :class:`SSLTIEBatchTransform` turns a collated batch into the model's inputs on the training
 device, batched (METHODS 1.1):
 
-* frames: training with invariance -> MoCo-v2 augmentation (:class:`avssl.augment.image.MoCoV2Transform`;
+* frames: training with invariance -> MoCo-v2 augmentation (:class:`avssl.augment.recipes.MoCoV2Transform`;
   its crop drawn on the batch's original frames, resampled as PIL does, when the loader
   returns them: ``data.train_crop="original"``), else the evaluation transform (Resize +
   CenterCrop + ImageNet normalisation);
@@ -23,7 +23,6 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avssl.data.audio import ssltie_spectrogram
@@ -65,7 +64,7 @@ class SSLTIEBatchTransform:
 
     def __init__(self, image_size: int = 224, seconds: float = 10.0, invariance: bool = True,
                  device: torch.device | str = "cpu") -> None:
-        from avssl.augment.image import EvalTransform, MoCoV2Transform
+        from avssl.augment.recipes import EvalTransform, MoCoV2Transform
 
         self.image_size, self.seconds, self.invariance = image_size, seconds, invariance
         self.device = torch.device(device)
@@ -106,15 +105,7 @@ class SSLTIEBatchTransform:
         return {"image": image.contiguous(), "spec": spec.contiguous()}
 
 
-@torch.no_grad()
 def ssltie_infer(model: nn.Module, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Evaluation outputs of an SSL-TIE model for one batch of :class:`SSLTIEBatchTransform` inputs.
-
-    Returns ``heatmap`` (B, h, w) (= ``model.localise``), ``audio`` (B, C) the normalised
-    max-pooled audio embedding, ``visual`` (B, C) the normalised spatial mean of the
-    normalised visual map.
-    """
-    img_feat = model.encode_image(inputs["image"])
-    aud = model.encode_audio(inputs["spec"])
-    heatmap = torch.einsum("bchw,bc->bhw", img_feat, aud)
-    return {"heatmap": heatmap, "audio": aud, "visual": F.normalize(img_feat.mean(dim=(2, 3)), dim=1)}
+    """Evaluation outputs of an SSL-TIE model for one batch of :class:`SSLTIEBatchTransform`
+    inputs: :meth:`SSLTIE.infer` (``heatmap`` (B, h, w) = ``model.localise``, ``audio``, ``visual``)."""
+    return model.infer(inputs["image"], inputs["spec"])

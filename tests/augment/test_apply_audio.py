@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from avssl.augment import audio as AU
+from avssl.augment import apply as AU
 from avssl.augment import params as P
 
 A = P.AudioSlot
