@@ -4,9 +4,16 @@
 
 ``method`` names an entry of :data:`avssl.registry.METHODS`; that method's options live under
 the key of the same name (``ssltie:``), and a saved config holds only that section (configs
-and checkpoints that hold every section, written before, still load). The defaults are SSL-TIE's released recipe (METHODS
-1.4): Adam, lr 1e-4, coupled weight decay 1e-4, batch 32, 100 epochs, seed 4, MultiStepLR with
-milestones 300/700/900 (so the lr never decays within 100 epochs).
+and checkpoints that hold every section, written before, still load). The defaults of
+``data``, ``optim`` and ``train`` are SSL-TIE's released recipe (docs/methods.md §1.4): Adam,
+lr 1e-4, coupled weight decay 1e-4, batch 32, 100 epochs, seed 4, MultiStepLR with milestones
+300/700/900 (so the lr never decays within 100 epochs); every other method's packaged presets
+set their own, so the generic defaults only matter to a config that names no preset.
+
+Why two modules: :mod:`avssl.config` is the machinery (dataclass <-> YAML, dotlists, errors), a
+leaf that every layer may use (method configs, the synthetic generator); this module is the
+run config, which lists the registered methods and so sits above :mod:`avssl.registry`.
+Merged, the machinery would import every method and the methods could not import it.
 """
 from __future__ import annotations
 

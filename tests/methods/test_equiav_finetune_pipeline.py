@@ -8,6 +8,7 @@ import torch
 from avssl.checkpoint import CheckpointError, save_checkpoint
 from avssl.config import load_config
 from avssl.data.audio import equiav_fbank_batch
+from avssl.data.labels import read_sample_weights
 from avssl.methods.equiav.finetune import EquiAVFinetune, EquiAVFinetuneConfig, EquiAVFTConfig
 from avssl.methods.equiav.finetune_pipeline import (
     EquiAVFinetuneTransform,
@@ -15,7 +16,6 @@ from avssl.methods.equiav.finetune_pipeline import (
     finetune_param_groups,
     finetune_sample_weights,
     finetune_train_module,
-    read_sample_weights,
     sample_beta,
 )
 from avssl.methods.equiav.model import EquiAV, equiav_tiny_config
@@ -227,20 +227,6 @@ def test_presets_load():
         assert cfg.method == "equiav_ft" and cfg.equiav_ft.ft.num_classes == classes
     cfg = load_config(TrainConfig, ["synthetic/equiav_ft"])
     assert build_method("equiav_ft", cfg.equiav_ft)(torch.zeros(1, 3, 256, 64), torch.zeros(1, 3, 64, 64)).shape == (1, 6)
-
-
-def test_read_class_list(tmp_path):
-    from avssl.methods.equiav.finetune_pipeline import read_class_list
-
-    (tmp_path / "labels.csv").write_text("index,mid,display_name\n1,/m/b,B\n0,/m/a,\"A, a\"\n")
-    assert read_class_list(tmp_path / "labels.csv") == ["/m/a", "/m/b"]
-    (tmp_path / "c.json").write_text('{"x": {"index": 1}, "y": {"index": 0}}')
-    assert read_class_list(tmp_path / "c.json") == ["y", "x"]
-    (tmp_path / "c.txt").write_text("u\nv\n\n")
-    assert read_class_list(tmp_path / "c.txt") == ["u", "v"]
-    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match=r"bad\.csv: malformed"):
-        read_class_list(tmp_path / "bad.csv")
 
 
 def test_fit_two_epochs_logs_classification(tiny_synth, tmp_path):

@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
+from avssl.checkpoint import CheckpointError, strip_key, unwrap_state_dict
+
 logger = logging.getLogger(__name__)
 
 InitMode = Literal["ssltie", "torchvision"]
@@ -150,16 +152,17 @@ def load_imagenet_visual(encoder: ResNet18Trunk, state_dict: dict[str, Tensor] |
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
         except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as err:
             raise ValueError(f"cannot read ImageNet weights from {path}: {err}") from err
-        for wrapper in ("state_dict", "model"):
-            if isinstance(state_dict, dict) and isinstance(state_dict.get(wrapper), dict):
-                state_dict = state_dict[wrapper]
+        try:
+            state_dict = unwrap_state_dict(state_dict, ("state_dict", "model"))
+        except CheckpointError as err:
+            raise ValueError(f"{source}: {err}") from None
     if not isinstance(state_dict, dict):
         raise ValueError(f"{source}: expected a dict of tensors, got {type(state_dict).__name__}")
     own = encoder.state_dict()
     report = LoadReport(source=source)
     new_state: dict[str, Tensor] = {}
     for key, value in state_dict.items():
-        name = key.removeprefix("module.")
+        name = strip_key(key, ("module.",))
         if name not in own:
             report.unused.append(key)
             continue

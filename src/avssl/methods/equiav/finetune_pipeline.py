@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +39,7 @@ from avssl.augment.audio import time_roll
 from avssl.augment.recipes import EvalTransform
 from avssl.data.audio import equiav_fbank_batch, subtract_valid_mean
 from avssl.data.datasets import AVFrameAudioDataset
+from avssl.data.labels import read_class_list, read_sample_weights
 from avssl.data.manifest import Record
 from avssl.distributed import shard_rows
 from avssl.eval.classification import classification_summary
@@ -50,8 +50,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "equiav_ft_dataset", "EquiAVFinetuneTransform", "FinetuneLoss", "finetune_train_module",
-    "finetune_evaluate", "finetune_param_groups", "finetune_sample_weights", "read_sample_weights",
-    "sample_beta", "read_class_list", "check_config",
+    "finetune_evaluate", "finetune_param_groups", "finetune_sample_weights", "sample_beta", "check_config",
 ]
 
 
@@ -84,43 +83,6 @@ def equiav_ft_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequ
                          f"{ft.ft.num_classes}; set equiav_ft.ft.num_classes={len(classes)}"
                          + ("" if ft.class_list else " or equiav_ft.class_list (classes absent from training)"))
     return equiav_clip_dataset(records, d, ft.backbone.img_size, train, classes)
-
-
-def read_class_list(path: str | Path) -> list[str]:
-    """Class names in classifier order from a CAV-MAE labels CSV (``index,mid,display_name``),
-    a JSON list / object (name -> index or name -> {"index": i}), or one name per line.
-    Raises ValueError naming the file on an unreadable or malformed file or duplicate names."""
-    import csv
-    import json
-
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ValueError(f"class list {path}: cannot read it ({e})") from e
-    try:
-        if path.suffix.lower() == ".json":
-            obj = json.loads(text)
-            if isinstance(obj, list):
-                names = [str(x) for x in obj]
-            elif isinstance(obj, dict):
-                def index(v) -> int:
-                    return int(v["index"] if isinstance(v, dict) else v)
-                names = [k for k, _ in sorted(obj.items(), key=lambda kv: index(kv[1]))]
-            else:
-                raise ValueError("expected a list or an object")
-        elif path.suffix.lower() == ".csv":
-            rows = list(csv.DictReader(text.splitlines()))
-            if not rows or "mid" not in rows[0] or "index" not in rows[0]:
-                raise ValueError("expected a header with columns index, mid, display_name")
-            names = [r["mid"] for r in sorted(rows, key=lambda r: int(r["index"]))]
-        else:
-            names = [line.strip() for line in text.splitlines() if line.strip()]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"class list {path}: malformed ({type(e).__name__}: {e})") from e
-    if len(set(names)) != len(names) or not names:
-        raise ValueError(f"class list {path}: empty or has duplicate names")
-    return names
 
 
 def sample_beta(n: int, alpha: float, generator: torch.Generator | None = None) -> Tensor:
@@ -305,37 +267,6 @@ def finetune_param_groups(model: nn.Module, cfg) -> list[dict]:
     groups.append({"params": [p for p in model.head_parameters() if p.requires_grad],
                    "lr_scale": float(cfg.equiav_ft.head_lr), "name": "head"})
     return groups
-
-
-def read_sample_weights(path: str | Path, expected: int | None = None) -> Tensor:
-    """(N,) float64 weights from a file with one number per line (blank lines ignored).
-
-    Raises ValueError naming the file and line for a non-numeric, negative or non-finite value,
-    and for a count different from ``expected``.
-    """
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise ValueError(f"sample weights file {path}: cannot read it ({e})") from e
-    values = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            w = float(line)
-        except ValueError:
-            raise ValueError(f"sample weights file {path}, line {i}: {line.strip()[:40]!r} is not a number") from None
-        if not math.isfinite(w) or w < 0:
-            raise ValueError(f"sample weights file {path}, line {i}: weight {w} must be finite and >= 0")
-        values.append(w)
-    if expected is not None and len(values) != expected:
-        raise ValueError(f"sample weights file {path} has {len(values)} weights but the training set has "
-                         f"{expected} clips (one weight per training record, in manifest order)")
-    out = torch.tensor(values, dtype=torch.float64)
-    if not bool((out > 0).any()):
-        raise ValueError(f"sample weights file {path}: all weights are zero")
-    return out
 
 
 def finetune_sample_weights(dataset: AVFrameAudioDataset, cfg) -> Tensor | None:

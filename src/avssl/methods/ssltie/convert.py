@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from avssl.checkpoint import ConversionReport, strip_prefixes
+from avssl.checkpoint import ConversionReport, strip_prefixes, unwrap_state_dict
 from avssl.methods.ssltie.model import SSLTIE, SSLTIEConfig
 
 logger = logging.getLogger(__name__)
@@ -24,15 +24,6 @@ _OFFICIAL_UNUSED_PREFIXES = (
     "imgnet.fc.", "audnet.fc.", "imgnet.conv1_a.", "imgnet.conv1_flow.", "audnet.conv1.",
     "audnet.conv1_flow.", "vision_fc1.", "conv3.", "norm3.",
 )
-
-
-def _unwrap(state_dict: Mapping) -> Mapping:
-    """The state dict of ``{"state_dict": sd}`` / ``{"model": sd}``, or ``state_dict`` itself."""
-    for wrapper in ("state_dict", "model"):
-        inner = state_dict.get(wrapper)
-        if isinstance(inner, Mapping):
-            return inner
-    return state_dict
 
 
 def _official_to_ours(key: str) -> str | None:
@@ -61,7 +52,7 @@ def convert_official_state_dict(state_dict: Mapping, strict: bool = False,
     """
     if not isinstance(state_dict, Mapping):
         raise ValueError(f"expected a state dict mapping, got {type(state_dict).__name__}")
-    source = strip_prefixes(_unwrap(state_dict), ("module.",))
+    source = strip_prefixes(unwrap_state_dict(dict(state_dict), ("state_dict", "model")), ("module.",))
     report = ConversionReport()
     ours: dict[str, Tensor] = {}
     for key, value in source.items():
