@@ -1,6 +1,6 @@
 """Benchmark: batched MoCoV2Transform vs torchvision's per-sample PIL pipeline (SSL-TIE frames).
 
-Augments B random 256x256 RGB frames to 224x224 (METHODS 1.1: RandomResizedCrop scale (0.3, 1),
+Augments B random 256x256 RGB frames to 224x224 (docs/methods.md §1.1: RandomResizedCrop scale (0.3, 1),
 ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2, PIL GaussianBlur radius U(0.1, 2) p 0.5,
 horizontal flip, ToTensor, ImageNet normalisation), once with
 :class:`avssl.augment.recipes.MoCoV2Transform` on a (B, 3, 256, 256) uint8 tensor (on the CPU, and

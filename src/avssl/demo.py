@@ -227,7 +227,7 @@ def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds
             "cIoU@0.5 uses the released median rule, which caps cIoU at twice the box's share of the image; "
             "adaptive cIoU@0.5 and pointing accuracy have no such cap.",
             "EquiAV's maps are zero-shot: the audio inter-modal embedding against every visual patch token "
-            "through the visual inter head (METHODS 2.7); EquiAV is not trained to localise.",
+            "through the visual inter head (docs/methods.md §2.7); EquiAV is not trained to localise.",
             "Retrieval R1/R5: a2v_instance = the paired clip ranks in the top 1/5; a2v/a2a_class = a clip of the "
             "same class ranks first (a2a excludes the query).",
             "Linear probe: logistic regression on the frozen [audio, visual] evaluation embeddings of the "

@@ -7,7 +7,7 @@ pipeline prepares the inputs exactly as its evaluation does: its data set's audi
 SSL-TIE model (``localise(image, spec)``) and SSL-TIE's pipeline prepares its inputs.
 
 :func:`localise_video` decodes frames at chosen times and the whole audio track, builds one
-(frame, audio window) pair per time exactly as the test pipeline does (METHODS 1.1), runs
+(frame, audio window) pair per time exactly as the test pipeline does (docs/methods.md §1.1), runs
 the model in batches (:func:`avssl.methods.base.run_batches`) and maps the heatmaps back onto the full frames.
 
 Audio windowing (SSL-TIE, ``audio_seconds`` = 10 s at the track's native rate): the window of a

@@ -1,4 +1,4 @@
-"""Audmix (METHODS 1.4): nearest-audio search, the probability/alpha schedule, the batched mixing,
+"""Audmix (docs/methods.md §1.4): nearest-audio search, the probability/alpha schedule, the batched mixing,
 the option off leaving the SSL-TIE transform untouched, and a 2-epoch fit with the hook."""
 from __future__ import annotations
 

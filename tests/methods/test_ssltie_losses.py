@@ -25,7 +25,7 @@ def _maps(batch: int = 4, h: int = 5, seed: int = 0) -> tuple[torch.Tensor, torc
 
 
 def _reference_logits(A, A0, tri_map, hard_negatives, tau=0.03, eps_p=0.65, eps_n=0.4):
-    """METHODS 1.3 written out per sample, as a check of the vectorised version."""
+    """docs/methods.md §1.3 written out per sample, as a check of the vectorised version."""
     rows = []
     for i in range(A.shape[0]):
         a = A[i, 0]

@@ -46,7 +46,7 @@ __all__ = ["apply_visual", "apply_audio"]
 
 def apply_visual(images: Tensor, t: Tensor, out_size: int = 224, normalise: bool = True,
                  sizes: Tensor | None = None, antialias: bool = False) -> Tensor:
-    """Apply EquiAV visual vectors exactly (METHODS 2.3): crop -> jitter in the encoded order ->
+    """Apply EquiAV visual vectors exactly (docs/methods.md §2.3): crop -> jitter in the encoded order ->
     blur -> horizontal flip -> grayscale [-> rotation -> vertical flip (21-d)] -> ImageNet.
 
     Args:

@@ -1,4 +1,4 @@
-"""Differentiable, batched geometric transform for SSL-TIE's equivariance loss (METHODS 1.4).
+"""Differentiable, batched geometric transform for SSL-TIE's equivariance loss (docs/methods.md §1.4).
 
 Per batch: one scale ``s`` (1.0 or 0.5, equal chance), one horizontal flip (p = 0.5) and an
 integer rotation angle per sample in ``[-max_angle, max_angle]``. ``T(x)`` (:func:`apply`):

@@ -20,7 +20,7 @@ Semantics follow torchvision's tensor ops (``transforms.functional`` on float te
   deviation but approximates the Gaussian with three box blurs; here it is an exact sampled
   Gaussian with ``sigma = radius`` and kernel size ``2 * ceil(3 sigma) + 1``
   (``kernel_rule="3sigma"``) or ``2 * ceil(sigma) + 1`` (``"1sigma"``, EquiAV's audio rule,
-  METHODS 2.3), edges replicated (PIL-like) or reflected (torchvision's tensor op).
+  docs/methods.md §2.3), edges replicated (PIL-like) or reflected (torchvision's tensor op).
 
 The recipes built from these ops are in :mod:`avssl.augment.recipes`, the application of
 EquiAV's parameter vectors in :mod:`avssl.augment.apply`.

@@ -1,4 +1,4 @@
-"""EquiAV augmentation parameter vectors (METHODS 2.3): the layouts, sampling, identities.
+"""EquiAV augmentation parameter vectors (docs/methods.md §2.3): the layouts, sampling, identities.
 
 The layouts are defined once here (:class:`AudioSlot`, :class:`VisualSlot`, and the
 :class:`ParamLayout` objects :data:`AUDIO_LAYOUT`, :data:`VISUAL_LAYOUT`,
@@ -153,7 +153,7 @@ def sample_audio_params(batch: int, generator: torch.Generator | None = None, fr
                         jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1), blur_p: float = 0.5,
                         blur_sigma: Sequence[float] = (0.1, 2.0), flip_p: float = 0.5,
                         original_bugs: bool = True) -> Tensor:
-    """Draw (B, 24) audio vectors with EquiAV's distributions (METHODS 2.3, module docstring).
+    """Draw (B, 24) audio vectors with EquiAV's distributions (docs/methods.md §2.3, module docstring).
 
     The crop is torchvision's RandomResizedCrop rule on the (frames, bins) plane with aspect ratio
     (bins-width / frames-height) in ``crop_ratio``. ``original_bugs`` selects the crop encoding.

@@ -58,7 +58,7 @@ def sample_jitter(batch: int, generator: torch.Generator | None,
 
 
 class MoCoV2Transform:
-    """SSL-TIE / MoCo-v2 training frames (METHODS 1.1), batched on the images' device.
+    """SSL-TIE / MoCo-v2 training frames (docs/methods.md §1.1), batched on the images' device.
 
     RandomResizedCrop(size, scale, ratio 3/4-4/3) -> ColorJitter(jitter) with p ``jitter_p`` ->
     grayscale p ``gray_p`` -> Gaussian blur sigma ``U(blur_sigma)`` (PIL radius; kernel

@@ -1,4 +1,4 @@
-"""Score sound-localisation heatmaps with the standard protocol (cIoU@0.5, AUC; METHODS 1.5).
+"""Score sound-localisation heatmaps with the standard protocol (cIoU@0.5, AUC; docs/methods.md §1.5).
 
 PRED.npz maps each sample id (the array name) to a 2-D heatmap of any resolution (14x14,
 224x224, ...). --gt is a VGG-SS ``vggss.json`` or a folder of Flickr-SoundNet ``<id>.xml`` files

@@ -1,6 +1,6 @@
 """Localisation ground truth: VGG-SS JSON and Flickr-SoundNet XML boxes -> ground-truth maps.
 
-Two public formats (METHODS 1.5):
+Two public formats (docs/methods.md §1.5):
 
 * **VGG-SS** ``vggss.json``: a list of ``{"file": id, "class": str, "bbox": [[x1, y1, x2, y2],
   ...]}`` with coordinates normalised to [0, 1]. :func:`load_vggss` -> ``{id: (k, 4) float64}``.

@@ -2,7 +2,7 @@
 
 Everything goes through PyAV (FFmpeg), so any container/codec FFmpeg reads works; wav/flac/ogg
 files that users extracted beforehand are read with soundfile, and JPEG frames with PIL
-(METHODS.md section 3). Failures raise a :class:`MediaError` subclass naming the file and the
+(docs/methods.md §3). Failures raise a :class:`MediaError` subclass naming the file and the
 cause; nothing here ever returns partial or placeholder data.
 
 Conventions:
@@ -429,7 +429,7 @@ def read_clip(path: PathLike, num_frames: int | None = None, frame_times: Sequen
 
 def read_extracted(frame_paths: Sequence[PathLike], audio_path: PathLike, sample_rate: int | None = None,
                    frame_times: Sequence[float] | None = None) -> Clip:
-    """Pre-extracted layouts (frame images + wav/mp3, METHODS.md section 3) -> :class:`Clip`.
+    """Pre-extracted layouts (frame images + wav/mp3, docs/methods.md §3) -> :class:`Clip`.
 
     ``frame_times`` default to evenly spaced over the audio's duration (the CAV-MAE layout);
     all frames must have one size."""

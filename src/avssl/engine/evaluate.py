@@ -4,7 +4,7 @@
     scores = localisation_scores(out.heatmaps, load_vggss(path), "vggss")
     scores["retrieval"] = retrieval_scores(out)
 
-Retrieval (METHODS 1.6) uses the method's embeddings (for SSL-TIE: audio = the max-pooled
+Retrieval (docs/methods.md §1.6) uses the method's embeddings (for SSL-TIE: audio = the max-pooled
 normalised audio feature, visual = the spatial mean of the normalised visual map):
 audio->audio by class (the query itself excluded), audio->visual and visual->audio by class
 and by instance (the paired clip), recall@1/5/10. Clips without a label are left out of the

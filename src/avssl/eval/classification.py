@@ -1,4 +1,4 @@
-"""Classification metrics for fine-tuning (METHODS 2.7): AP / mAP, ROC AUC, d-prime, top-1 accuracy.
+"""Classification metrics for fine-tuning (docs/methods.md §2.7): AP / mAP, ROC AUC, d-prime, top-1 accuracy.
 
 All functions are vectorised over samples *and* classes (one sort per call, no Python loop
 over classes) and computed in float64.

@@ -1,4 +1,4 @@
-"""The standard sound-localisation evaluator (METHODS 1.5), exact and vectorised.
+"""The standard sound-localisation evaluator (docs/methods.md §1.5), exact and vectorised.
 
 The protocol every SSL-TIE-line paper reports, per test pair: upsample the heatmap to 224 x 224
 (OpenCV bilinear, half-pixel centres), min-max normalise it as ``p = 1 - normalize_img(-h)``
@@ -7,7 +7,7 @@ The protocol every SSL-TIE-line paper reports, per test pair: upsample the heatm
 ``cIoU = sum(pred*gt) / (sum(gt) + sum(pred*(gt == 0)))``. Reported: cIoU@0.5 (the share of
 samples with cIoU >= 0.5) and the AUC of the success-rate curve over thresholds ``0.05*i``.
 
-Variants (:class:`Protocol`, names as in METHODS 1.5):
+Variants (:class:`Protocol`, names as in docs/methods.md §1.5):
 
 * ``threshold``: ``"median"`` (default, ``p > p_(HW//2)``), ``"median_ge"`` (``>=`` instead of
   ``>``), ``"adaptive"`` (the top-k pixels, k = number of ground-truth pixels > 0; ties at the k-th

@@ -1,4 +1,4 @@
-"""Retrieval metrics: recall@K and median rank, instance- and class-based (METHODS 1.6, 2.7).
+"""Retrieval metrics: recall@K and median rank, instance- and class-based (docs/methods.md §1.6, 2.7).
 
 * :func:`recall_at_k` — instance protocol (the paired item is the one positive, by default
   the diagonal). Reproduces EquiAV's ``compute_metrics`` exactly, ties included: every key

@@ -1,4 +1,4 @@
-"""EquiAV's transformation predictor and projection heads (METHODS 2.4).
+"""EquiAV's transformation predictor and projection heads (docs/methods.md §2.4).
 
 * :class:`AugmentationEncoder` — an augmentation-parameter vector t (d_t) -> embedding (E):
   Linear - QuickGELU - Linear - QuickGELU - Linear.

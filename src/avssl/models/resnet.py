@@ -1,4 +1,4 @@
-"""ResNet-18 encoders for SSL-TIE (METHODS 1.2), built from torchvision's ``BasicBlock``.
+"""ResNet-18 encoders for SSL-TIE (docs/methods.md §1.2), built from torchvision's ``BasicBlock``.
 
 * :func:`visual_resnet18` - 3-channel 7x7 stem, layer4 with stride 1: a 224x224 frame gives a
   ``(8*width) x 14 x 14`` map (512 x 14 x 14 at the paper width 64).

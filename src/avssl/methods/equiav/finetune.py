@@ -1,4 +1,4 @@
-"""EquiAV fine-tuning classifier (METHODS 2.7, golden C).
+"""EquiAV fine-tuning classifier (docs/methods.md §2.7, golden C).
 
 Three modes on the clean-view encoders (final ``norm`` only):
 
@@ -171,7 +171,7 @@ def load_pretrained_backbone(model: EquiAVClassifier, state_dict: Mapping[str, t
 # ====================================================================== fine-tuning runs
 @dataclass(frozen=True)
 class EquiAVFinetuneConfig:
-    """A fine-tuning run of ``avssl train`` (``method: equiav_ft``), METHODS 2.7.
+    """A fine-tuning run of ``avssl train`` (``method: equiav_ft``), docs/methods.md §2.7.
 
     backbone: encoder sizes (must match ``init_checkpoint``); ft: the classifier options.
     loss: "bce" (the released recipe, also for single-label VGGSound) or "ce" (soft-target
@@ -184,7 +184,7 @@ class EquiAVFinetuneConfig:
     fbank_stats: normalisation statistics (a key of ``avssl.data.audio.FBANK_STATS``).
     head_lr_scale / original_head_lr: the released code asks for the classifier at 50 x lr, but
         its scheduler overwrites every group's lr, so the classifier in effect trains at 1 x
-        (METHODS 2.8). ``original_head_lr=True`` (default) reproduces that (scale 1);
+        (docs/methods.md §2.8). ``original_head_lr=True`` (default) reproduces that (scale 1);
         False applies ``head_lr_scale`` as the paper intends.
     init_checkpoint: an EquiAV pre-training checkpoint (an avssl checkpoint, or an official
         ``pt_EquiAV`` state dict: detected from its keys) loaded into the encoders at

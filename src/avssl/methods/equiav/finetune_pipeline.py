@@ -1,4 +1,4 @@
-"""EquiAV fine-tuning's data and training side (METHODS 2.7): data set, batched transform, loss
+"""EquiAV fine-tuning's data and training side (docs/methods.md §2.7): data set, batched transform, loss
 module, whole-set evaluation, optimiser groups and balanced-sampling weights.
 
 The loader returns one uint8 frame and the zero-padded 16 kHz waveform with its true length
@@ -8,7 +8,7 @@ The loader returns one uint8 frame and the zero-padded 16 kHz waveform with its 
 * audio: mean removal, Kaldi fbank, pad/cut to ``audio_length`` frames, normalisation
   (:func:`avssl.data.audio.equiav_fbank_batch`, equal clip by clip to the per-clip front-end);
   training adds the circular time roll U{-T..T-1} after normalising. SpecAugment stays off,
-  as it is (silently) in the released fine-tuning (METHODS 2.8).
+  as it is (silently) in the released fine-tuning (docs/methods.md §2.8).
 * frames: Resize (bicubic) + CenterCrop + ImageNet normalisation; no augmentation besides
   mixup, as in the original. The frame is ``data.frame_index`` (default: the middle one, i.e.
   index 5 of 0..9, the original's test frame) in training too: the original's uniformly random
@@ -259,7 +259,7 @@ def finetune_evaluate(model: nn.Module, loader, transform, device: torch.device,
 
 
 def finetune_param_groups(model: nn.Module, cfg) -> list[dict]:
-    """Two groups: the classifier head (lr scale ``equiav_ft.head_lr``: 1 by default, METHODS 2.8)
+    """Two groups: the classifier head (lr scale ``equiav_ft.head_lr``: 1 by default, docs/methods.md §2.8)
     and everything else (scale 1)."""
     head = {id(p) for p in model.head_parameters()}
     rest = [p for p in model.parameters() if id(p) not in head and p.requires_grad]

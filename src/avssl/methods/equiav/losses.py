@@ -1,4 +1,4 @@
-"""EquiAV's two contrastive losses as pure tensor functions (METHODS 2.5, golden B).
+"""EquiAV's two contrastive losses as pure tensor functions (docs/methods.md §2.5, golden B).
 
 * :func:`info_nce` — inter-modal symmetric CLIP loss between audio and visual embeddings.
 * :func:`nt_xent` — intra-modal SimCLR loss between the equivariant prediction and the

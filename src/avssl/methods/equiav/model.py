@@ -1,4 +1,4 @@
-"""EquiAV pre-training model and loss wiring (METHODS 2.2-2.5, golden A).
+"""EquiAV pre-training model and loss wiring (docs/methods.md §2.2-2.5, golden A).
 
 Kim et al., "EquiAV: Leveraging Equivariance for Audio-Visual Contrastive Learning",
 ICML 2024. The model owns two ViT encoders (audio, visual), one augmentation encoder and one

@@ -2,7 +2,7 @@
 
 The loader returns one uint8 frame and a zero-padded 16 kHz waveform with its true length per clip
 (:mod:`avssl.data.datasets`, ``audio_pad="zero"``). :class:`EquiAVBatchTransform` builds the
-model inputs on the training device, batched (METHODS 2.1, 2.3):
+model inputs on the training device, batched (docs/methods.md §2.1, 2.3):
 
 * audio: the Kaldi fbank of every clip (:func:`avssl.data.audio.equiav_fbank_batch`, normalised
   with ``cfg.equiav.fbank_stats``), repeated to 3 identical channels: ``a`` (B, 3, T, F);
@@ -26,8 +26,8 @@ rows) and sliced with :func:`avssl.distributed.shard_rows`, so the ranks' inputs
 concatenated equal one process's inputs for the concatenated batch.
 
 Deviation kept on purpose: the augmented frame is the *same* decoded frame as the clean one. The
-released loader decodes a second, independently random frame for the augmented view (METHODS
-2.8), which mixes a temporal change into what the vector ``t_v`` describes.
+released loader decodes a second, independently random frame for the augmented view (docs/methods.md
+§2.8), which mixes a temporal change into what the vector ``t_v`` describes.
 
 :func:`equiav_infer` gives the evaluation outputs in one pass (each encoder run once): the
 zero-shot localisation map (= ``EquiAV.localise``) and the retrieval embeddings (=

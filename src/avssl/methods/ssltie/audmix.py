@@ -1,4 +1,4 @@
-"""Audmix: SSL-TIE's nearest-audio waveform mixing (METHODS 1.4, an option of the SSL-TIE pipeline).
+"""Audmix: SSL-TIE's nearest-audio waveform mixing (docs/methods.md §1.4, an option of the SSL-TIE pipeline).
 
 After every training epoch each training clip gets its nearest audio neighbour: cosine
 similarity of the audio embeddings (:meth:`SSLTIE.encode_audio`, eval mode, original

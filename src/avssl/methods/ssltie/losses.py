@@ -1,6 +1,6 @@
 """Pure loss functions, grouped by method. Shapes are in the docstrings; no module state.
 
-SSL-TIE (METHODS 1.3-1.4): :func:`lvs_trimap_logits`, :func:`lvs_loss`,
+SSL-TIE (docs/methods.md §1.3-1.4): :func:`lvs_trimap_logits`, :func:`lvs_loss`,
 :func:`equivariance_consistency`.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def lvs_trimap_logits(
     temperature: float = 0.07,
     diagonal_factor: float = 100.0,
 ) -> LVSLogits:
-    """Localisation logits of LVS / SSL-TIE (METHODS 1.3), exactly as the authors' AVENet.
+    """Localisation logits of LVS / SSL-TIE (docs/methods.md §1.3), exactly as the authors' AVENet.
 
     Args:
         A: (B, 1, h, w) cosine map of frame i with its own audio i.

@@ -1,4 +1,4 @@
-"""SSL-TIE: sound localisation with transformation invariance and equivariance (METHODS 1).
+"""SSL-TIE: sound localisation with transformation invariance and equivariance (docs/methods.md §1).
 
 Liu, Ju, Xie, Zhang, ACM MM 2022 (arXiv 2206.12772). The module holds the two ResNet-18
 encoders and computes its own loss (no training loop here):
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SSLTIEConfig:
-    """SSL-TIE options; the defaults are the released training scripts' (METHODS 1.2-1.4).
+    """SSL-TIE options; the defaults are the released training scripts' (docs/methods.md §1.2-1.4).
 
     width: base channels of both ResNet-18s (64 paper, 32/16 for CPU demos).
     image_size / heatmap_size: frame side and the map side it gives (stride 16).
@@ -48,7 +48,7 @@ class SSLTIEConfig:
     init: "ssltie" (BN weight N(1, 0.02)) or "torchvision" (BN weight 1).
     imagenet_init: optional path of a local torchvision resnet18 state dict loaded into the
         visual encoder after init (the paper trains from scratch: None).
-    audmix: the Audmix variant (METHODS 1.4, :mod:`avssl.methods.ssltie.audmix`; read by the data
+    audmix: the Audmix variant (docs/methods.md §1.4, :mod:`avssl.methods.ssltie.audmix`; read by the data
         pipeline): after each epoch each training clip gets its nearest audio among a random
         queue of ``audmix_queue`` clips; next epoch, with probability
         ``audmix_p0 + audmix_p_step * k`` its waveform becomes ``(1 - a) x + a x_nn``,

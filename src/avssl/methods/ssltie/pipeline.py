@@ -2,7 +2,7 @@
 
 The loader returns uint8 frames and fixed-length waveforms (:mod:`avssl.data.datasets`); the
 :class:`SSLTIEBatchTransform` turns a collated batch into the model's inputs on the training
-device, batched (METHODS 1.1):
+device, batched (docs/methods.md §1.1):
 
 * frames: training with invariance -> MoCo-v2 augmentation (:class:`avssl.augment.recipes.MoCoV2Transform`;
   its crop drawn on the batch's original frames, resampled as PIL does, when the loader
