@@ -2,40 +2,16 @@
 standard library; the exact masks; what is skipped and why; one-line errors for bad sources."""
 from __future__ import annotations
 
-import io
-import tarfile
-from pathlib import Path
-
 import numpy as np
 import pytest
-import soundfile as sf
-from PIL import Image
 
 from avssl.data.cutouts import CutoutSourceError, deb_files, load_cutouts
-
-SR = 22050
-
-
-def _png(mask: np.ndarray, colour=(200, 40, 10), mode: str = "RGBA") -> bytes:
-    h, w = mask.shape
-    rgba = np.zeros((h, w, 4), np.uint8)
-    rgba[..., :3] = colour
-    rgba[..., 3] = np.where(mask, 255, 0)
-    buf = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").convert(mode).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _sound(freq: float, seconds: float = 0.5, fmt: str = "WAV", amp: float = 0.3) -> bytes:
-    t = np.arange(int(seconds * SR)) / SR
-    buf = io.BytesIO()
-    sf.write(buf, (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32), SR, format=fmt)
-    return buf.getvalue()
-
-
-def _disc(h: int = 20, w: int = 30, cy: int = 12, cx: int = 14, r: int = 6) -> np.ndarray:
-    y, x = np.mgrid[:h, :w]
-    return (y - cy) ** 2 + (x - cx) ** 2 <= r * r
+from cutout_utils import SR
+from cutout_utils import disc as _disc
+from cutout_utils import png as _png
+from cutout_utils import sound as _sound
+from cutout_utils import write_deb as _write_deb
+from cutout_utils import write_folder as _write_folder
 
 
 @pytest.fixture(scope="module")
@@ -54,31 +30,6 @@ def files() -> dict[str, bytes]:
         "lonely/fox.png": _png(disc),                                 # no recording: not a pair
         "broken/owl.png": b"not a png", "broken/owl.wav": _sound(600),
     }
-
-
-def _write_folder(root: Path, files: dict[str, bytes]) -> Path:
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    return root
-
-
-def _ar_member(name: str, data: bytes) -> bytes:
-    header = f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}".encode() + b"`\n"
-    return header + data + (b"\n" if len(data) % 2 else b"")
-
-
-def _write_deb(path: Path, files: dict[str, bytes], data_name: str = "data.tar.xz") -> Path:
-    buf = io.BytesIO()
-    mode = {"data.tar.xz": "w:xz", "data.tar.gz": "w:gz", "data.tar.zst": "w"}[data_name]
-    with tarfile.open(fileobj=buf, mode=mode) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo("./usr/share/stamps/" + name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    path.write_bytes(b"!<arch>\n" + _ar_member("debian-binary", b"2.0\n")
-                     + _ar_member("control.tar.xz", b"") + _ar_member(data_name, buf.getvalue()))
-    return path
 
 
 def test_pairs_from_a_folder_with_exact_masks_and_the_reasons_for_every_skip(files, tmp_path):

@@ -10,10 +10,19 @@ classes.json, the sounding boxes at the annotation time as annotations/vggss.jso
 annotations/flickr/<id>.xml, and reference_scores.json (a perfect-box, a centre-prior and
 a random heatmap scored on the test split).
 
+With --source cutouts:DIR_OR_DEB the scenes are semi-real instead: real cut-out pictures
+(PNG with alpha) with their own real recordings (<name>.ogg/.wav/.flac beside each picture),
+on photographs from --backgrounds DIR_OR_DEB (or the synthetic textures); OUT also receives
+masks/<id>.png, the sounding cut-outs' exact visible pixels at the annotation frame (see
+avssl.data.semireal). Debian's tuxpaint-stamps-default package is such a source; a .deb is
+read directly (`apt-get download tuxpaint-stamps-default gnome-backgrounds`).
+
 Clip i is drawn from an RNG of (seed, i): the result does not depend on --workers.
 
-Example:
+Examples:
     avssl synth data/synth --clips 1000 --seed 0 --workers 8
+    avssl synth data/semireal --clips 3000 --source cutouts:tuxpaint-stamps-default_2022.06.04-1_all.deb \
+        --exclude symbols --backgrounds gnome-backgrounds_43.1-1_all.deb
 """
 from __future__ import annotations
 
@@ -49,13 +58,15 @@ def _noise(text: str) -> tuple[float, float] | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from avssl.data.semireal import SemiRealConfig
     from avssl.data.synthetic import PLACEMENTS, SynthConfig
 
-    d = SynthConfig()
+    d, sr = SynthConfig(), SemiRealConfig()
     parser.add_argument("out", metavar="OUT", help="output folder")
     parser.add_argument("--clips", type=int, required=True, help="number of clips")
     parser.add_argument("--seed", type=int, default=0, help="data-set seed (default 0)")
-    parser.add_argument("--classes", type=int, default=d.classes, help=f"number of classes (default {d.classes})")
+    parser.add_argument("--classes", type=int, default=None, help=f"number of classes (default {d.classes}; "
+                        "not with --source, whose pairs are the classes)")
     parser.add_argument("--duration", type=float, default=d.duration, help=f"seconds per clip (default {d.duration:g})")
     parser.add_argument("--size", type=int, default=d.size, help=f"frame size in pixels, even (default {d.size})")
     parser.add_argument("--fps", type=float, default=d.fps, help=f"frame rate (default {d.fps:g})")
@@ -68,36 +79,80 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise-db", type=_noise, default=d.noise_db, metavar="MIN,MAX",
                         help="background-noise SNR range in dB, or 'none' "
                         f"(default {d.noise_db[0]:g},{d.noise_db[1]:g})")
-    parser.add_argument("--object-size", type=_floats(2), default=d.object_size, metavar="MIN,MAX",
+    parser.add_argument("--object-size", type=_floats(2), default=None, metavar="MIN,MAX",
                         help="sounding-object box area as a share of the frame "
-                        f"(default {d.object_size[0]:g},{d.object_size[1]:g})")
-    parser.add_argument("--placement", choices=PLACEMENTS, default=d.placement,
+                        f"(default {d.object_size[0]:g},{d.object_size[1]:g}; with --source every cut-out's, "
+                        f"default {sr.object_size[0]:g},{sr.object_size[1]:g})")
+    parser.add_argument("--placement", choices=PLACEMENTS, default=None,
                         help="where sounding objects go: corner (near a corner), spread (off-centre), centre, "
-                        f"uniform (default {d.placement}; spread with --object-size 0.1,0.45 is the old default)")
+                        f"uniform (default {d.placement}; spread with --object-size 0.1,0.45 is the old default; "
+                        "not with --source)")
     parser.add_argument("--split", type=_floats(3), default=d.split, metavar="TRAIN,VAL,TEST",
                         help="split fractions (default 0.7,0.15,0.15)")
     parser.add_argument("--preset", default=d.preset,
                         choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"),
                         help=f"libx264 speed preset (default {d.preset})")
+    parser.add_argument("--source", metavar="cutouts:PATH", default=None,
+                        help="semi-real scenes from a folder or .deb of <name>.png + <name>.ogg|wav|flac pairs")
+    parser.add_argument("--backgrounds", metavar="PATH", default=None,
+                        help="with --source: a folder or .deb of photographs for the backgrounds")
+    parser.add_argument("--holdout", type=lambda t: tuple(x for x in t.split(",") if x), default=(),
+                        metavar="NAME,...", help="with --source: classes never shown or heard in training")
+    parser.add_argument("--exclude", type=lambda t: tuple(x for x in t.split(",") if x), default=(),
+                        metavar="FOLDER,...", help="with --source: folders of the source to leave out")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip scoring the reference heatmaps on the test split")
 
 
+def _semireal(args: argparse.Namespace):
+    from avssl.data.semireal import SemiRealConfig
+
+    kind, _, path = args.source.partition(":")
+    if kind != "cutouts" or not path:
+        raise ValueError(f"--source takes cutouts:PATH, got {args.source!r}")
+    if args.classes is not None or args.placement is not None:
+        raise ValueError("--classes and --placement do not apply to --source (the pairs are the classes)")
+    d = SemiRealConfig()
+    cfg = SemiRealConfig(
+        size=args.size, duration=args.duration, fps=args.fps, sample_rate=args.sample_rate,
+        object_size=tuple(args.object_size or d.object_size), two_source_frac=args.two_source_frac,
+        offscreen_frac=args.offscreen_frac, snr_db=args.noise_db, split=tuple(args.split),
+        holdout=args.holdout, exclude=args.exclude, workers=args.workers, preset=args.preset)
+    return path, cfg
+
+
 def run(args: argparse.Namespace) -> int:
+    from avssl.data.cutouts import CutoutSourceError
     from avssl.data.synthetic import SynthConfig, generate
 
     try:
-        cfg = SynthConfig(
-            classes=args.classes, duration=args.duration, size=args.size, fps=args.fps,
-            sample_rate=args.sample_rate, two_source_frac=args.two_source_frac,
-            offscreen_frac=args.offscreen_frac, noise_db=args.noise_db,
-            object_size=tuple(args.object_size), placement=args.placement,
-            split=tuple(args.split), workers=args.workers, preset=args.preset,
-        )
+        if args.source is not None:
+            path, cfg = _semireal(args)
+        else:
+            if args.backgrounds or args.holdout or args.exclude:
+                raise ValueError("--backgrounds, --holdout and --exclude need --source")
+            d = SynthConfig()
+            cfg = SynthConfig(
+                classes=args.classes or d.classes, duration=args.duration, size=args.size, fps=args.fps,
+                sample_rate=args.sample_rate, two_source_frac=args.two_source_frac,
+                offscreen_frac=args.offscreen_frac, noise_db=args.noise_db,
+                object_size=tuple(args.object_size or d.object_size), placement=args.placement or d.placement,
+                split=tuple(args.split), workers=args.workers, preset=args.preset,
+            )
     except ValueError as e:
         log.error("invalid option: %s", e)
         return 2
-    manifest = generate(args.out, clips=args.clips, seed=args.seed, config=cfg)
+    if args.source is not None:
+        from avssl.data.semireal import generate_semireal
+
+        try:
+            manifest = generate_semireal(args.out, path, clips=args.clips, seed=args.seed, config=cfg,
+                                         backgrounds=args.backgrounds)
+        except (CutoutSourceError, ValueError) as e:
+            log.error("%s", e)
+            return 2
+    else:
+        manifest = generate(args.out, clips=args.clips, seed=args.seed, config=cfg)
     if not args.no_reference:
         from avssl.eval.references import reference_scores
 

@@ -167,12 +167,13 @@ def _decode_sound(data: bytes, min_seconds: float) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(wave, np.float32), int(sr)
 
 
-def load_cutouts(source: str | os.PathLike, min_seconds: float = 0.2) -> CutoutSet:
+def load_cutouts(source: str | os.PathLike, min_seconds: float = 0.2, exclude: Iterable[str] = ()) -> CutoutSet:
     """Every usable (picture, recording) pair of a folder or a ``.deb`` (see the module docstring).
 
     A pair is ``<dir>/<stem>.png`` and ``<dir>/<stem>.<ogg|wav|flac>`` (the first suffix found in
     that order). Pairs are sorted by path; names are file stems, prefixed by their folder where a
-    stem occurs in several. Skipped pairs are logged and returned with their reasons.
+    stem occurs in several. Skipped pairs are logged and returned with their reasons. ``exclude``:
+    folders to leave out, matched as whole path components (``"symbols"``, ``"symbols/math"``).
     Raises :class:`CutoutSourceError` for a missing or unreadable source, or one without pairs.
     """
     path = Path(source)
@@ -190,7 +191,7 @@ def load_cutouts(source: str | os.PathLike, min_seconds: float = 0.2) -> CutoutS
             continue
         stem = name[:-4]
         sound = next((lower[k] for k in (stem.lower() + s for s in SOUND_SUFFIXES) if k in lower), None)
-        if sound is not None:
+        if sound is not None and not any(f"/{frag.strip('/')}/" in f"/{name}" for frag in exclude):
             pairs.append((name, sound))
     if not pairs:
         raise CutoutSourceError(path, "no <name>.png with a <name>.ogg/.wav/.flac beside it")

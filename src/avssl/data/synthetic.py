@@ -53,7 +53,7 @@ from avssl.data.synthetic_render import (
 log = logging.getLogger(__name__)
 
 __all__ = ["SynthConfig", "generate", "render_clip", "plan_dataset", "plan_scene", "synth_audio",
-           "write_mp4", "video_codec", "clip_id", "load_config"]
+           "write_mp4", "video_codec", "clip_id", "load_config", "write_annotations"]
 
 PLACEMENTS = ("corner", "spread", "centre", "uniform")
 KINDS = ("single", "two", "offscreen")
@@ -351,7 +351,7 @@ def generate(out_dir: str | os.PathLike, clips: int = 100, seed: int = 0,
     (out / "classes.json").write_text(json.dumps({c.name: c.to_dict() for c in classes}, indent=2))
     (out / "synth_config.json").write_text(json.dumps(
         {"clips": clips, "seed": seed, "codec": codec} | asdict(cfg), indent=2))
-    _write_annotations(out, vggss, flickr, names)
+    write_annotations(out, vggss, flickr, names)
     return manifest
 
 
@@ -385,7 +385,8 @@ def _remove_stale(out: Path, clips: int) -> None:
         log.info("removed %d files of an earlier run in %s", len(stale), out)
 
 
-def _write_annotations(out: Path, vggss: list[dict], flickr: dict[str, list], names: list[str]) -> None:
+def write_annotations(out: Path, vggss: list[dict], flickr: dict[str, list], names: list[str]) -> None:
+    """The sounding boxes as ``annotations/vggss.json`` (normalised) and ``annotations/flickr/<id>.xml`` (256-pixel)."""
     from avssl.data.annotations import write_flickr_xml, write_vggss
 
     write_vggss(out / "annotations" / "vggss.json", vggss, classes=names)
