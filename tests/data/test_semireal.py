@@ -130,3 +130,36 @@ def test_avssl_synth_with_a_cutout_source(source, tmp_path, caplog):
     assert main(["synth", str(tmp_path / "z"), "--clips", "2", "--source", "shapes:x"]) == 2
     err = caplog.text
     assert "do not apply to --source" in err and "no such file or folder" in err and "cutouts:PATH" in err
+
+
+def test_reference_scores_include_the_masks(source, tmp_path):
+    import json
+
+    from avssl.eval.references import reference_scores
+
+    out = tmp_path / "refs"
+    generate_semireal(out, source, clips=8, seed=1, config=replace(CFG, split=(0.5, 0, 0.5)))
+    scores = reference_scores(out, seed=1)
+    assert json.loads((out / "reference_scores.json").read_text()) == json.loads(json.dumps(scores))
+    assert scores["perfect_mask"]["mask"]["mask_ciou_at_0.5"] == 1.0
+    assert scores["perfect_mask"]["mask"]["mask_pointing_accuracy"] == 1.0
+    assert scores["perfect"]["ciou_at_0.5"] == 1.0 and scores["perfect"]["mask"]["mask_mean_ciou"] < 1.0
+    assert scores["centre_prior"]["mask"]["n_scored"] == 4
+
+
+def test_avssl_score_adds_the_mask_measures(source, tmp_path, capsys):
+    import json
+
+    from avssl.cli import main
+
+    out = tmp_path / "set"
+    generate_semireal(out, source, clips=6, seed=2, config=CFG)
+    records = read_manifest(out / "manifest.jsonl")
+    maps = {r.id: np.asarray(Image.open(out / r.extra["mask"]), np.float32) for r in records}
+    np.savez(tmp_path / "pred.npz", **maps)
+    assert main(["score", "--pred", str(tmp_path / "pred.npz"), "--gt", str(out / "annotations" / "vggss.json"),
+                 "--masks", str(out / "manifest.jsonl")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["mask"]["mask_ciou_at_0.5"] == 1.0 and summary["mask"]["n_scored"] == 6
+    assert main(["score", "--pred", str(tmp_path / "pred.npz"), "--gt", str(out / "annotations" / "vggss.json"),
+                 "--masks", str(tmp_path / "nope.jsonl")]) == 2

@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write id, ciou, adaptive_ciou, pointing_hit, confidence per sample")
     parser.add_argument("--silent", metavar="IDS.txt", default=None,
                         help="file listing ids of silent pairs (one per line): adds open-set AP / max-F1")
+    parser.add_argument("--masks", metavar="MANIFEST.jsonl", default=None,
+                        help="also score against the exact masks its records name (a semi-real set from "
+                        "`avssl synth --source`): adds a \"mask\" section")
     parser.add_argument("--strict", action="store_true", help="fail on a NaN/inf heatmap instead of excluding it")
     parser.add_argument("--exclude-empty-gt", action="store_true",
                         help="drop samples whose boxes are empty after clipping (e.g. outside the image) from N; "
@@ -82,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"{args.silent}: cannot read silent-id list: {e}") from e
         result = evaluate(pred, gt, fmt, protocol, strict=args.strict, silent=silent,
                           exclude_empty_gt=args.exclude_empty_gt)
+        summary = dict(result.summary)
+        if args.masks:
+            summary["mask"] = _mask_section(Path(args.masks), pred, protocol)
     except (AnnotationError, InvalidHeatmapError, ValueError) as e:
         print(f"avssl score: error: {e}", file=sys.stderr)
         return 2
@@ -94,5 +100,26 @@ def run(args: argparse.Namespace) -> int:
             writer.writeheader()
             writer.writerows(rows)
         log.info("wrote %d per-sample rows to %s", len(rows), out)
-    print(json.dumps(result.summary, indent=2))
+    print(json.dumps(summary, indent=2))
     return 0
+
+
+def _mask_section(manifest: Path, pred: dict, protocol) -> dict:
+    """The ``"mask"`` section: :func:`avssl.eval.masks.mask_scores_by_id` on the finite maps."""
+    import numpy as np
+
+    from avssl.data.manifest import ManifestError, read_manifest
+    from avssl.eval.masks import mask_scores_by_id
+    from avssl.eval.references import load_masks
+
+    try:
+        masks = load_masks(manifest.parent, read_manifest(manifest))
+    except (OSError, ManifestError) as e:
+        raise ValueError(f"{manifest}: cannot read its masks ({e})") from e
+    if not masks:
+        raise ValueError(f"{manifest}: its records name no masks (not a semi-real set)")
+    finite = {k: v for k, v in pred.items() if np.isfinite(v).all()}
+    out = mask_scores_by_id(finite, masks, protocol)
+    out.pop("per_sample")
+    out["missing_pred"], out["missing_mask"] = len(out["missing_pred"]), len(out["missing_mask"])
+    return out

@@ -22,7 +22,7 @@ from avssl.eval.localisation import score
 
 log = logging.getLogger(__name__)
 
-__all__ = ["reference_heatmaps", "reference_scores"]
+__all__ = ["reference_heatmaps", "reference_scores", "load_masks"]
 
 _RANDOM_KEY = 0x5EED  # RNG stream of the random map (the generator's plan key: the same draws as before)
 
@@ -52,26 +52,53 @@ def reference_heatmaps(boxes: list[list[list[float]]], size: int = 224, seed: in
             "random": np.ascontiguousarray(random)}
 
 
+def load_masks(out_dir: str | os.PathLike, records) -> dict[str, np.ndarray]:
+    """``{id: (S, S) bool}`` for the records that name a mask (``masks/<id>.png``, the semi-real set)."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    masks = {}
+    for r in records:
+        if r.extra.get("mask"):
+            with Image.open(out / r.extra["mask"]) as im:
+                masks[r.id] = np.asarray(im.convert("1"), bool)
+    return masks
+
+
 def reference_scores(out_dir: str | os.PathLike, split: str = "test", seed: int = 0) -> dict:
     """Score the reference heatmaps on a split's clips with a visible source.
 
     Ground truth is read back from ``annotations/vggss.json``; scores (the standard
-    evaluator, :func:`avssl.eval.localisation.score`) go to ``reference_scores.json``.
+    evaluator, :func:`avssl.eval.localisation.score`) go to ``reference_scores.json``. On a
+    set with masks (``avssl synth --source``) each map is also scored against them
+    (``"mask"``: :func:`avssl.eval.masks.mask_scores_by_id`) and the mask itself is a further
+    reference map (``perfect_mask``, the ceiling of the mask measures).
     Returns ``{map name: metrics}``.
     """
+    from avssl.eval.masks import mask_scores_by_id
+
     out = Path(out_dir)
-    ids = [r.id for r in read_manifest(out / "manifest.jsonl", split=split) if not r.extra.get("offscreen")]
+    records = [r for r in read_manifest(out / "manifest.jsonl", split=split) if not r.extra.get("offscreen")]
     gt = load_vggss(out / "annotations" / "vggss.json")
-    ids = [i for i in ids if i in gt]
+    ids = [r.id for r in records if r.id in gt]
     if not ids:
         log.warning("no %s clips with a visible source: no reference scores", split)
         return {}
     boxes = {i: gt[i] for i in ids}
     maps = reference_heatmaps(list(boxes.values()), seed=seed)
+    masks = load_masks(out, [r for r in records if r.id in boxes])
+    if masks and set(masks) == set(ids):
+        maps["perfect_mask"] = np.stack([masks[i].astype(np.float32) for i in ids])
     scores = {name: score(dict(zip(ids, m, strict=True)), boxes, "vggss") for name, m in maps.items()}
+    if masks:
+        for name, m in maps.items():
+            mask_sc = mask_scores_by_id(dict(zip(ids, m, strict=True)), masks)
+            scores[name]["mask"] = {k: v for k, v in mask_sc.items() if k != "per_sample"}
     atomic_write_text(out / "reference_scores.json", json.dumps(scores, indent=2))
     for name, sc in scores.items():
+        extra = (f"  mask cIoU@0.5 {sc['mask']['mask_ciou_at_0.5']:.3f}  mask pointing "
+                 f"{sc['mask']['mask_pointing_accuracy']:.3f}") if "mask" in sc else ""
         log.info("reference %-12s cIoU@0.5 %.3f  AUC %.3f  mean cIoU %.3f  adaptive cIoU@0.5 %.3f  "
-                 "pointing %.3f  (%d %s clips)", name, sc["ciou_at_0.5"], sc["auc"], sc["mean_ciou"],
-                 sc["adaptive_ciou_at_0.5"], sc["pointing_accuracy"], sc["n_scored"], split)
+                 "pointing %.3f%s  (%d %s clips)", name, sc["ciou_at_0.5"], sc["auc"], sc["mean_ciou"],
+                 sc["adaptive_ciou_at_0.5"], sc["pointing_accuracy"], extra, sc["n_scored"], split)
     return scores
