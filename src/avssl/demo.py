@@ -160,9 +160,38 @@ def _train_and_score(method: str, data: Path, out: Path, seeds, epochs, override
     return res
 
 
+def _source_flags(source, backgrounds, exclude) -> str:
+    if not source:
+        return ""
+    return (f" --data semireal --source cutouts:{source}" + (f" --backgrounds {backgrounds}" if backgrounds else "")
+            + (f" --exclude {','.join(exclude)}" if exclude else ""))
+
+
+def _mask_table(data: Path, results: dict, refs: dict, seed: int) -> dict:
+    """Rows of the trained models' (first seed) and the references' scores against the masks."""
+    from avssl.data.manifest import read_manifest
+    from avssl.eval.masks import mask_scores_by_id
+    from avssl.eval.references import load_masks
+
+    masks = load_masks(data, read_manifest(data / "manifest.jsonl", split="test"))
+    keep = ("mask_ciou_at_0.5", "mask_auc", "mask_adaptive_ciou_at_0.5", "mask_pointing_accuracy", "n_scored")
+    rows = {}
+    for m, r in results.items():
+        scores = mask_scores_by_id({k: v for k, v in r["heatmaps"].items() if k in masks}, masks)
+        rows[f"{_title(m)} trained (seed {seed})"] = {k: scores[k] for k in keep}
+    rows.update({f"reference: {k.replace('_', ' ')}": {m: v["mask"][m] for m in keep}
+                 for k, v in refs.items() if "mask" in v})
+    return rows
+
+
 def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds=(0,), epochs: int | None = None,
-             workers: int | None = None, size: int = 128, overrides=(), methods=("ssltie", "equiav")) -> dict:
-    """Run the demo into ``out``; returns the report dict (also written as report.json/html)."""
+             workers: int | None = None, size: int = 128, overrides=(), methods=("ssltie", "equiav"),
+             source: str | None = None, backgrounds: str | None = None, exclude=()) -> dict:
+    """Run the demo into ``out``; returns the report dict (also written as report.json/html).
+
+    With ``source`` (a folder or ``.deb`` of cut-outs, :mod:`avssl.data.semireal`) the data are
+    semi-real scenes (in ``out/data_semireal``; ``backgrounds``: photographs, ``exclude``:
+    source folders left out) and the report adds the scores against the exact masks."""
     from avssl.data.manifest import read_manifest
     from avssl.data.synthetic import SynthConfig, generate
     from avssl.engine.evaluate import best_worst_sheet, load_annotations
@@ -174,14 +203,21 @@ def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds
     if unknown or not methods:
         raise ValueError(f"demo methods must be among {sorted(demos)}, got {list(methods)}")
     out = Path(out)
-    data = out / "data"
+    data = out / ("data_semireal" if source else "data")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if not (data / "reference_scores.json").is_file():
-        log.info("demo: generating %d synthetic clips (%d px) into %s", clips, size, data)
-        generate(data, clips=clips, seed=data_seed, config=SynthConfig(size=size, workers=workers))
+        log.info("demo: generating %d %s clips (%d px) into %s", clips, "semi-real" if source else "synthetic",
+                 size, data)
+        if source:
+            from avssl.data.semireal import SemiRealConfig, generate_semireal
+
+            generate_semireal(data, source, clips=clips, seed=data_seed, backgrounds=backgrounds,
+                              config=SemiRealConfig(size=size, workers=workers, exclude=tuple(exclude)))
+        else:
+            generate(data, clips=clips, seed=data_seed, config=SynthConfig(size=size, workers=workers))
         reference_scores(data, seed=data_seed)
-    timings["synthetic data (s)"] = round(time.perf_counter() - t0, 1)
+    timings[f"{'semi-real' if source else 'synthetic'} data (s)"] = round(time.perf_counter() - t0, 1)
     refs = json.loads((data / "reference_scores.json").read_text())
     test_records = read_manifest(data / "manifest.jsonl", split="test")
     boxes = load_annotations(data / "annotations" / "vggss.json", "vggss")
@@ -207,18 +243,22 @@ def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds
             figures[f"{name}: best and worst test clips by cIoU (seed {seeds[0]}; boxes in green)"] = sheet.name
     localisation.update({f"reference: {k.replace('_', ' ')}": {m: v[m] for m in (*METRICS, "n_scored")}
                          for k, v in refs.items()})
+    masks_table = _mask_table(data, results, refs, seeds[0]) if source else {}
     curve = _curve({m: r["histories"] for m, r in results.items()}, out / "training_curve.png")
     figures = {"Training loss and validation scores per epoch": curve.name, **figures}
 
     seed_txt = ",".join(str(s) for s in seeds)
     report = {
         "title": "avssl demo: " + " and ".join(_title(m) for m in methods)
-                 + " on the synthetic audio-visual benchmark",
+                 + (" on semi-real scenes (real cut-outs and recordings)" if source
+                    else " on the synthetic audio-visual benchmark"),
         "commands": [f"avssl demo {out} --clips {clips} --seeds {seed_txt} --methods {','.join(methods)}"
-                     + (f" --epochs {epochs}" if epochs else "") + "".join(f" {o}" for o in overrides)],
+                     + (f" --epochs {epochs}" if epochs else "") + _source_flags(source, backgrounds, exclude)
+                     + "".join(f" {o}" for o in overrides)],
         "data": {"clips": clips, "frame size": size, "data seed": data_seed, "training seeds": seed_txt,
                  **details, **timings},
         "localisation": localisation,
+        **({"localisation_masks": masks_table} if masks_table else {}),
         "retrieval": retrieval,
         "probe": probe,
         "figures": figures,

@@ -58,7 +58,8 @@ def render_html(report: dict) -> str:
     if report.get("localisation"):
         parts.append("<h2>Sound localisation (test split)</h2>"
                      + _table(report["localisation"], LOCALISATION_COLUMNS))
-    for key, title in (("retrieval", "Retrieval"), ("probe", "Linear probe")):
+    for key, title in (("localisation_masks", "Localisation against the exact masks"), ("retrieval", "Retrieval"),
+                       ("probe", "Linear probe")):
         if report.get(key):
             parts.append(f"<h2>{title}</h2>" + _table(report[key]))
     for caption, rel in (report.get("figures") or {}).items():

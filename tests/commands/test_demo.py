@@ -49,3 +49,30 @@ def test_report_tables_escape_and_format(tmp_path):
     assert "t&lt;1&gt;" in page and "0.512" in page and "0.500 ± 0.100" in page
     js, html_path = write_report(report, tmp_path)
     assert json.loads(js.read_text()) == report and html_path.is_file()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_semireal_demo_reports_the_mask_scores(tmp_path):
+    from cutout_utils import disc, png, sound, write_folder
+
+    files = {}
+    for i, (name, colour) in enumerate({"cat": (220, 30, 30), "bell": (30, 220, 30), "drum": (30, 30, 220),
+                                        "horn": (230, 230, 20)}.items()):
+        files[f"things/{name}.png"] = png(disc(24, 24, 12, 12, 10), colour)
+        files[f"things/{name}.wav"] = sound(200.0 * (i + 1), seconds=0.4, rate=16000)
+    source = write_folder(tmp_path / "cutouts", files)
+    out = tmp_path / "demo"
+    args = ["demo", str(out), "ssltie.image_size=64", "ssltie.heatmap_size=4", "ssltie.width=8",
+            "train.batch_size=8", "data.num_workers=0", "train.threads=1", "--methods", "ssltie",
+            "--clips", "24", "--size", "64", "--epochs", "1", "--workers", "1",
+            "--data", "semireal", "--source", f"cutouts:{source}"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "semi-real" in report["title"] and "--data semireal" in report["commands"][0]
+    masks = report["localisation_masks"]
+    trained = masks["SSL-TIE trained (seed 0)"]
+    assert 0.0 <= trained["mask_pointing_accuracy"] <= 1.0 and trained["n_scored"] >= 1
+    assert masks["reference: perfect mask"]["mask_ciou_at_0.5"] == 1.0
+    assert "reference: perfect mask" in report["localisation"]
+    assert "Localisation against the exact masks" in (out / "report.html").read_text()
+    assert main(["demo", str(tmp_path / "x"), "--data", "semireal"]) == 2

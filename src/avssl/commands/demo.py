@@ -50,14 +50,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="data generation processes (default: all cores)")
     parser.add_argument("--methods", type=lambda t: tuple(x for x in t.split(",") if x), default=("ssltie", "equiav"),
                         help="methods to train and compare, comma-separated (default ssltie,equiav)")
+    parser.add_argument("--data", choices=("synthetic", "semireal"), default="synthetic",
+                        help="synthetic (default: the built-in benchmark) or semireal (real cut-outs, --source)")
+    parser.add_argument("--source", metavar="cutouts:PATH", default=None,
+                        help="with --data semireal: a folder or .deb of <name>.png + <name>.ogg|wav|flac pairs")
+    parser.add_argument("--backgrounds", metavar="PATH", default=None,
+                        help="with --data semireal: a folder or .deb of photographs")
+    parser.add_argument("--exclude", type=lambda t: tuple(x for x in t.split(",") if x), default=(),
+                        metavar="FOLDER,...", help="with --data semireal: source folders to leave out")
 
 
 def run(args: argparse.Namespace) -> int:
     from avssl.demo import run_demo
 
+    source = None
+    if args.data == "semireal":
+        kind, _, source = (args.source or "").partition(":")
+        if kind != "cutouts" or not source:
+            log.error("--data semireal needs --source cutouts:PATH (a folder or .deb of cut-outs and recordings)")
+            return 2
+    elif args.source or args.backgrounds:
+        log.error("--source and --backgrounds need --data semireal")
+        return 2
     report = run_demo(args.out, clips=args.clips, data_seed=args.data_seed, seeds=args.seeds, epochs=args.epochs,
                       workers=args.workers, size=args.size, overrides=args.overrides,
-                      methods=args.methods)
+                      methods=args.methods, source=source, backgrounds=args.backgrounds, exclude=args.exclude)
     print(json.dumps({"report": f"{args.out}/report.html", "localisation": report["localisation"],
                       "retrieval": report["retrieval"], "probe": report["probe"]}, indent=2))
     return 0
