@@ -99,6 +99,9 @@ class OptimConfig:
     name: "adam" (coupled L2 weight decay, as the original) or "adamw" (decoupled).
     schedule: "multistep" (lr * gamma^(milestones passed), milestones in epochs) or "cosine"
         (to min_lr over the run); warmup_epochs of linear warm-up precede either.
+    warmup_start_lr: the lr of the first step, rising linearly to ``lr`` over the warm-up (EquiAV's
+        released recipe: 2e-7, docs/methods.md §2.6). None: the warm-up starts at
+        ``lr / (warmup steps)`` and reaches ``lr`` at its last step.
     """
 
     name: str = "adam"
@@ -109,6 +112,7 @@ class OptimConfig:
     milestones: tuple[int, ...] = (300, 700, 900)
     gamma: float = 0.1
     warmup_epochs: float = 0.0
+    warmup_start_lr: float | None = None
     min_lr: float = 0.0
 
     def __post_init__(self) -> None:
@@ -116,6 +120,8 @@ class OptimConfig:
             raise ValueError(f"optim.name must be 'adam' or 'adamw', got {self.name!r}")
         if self.schedule not in ("multistep", "cosine"):
             raise ValueError(f"optim.schedule must be 'multistep' or 'cosine', got {self.schedule!r}")
+        if self.warmup_start_lr is not None and not 0 <= self.warmup_start_lr <= self.lr:
+            raise ValueError(f"optim.warmup_start_lr must be in [0, lr], got {self.warmup_start_lr}")
         if self.lr <= 0:
             raise ValueError(f"optim.lr must be positive, got {self.lr}")
 

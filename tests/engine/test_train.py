@@ -138,6 +138,13 @@ def test_lr_schedules():
     cos = OptimConfig(schedule="cosine", warmup_epochs=1.0, lr=1e-3, min_lr=1e-5)
     assert lr_factor(0, 10, 5, cos) == pytest.approx(0.1) and lr_factor(9, 10, 5, cos) == pytest.approx(1.0)
     assert lr_factor(10, 10, 5, cos) == pytest.approx(1.0) and lr_factor(50, 10, 5, cos) == pytest.approx(0.01)
+    # EquiAV's released warm-up: 2e-7 at the first step, linearly to lr over the warm-up epochs
+    rel = OptimConfig(lr=1e-4, schedule="cosine", warmup_epochs=2, warmup_start_lr=2e-7, min_lr=1e-6)
+    assert lr_factor(0, 100, 20, rel) * 1e-4 == pytest.approx(2e-7)
+    assert lr_factor(100, 100, 20, rel) * 1e-4 == pytest.approx(2e-7 + (1e-4 - 2e-7) / 2)
+    assert lr_factor(200, 100, 20, rel) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="warmup_start_lr"):
+        OptimConfig(lr=1e-4, warmup_start_lr=1e-3)
 
 
 def test_evaluator_heatmaps_match_localise_and_retrieval_runs(synth):

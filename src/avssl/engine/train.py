@@ -236,6 +236,9 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: OptimConfig) ->
     """Multiplier of ``cfg.lr`` at iteration ``step``: linear warm-up, then multistep or cosine."""
     epoch_f = step / max(1, steps_per_epoch)
     if cfg.warmup_epochs > 0 and epoch_f < cfg.warmup_epochs:
+        if cfg.warmup_start_lr is not None:  # start_lr at step 0, linearly to lr at the warm-up's end
+            start = cfg.warmup_start_lr / cfg.lr
+            return start + (1.0 - start) * epoch_f / cfg.warmup_epochs
         return (epoch_f + 1.0 / max(1, steps_per_epoch)) / cfg.warmup_epochs
     if cfg.schedule == "multistep":
         return cfg.gamma ** sum(1 for m in cfg.milestones if int(epoch_f) >= m)
