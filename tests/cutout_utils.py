@@ -58,3 +58,17 @@ def write_deb(path: Path, files: dict[str, bytes], data_name: str = "data.tar.xz
     path.write_bytes(b"!<arch>\n" + _ar_member("debian-binary", b"2.0\n")
                      + _ar_member("control.tar.xz", b"") + _ar_member(data_name, buf.getvalue()))
     return path
+
+
+#: Four solid-colour disc cut-outs, each with a pure tone: the semi-real tests' source.
+TONE_COLOURS = {"cat": (220, 30, 30), "bell": (30, 220, 30), "drum": (30, 30, 220), "horn": (230, 230, 20)}
+TONE_FREQS = {"cat": 440.0, "bell": 660.0, "drum": 150.0, "horn": 990.0}
+
+
+def write_tone_cutouts(root: Path) -> Path:
+    """``root/things/<name>.png`` (a 24 px disc of radius 10) + ``<name>.wav`` (0.37 s at 16 kHz)."""
+    files = {}
+    for name, colour in TONE_COLOURS.items():
+        files[f"things/{name}.png"] = png(disc(24, 24, 12, 12, 10), colour)
+        files[f"things/{name}.wav"] = sound(TONE_FREQS[name], seconds=0.37, rate=16000)
+    return write_folder(root, files)

@@ -53,14 +53,9 @@ def test_report_tables_escape_and_format(tmp_path):
 
 @pytest.mark.usefixtures("one_thread")
 def test_semireal_demo_reports_the_mask_scores(tmp_path):
-    from cutout_utils import disc, png, sound, write_folder
+    from cutout_utils import write_tone_cutouts
 
-    files = {}
-    for i, (name, colour) in enumerate({"cat": (220, 30, 30), "bell": (30, 220, 30), "drum": (30, 30, 220),
-                                        "horn": (230, 230, 20)}.items()):
-        files[f"things/{name}.png"] = png(disc(24, 24, 12, 12, 10), colour)
-        files[f"things/{name}.wav"] = sound(200.0 * (i + 1), seconds=0.4, rate=16000)
-    source = write_folder(tmp_path / "cutouts", files)
+    source = write_tone_cutouts(tmp_path / "cutouts")
     out = tmp_path / "demo"
     args = ["demo", str(out), "ssltie.image_size=64", "ssltie.heatmap_size=4", "ssltie.width=8",
             "train.batch_size=8", "data.num_workers=0", "train.threads=1", "--methods", "ssltie",

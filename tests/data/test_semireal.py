@@ -13,21 +13,17 @@ from avssl.data.cutouts import load_cutouts
 from avssl.data.decode import read_clip
 from avssl.data.manifest import read_manifest
 from avssl.data.semireal import SemiRealConfig, generate_semireal, render_scene
-from cutout_utils import disc, png, sound, write_folder
+from cutout_utils import TONE_COLOURS as COLOURS
+from cutout_utils import TONE_FREQS as FREQS
+from cutout_utils import write_tone_cutouts
 
-COLOURS = {"cat": (220, 30, 30), "bell": (30, 220, 30), "drum": (30, 30, 220), "horn": (230, 230, 20)}
-FREQS = {"cat": 440.0, "bell": 660.0, "drum": 150.0, "horn": 990.0}
 CFG = SemiRealConfig(size=64, duration=1.0, fps=5.0, sample_rate=16000, objects=(1, 3),
                      object_size=(0.1, 0.2), snr_db=None, gain_db=(0.0, 0.0), rate=(1.0, 1.0), workers=1)
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    files = {}
-    for name, colour in COLOURS.items():
-        files[f"things/{name}.png"] = png(disc(24, 24, 12, 12, 10), colour)
-        files[f"things/{name}.wav"] = sound(FREQS[name], seconds=0.37, rate=16000)
-    return write_folder(tmp_path_factory.mktemp("cutouts"), files)
+    return write_tone_cutouts(tmp_path_factory.mktemp("cutouts"))
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,8 @@ import argparse
 import json
 import logging
 
+from avssl.commands.synth import add_cutout_arguments, comma_names, cutout_source
+
 HELP = "run the demo (synthetic data -> SSL-TIE and EquiAV training -> evaluation) and write an HTML + JSON report"
 
 log = logging.getLogger(__name__)
@@ -48,16 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=_seeds, default=(0,), help="training seeds, e.g. 0,1,2 (default 0)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
     parser.add_argument("--workers", type=int, default=None, help="data generation processes (default: all cores)")
-    parser.add_argument("--methods", type=lambda t: tuple(x for x in t.split(",") if x), default=("ssltie", "equiav"),
+    parser.add_argument("--methods", type=comma_names, default=("ssltie", "equiav"),
                         help="methods to train and compare, comma-separated (default ssltie,equiav)")
     parser.add_argument("--data", choices=("synthetic", "semireal"), default="synthetic",
                         help="synthetic (default: the built-in benchmark) or semireal (real cut-outs, --source)")
-    parser.add_argument("--source", metavar="cutouts:PATH", default=None,
-                        help="with --data semireal: a folder or .deb of <name>.png + <name>.ogg|wav|flac pairs")
-    parser.add_argument("--backgrounds", metavar="PATH", default=None,
-                        help="with --data semireal: a folder or .deb of photographs")
-    parser.add_argument("--exclude", type=lambda t: tuple(x for x in t.split(",") if x), default=(),
-                        metavar="FOLDER,...", help="with --data semireal: source folders to leave out")
+    add_cutout_arguments(parser, "with --data semireal: ", "with --data semireal: ")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
 
     source = None
     if args.data == "semireal":
-        kind, _, source = (args.source or "").partition(":")
-        if kind != "cutouts" or not source:
-            log.error("--data semireal needs --source cutouts:PATH (a folder or .deb of cut-outs and recordings)")
+        try:
+            source = cutout_source(args.source or "")
+        except ValueError as e:
+            log.error("--data semireal: %s", e)
             return 2
     elif args.source or args.backgrounds:
         log.error("--source and --backgrounds need --data semireal")

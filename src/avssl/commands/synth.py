@@ -57,6 +57,30 @@ def _noise(text: str) -> tuple[float, float] | None:
     return vals  # type: ignore[return-value]
 
 
+def comma_names(text: str) -> tuple[str, ...]:
+    """argparse type: ``a,b,c`` -> ``("a", "b", "c")`` (empty items dropped)."""
+    return tuple(x for x in text.split(",") if x)
+
+
+def add_cutout_arguments(parser: argparse.ArgumentParser, source_help: str, needs: str) -> None:
+    """``--source cutouts:PATH``, ``--backgrounds`` and ``--exclude`` (``avssl synth`` and ``avssl demo``);
+    ``source_help`` / ``needs`` begin their help texts."""
+    parser.add_argument("--source", metavar="cutouts:PATH", default=None,
+                        help=f"{source_help}a folder or .deb of <name>.png + <name>.ogg|wav|flac pairs")
+    parser.add_argument("--backgrounds", metavar="PATH", default=None,
+                        help=f"{needs}a folder or .deb of photographs for the backgrounds")
+    parser.add_argument("--exclude", type=comma_names, default=(),
+                        metavar="FOLDER,...", help=f"{needs}folders of the source to leave out")
+
+
+def cutout_source(text: str) -> str:
+    """The PATH of ``--source cutouts:PATH``; ValueError for any other form."""
+    kind, _, path = text.partition(":")
+    if kind != "cutouts" or not path:
+        raise ValueError(f"--source takes cutouts:PATH (a folder or .deb of cut-outs and recordings), got {text!r}")
+    return path
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from avssl.data.semireal import SemiRealConfig
     from avssl.data.synthetic import PLACEMENTS, SynthConfig
@@ -92,14 +116,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default=d.preset,
                         choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"),
                         help=f"libx264 speed preset (default {d.preset})")
-    parser.add_argument("--source", metavar="cutouts:PATH", default=None,
-                        help="semi-real scenes from a folder or .deb of <name>.png + <name>.ogg|wav|flac pairs")
-    parser.add_argument("--backgrounds", metavar="PATH", default=None,
-                        help="with --source: a folder or .deb of photographs for the backgrounds")
-    parser.add_argument("--holdout", type=lambda t: tuple(x for x in t.split(",") if x), default=(),
+    add_cutout_arguments(parser, "semi-real scenes from ", "with --source: ")
+    parser.add_argument("--holdout", type=comma_names, default=(),
                         metavar="NAME,...", help="with --source: classes never shown or heard in training")
-    parser.add_argument("--exclude", type=lambda t: tuple(x for x in t.split(",") if x), default=(),
-                        metavar="FOLDER,...", help="with --source: folders of the source to leave out")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip scoring the reference heatmaps on the test split")
 
@@ -107,9 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _semireal(args: argparse.Namespace):
     from avssl.data.semireal import SemiRealConfig
 
-    kind, _, path = args.source.partition(":")
-    if kind != "cutouts" or not path:
-        raise ValueError(f"--source takes cutouts:PATH, got {args.source!r}")
+    path = cutout_source(args.source)
     if args.classes is not None or args.placement is not None:
         raise ValueError("--classes and --placement do not apply to --source (the pairs are the classes)")
     d = SemiRealConfig()

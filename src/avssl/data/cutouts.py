@@ -27,7 +27,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Cutout", "CutoutSet", "CutoutSourceError", "SOUND_SUFFIXES", "deb_files", "load_cutouts"]
+__all__ = ["Cutout", "CutoutSet", "CutoutSourceError", "SOUND_SUFFIXES", "deb_files", "source_files", "load_cutouts"]
 
 SOUND_SUFFIXES = (".ogg", ".wav", ".flac")  # in order of preference when a picture has several
 _TAR_MODES = {"data.tar": "r:", "data.tar.gz": "r:gz", "data.tar.xz": "r:xz", "data.tar.bz2": "r:bz2"}
@@ -128,9 +128,17 @@ def deb_files(path: str | os.PathLike, suffixes: Iterable[str]) -> dict[str, byt
     return out
 
 
-def _folder_files(root: Path, suffixes: tuple[str, ...]) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in suffixes}
+def source_files(source: str | os.PathLike, suffixes: Iterable[str]) -> dict[str, bytes]:
+    """The files of a folder or a ``.deb`` (:func:`deb_files`) whose names end with one of
+    ``suffixes``: ``{posix path relative to the root: content}``. Raises :class:`CutoutSourceError`."""
+    path = Path(source)
+    suffixes = tuple(s.lower() for s in suffixes)
+    if path.is_dir():
+        return {p.relative_to(path).as_posix(): p.read_bytes()
+                for p in sorted(path.rglob("*")) if p.is_file() and p.name.lower().endswith(suffixes)}
+    if path.is_file():
+        return deb_files(path, suffixes)
+    raise CutoutSourceError(path, "no such file or folder")
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -177,13 +185,7 @@ def load_cutouts(source: str | os.PathLike, min_seconds: float = 0.2, exclude: I
     Raises :class:`CutoutSourceError` for a missing or unreadable source, or one without pairs.
     """
     path = Path(source)
-    suffixes = (".png", *SOUND_SUFFIXES)
-    if path.is_dir():
-        files = _folder_files(path, suffixes)
-    elif path.is_file():
-        files = deb_files(path, suffixes)
-    else:
-        raise CutoutSourceError(path, "no such file or folder")
+    files = source_files(path, (".png", *SOUND_SUFFIXES))
     lower = {name.lower(): name for name in files}
     pairs = []
     for name in sorted(files):

@@ -29,11 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
+from avssl.atomic import atomic_path, atomic_write_text
 from avssl.data.cutouts import Cutout, load_cutouts
 from avssl.data.manifest import Record, write_manifest
 from avssl.data.resample import resample
 from avssl.data.synthetic import clip_id, write_annotations
-from avssl.data.synthetic_render import background_noise, render_background, video_codec, write_mp4
+from avssl.data.synthetic_render import (
+    background_noise,
+    render_background,
+    seeded_rng,
+    video_codec,
+    write_mp4,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +119,6 @@ class SemiRealConfig:
         return self.annotation_index / self.fps
 
 
-def _rng(seed: int, *keys: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, keys)]))
-
-
 def load_backgrounds(source: str | os.PathLike, size: int, limit: int = 64) -> list[np.ndarray]:
     """Up to ``limit`` photographs of a folder or ``.deb`` (sorted by path), each resized so its
     short side is ``round(1.25 * size)``: uint8 (H, W, 3). Unreadable images are skipped."""
@@ -123,19 +126,13 @@ def load_backgrounds(source: str | os.PathLike, size: int, limit: int = 64) -> l
 
     from PIL import Image
 
-    from avssl.data.cutouts import CutoutSourceError, deb_files
+    from avssl.data.cutouts import CutoutSourceError, source_files
 
     path = Path(source)
-    if path.is_dir():
-        files = {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*"))
-                 if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES}
-    elif path.is_file():
-        files = deb_files(path, _IMAGE_SUFFIXES)
-    else:
-        raise CutoutSourceError(path, "no such file or folder")
+    files = source_files(path, _IMAGE_SUFFIXES)
     short = int(round(1.25 * size))
     out = []
-    for name in sorted(files)[:max(limit * 2, limit)]:
+    for name in sorted(files)[:2 * limit]:  # at most twice as many tried as kept
         try:
             with Image.open(io.BytesIO(files[name])) as im:
                 im = im.convert("RGB")
@@ -200,21 +197,20 @@ def _plan(rng: np.random.Generator, kind: str, allowed: list[int], cutouts: list
     return [placed[int(i)] for i in rng.permutation(len(placed))], sounding
 
 
-def _composite(frame: np.ndarray, sprite: np.ndarray, x: int, y: int) -> np.ndarray:
-    """Paste ``sprite`` (alpha-blended) with its top-left at (x, y), clipped; returns the (H, W) bool
-    mask of the pixels where its alpha >= 128."""
+def _composite(frame: np.ndarray, sprite: np.ndarray, x: int, y: int, mask: np.ndarray | None = None) -> None:
+    """Paste ``sprite`` (alpha-blended) with its top-left at (x, y), clipped; where given, ``mask``
+    (H, W) bool is set to the pixels where the sprite's alpha >= 128."""
     s_h, s_w = frame.shape[:2]
     h, w = sprite.shape[:2]
     x0, y0, x1, y1 = max(0, x), max(0, y), min(s_w, x + w), min(s_h, y + h)
-    mask = np.zeros((s_h, s_w), bool)
     if x0 >= x1 or y0 >= y1:
-        return mask
+        return
     part = sprite[y0 - y:y1 - y, x0 - x:x1 - x]
     a = part[..., 3:4].astype(np.float32) / 255.0
     region = frame[y0:y1, x0:x1].astype(np.float32)
     frame[y0:y1, x0:x1] = (region * (1 - a) + part[..., :3] * a + 0.5).astype(np.uint8)
-    mask[y0:y1, x0:x1] = part[..., 3] >= 128
-    return mask
+    if mask is not None:
+        mask[y0:y1, x0:x1] = part[..., 3] >= 128
 
 
 def _background(rng: np.random.Generator, photos: list[np.ndarray] | None, size: int) -> np.ndarray:
@@ -247,18 +243,16 @@ def render_scene(cutouts: list[Cutout], photos: list[np.ndarray] | None, seed: i
     (cut-out indices) and the audio draw (``rate``, ``offset_s``, ``gain_db``, ``snr_db``).
     ``pool``: the cut-outs the scene may show or sound (default all; a training clip's pool
     leaves the held-out classes out)."""
-    rng = _rng(seed, index)
+    rng = seeded_rng(seed, index)
     placed, sounding = _plan(rng, kind, list(pool) if pool is not None else list(range(len(cutouts))), cutouts, cfg)
     s, t = cfg.size, np.arange(cfg.num_frames) / cfg.fps
     frames = np.broadcast_to(_background(rng, photos, s), (len(t), s, s, 3)).copy()
-    masks = []
+    masks = np.zeros((len(placed), s, s), bool)  # each cut-out's pixels at the annotation frame
     for k, ti in enumerate(t):
-        per_object = []
-        for p in placed:
-            dt = ti - cfg.annotation_time
-            per_object.append(_composite(frames[k], p.rgba, int(round(p.x + p.vx * dt)), int(round(p.y + p.vy * dt))))
-        if k == cfg.annotation_index:
-            masks = per_object
+        dt = ti - cfg.annotation_time
+        for i, p in enumerate(placed):
+            _composite(frames[k], p.rgba, int(round(p.x + p.vx * dt)), int(round(p.y + p.vy * dt)),
+                       masks[i] if k == cfg.annotation_index else None)
     visible = np.zeros((s, s), bool)
     boxes = []
     for i, p in enumerate(placed):
@@ -313,9 +307,8 @@ def _make_clip(task: tuple) -> dict:
     path = Path(out_dir) / "clips" / f"{cid}.mp4"
     write_mp4(path, clip["frames"], clip["audio"], cfg.fps, cfg.sample_rate, w["codec"], cfg.preset)
     mask_path = Path(out_dir) / "masks" / f"{cid}.png"
-    tmp = mask_path.with_name(mask_path.name + ".tmp.png")
-    Image.fromarray(clip["mask"]).save(tmp)
-    os.replace(tmp, mask_path)
+    with atomic_path(mask_path) as tmp:
+        Image.fromarray(clip["mask"]).save(tmp, format="PNG")
     keep = ("boxes", "sources", "distractors", "shown", "gain_db", "rate", "offset_s", "snr_db")
     return {k: clip[k] for k in keep} | {"index": index, "path": str(path), "mask": str(mask_path)}
 
@@ -323,7 +316,7 @@ def _make_clip(task: tuple) -> dict:
 def _plan_dataset(clips: int, seed: int, names: list[str], cfg: SemiRealConfig
                   ) -> tuple[list[str], list[str], list[list[int] | None]]:
     """Kinds, splits and, per clip, the cut-outs allowed to sound (held-out classes only in val/test)."""
-    rng = _rng(seed, clips, _PLAN_KEY)
+    rng = seeded_rng(seed, clips, _PLAN_KEY)
     n_two = int(round(clips * cfg.two_source_frac))
     n_off = min(int(round(clips * cfg.offscreen_frac)), clips - n_two)
     kinds = list(rng.permutation(["two"] * n_two + ["offscreen"] * n_off + ["single"] * (clips - n_two - n_off)))
@@ -396,8 +389,6 @@ def generate_semireal(out_dir: str | os.PathLike, cutouts_source: str | os.PathL
             vggss.append({"file": cid, "class": srcs[0], "bbox": res["boxes"]})
             flickr[cid] = [[int(round(v * 256)) for v in b] for b in res["boxes"]]
     manifest = write_manifest(out / "manifest.jsonl", records)
-    from avssl.atomic import atomic_write_text
-
     atomic_write_text(out / "classes.json", json.dumps(names, indent=2))
     atomic_write_text(out / "skipped_cutouts.csv",
                       "picture,reason\n" + "".join(f"{p},{r.replace(',', ';')}\n" for p, r in found.skipped))

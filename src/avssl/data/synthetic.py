@@ -44,6 +44,7 @@ from avssl.data.synthetic_render import (
     make_classes,
     object_box,
     render_background,
+    seeded_rng,
     shape_extent,
     synth_sound,
     video_codec,
@@ -138,10 +139,6 @@ def _classes(k: int, sample_rate: int) -> tuple[ClassSpec, ...]:
     return tuple(make_classes(k, sample_rate))
 
 
-def _rng(seed: int, *keys: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, keys)]))
-
-
 def clip_id(index: int) -> str:
     return f"clip{index:06d}"
 
@@ -151,7 +148,7 @@ def plan_dataset(num_clips: int, seed: int, cfg: SynthConfig) -> tuple[list[str]
 
     Counts are exact (``round(frac * N)``), drawn from an RNG of ``(seed, N)``.
     """
-    rng = _rng(seed, num_clips, _PLAN_KEY)
+    rng = seeded_rng(seed, num_clips, _PLAN_KEY)
     n_two = int(round(num_clips * cfg.two_source_frac))
     n_off = min(int(round(num_clips * cfg.offscreen_frac)), num_clips - n_two)
     kinds = np.array(["two"] * n_two + ["offscreen"] * n_off + ["single"] * (num_clips - n_two - n_off))
@@ -275,7 +272,7 @@ def render_clip(seed: int, index: int, kind: str, cfg: SynthConfig) -> dict:
     ``sources``/``distractors`` (class indices) and ``boxes`` (normalised, at the
     annotation time, one per visible source).
     """
-    rng = _rng(seed, index)
+    rng = seeded_rng(seed, index)
     classes = _classes(cfg.classes, cfg.sample_rate)
     objects, sounding_pos, sources = plan_scene(rng, kind, cfg)
     times = np.arange(cfg.num_frames) / cfg.fps

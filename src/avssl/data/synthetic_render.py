@@ -168,6 +168,12 @@ def _texture(texture: str, p: np.ndarray, q: np.ndarray, period: float,
     raise ValueError(f"unknown texture {texture!r}; known: {TEXTURES}")
 
 
+def seeded_rng(seed: int, *keys: int) -> np.random.Generator:
+    """The NumPy generator of the stream ``(seed, *keys)``: every draw of a generated data set comes
+    from one such stream per clip (or per plan), so results do not depend on the worker count."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, keys)]))
+
+
 def hsv_rgb(h: float, s: float, v: float) -> np.ndarray:
     """One colour as float32 RGB in [0, 1] (hue in degrees)."""
     return np.asarray(colorsys.hsv_to_rgb((h % 360.0) / 360.0, s, v), dtype=np.float32)

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Protocol", "THRESHOLDS", "UPSAMPLERS", "upsample", "minmax", "binarise", "ciou",
            "success_rate_auc", "pointing_hits", "pointing_accuracy", "map_confidence",
-           "open_set_metrics", "score_arrays", "evaluate", "score", "LocalisationResult",
+           "open_set_metrics", "peak_hits", "score_arrays", "evaluate", "score", "LocalisationResult",
            "InvalidHeatmapError"]
 
 
@@ -129,8 +129,13 @@ def success_rate_auc(cious) -> tuple[float, float]:
 def pointing_hits(heatmaps, gt_maps, mode: str = "bilinear") -> np.ndarray:
     """(N,) bool: the first (row-major) maximum of the upsampled map lies where ``gt > 0``."""
     g = np.asarray(gt_maps)
-    up = upsample(heatmaps, g.shape[-1], mode).reshape(len(g), -1)
-    return g.reshape(len(g), -1)[np.arange(len(g)), up.argmax(1)] > 0
+    return peak_hits(upsample(heatmaps, g.shape[-1], mode), g)
+
+
+def peak_hits(upsampled: np.ndarray, gt_maps: np.ndarray) -> np.ndarray:
+    """(N,) bool: the first (row-major) maximum of each already upsampled (N, S, S) map is where ``gt > 0``."""
+    n = len(gt_maps)
+    return gt_maps.reshape(n, -1)[np.arange(n), upsampled.reshape(n, -1).argmax(1)] > 0
 
 
 def pointing_accuracy(heatmaps, gt_maps, mode: str = "bilinear") -> float:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from avssl.eval.localisation import binarise, ciou, minmax, pointing_hits, success_rate_auc
+from avssl.eval.localisation import binarise, ciou, minmax, peak_hits, success_rate_auc
 from avssl.eval.localisation_core import Protocol
 from avssl.eval.upsample import upsample
 
@@ -45,11 +45,12 @@ def mask_scores(heatmaps, masks, protocol: Protocol = Protocol()) -> dict:
         if not keep.any():
             continue
         gt, hm = g[sl][keep], maps[sl][keep]
-        p = minmax(upsample(hm, s, protocol.upsample))
+        up = upsample(hm, s, protocol.upsample)
+        p = minmax(up)
         idx = np.flatnonzero(keep) + lo
         med[idx] = ciou(binarise(p, rule), gt)
         ada[idx] = ciou(binarise(p, "adaptive", gt.sum(axis=(1, 2))), gt)
-        hit[idx] = pointing_hits(hm, gt, protocol.upsample)
+        hit[idx] = peak_hits(up, gt)
     scored = ~empty
     c05, auc = success_rate_auc(med[scored])
     a05, aauc = success_rate_auc(ada[scored])

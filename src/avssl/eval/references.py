@@ -17,7 +17,7 @@ import numpy as np
 from avssl.atomic import atomic_write_text
 from avssl.data.annotations import load_vggss, pad_boxes, vggss_gt_maps
 from avssl.data.manifest import read_manifest
-from avssl.data.synthetic_render import upsample_bilinear
+from avssl.data.synthetic_render import seeded_rng, upsample_bilinear
 from avssl.eval.localisation import score
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def reference_heatmaps(boxes: list[list[list[float]]], size: int = 224, seed: in
     perfect = vggss_gt_maps(padded, size, mask)
     c = (np.arange(size, dtype=np.float32) + 0.5) - size / 2
     gauss = np.exp(-(c[None, :] ** 2 + c[:, None] ** 2) / (2 * (size / 4) ** 2)).astype(np.float32)
-    grid = np.random.default_rng(np.random.SeedSequence([int(seed), _RANDOM_KEY])).uniform(size=(14, 14, n)).astype(np.float32)
+    grid = seeded_rng(seed, _RANDOM_KEY).uniform(size=(14, 14, n)).astype(np.float32)
     random = np.moveaxis(upsample_bilinear(grid, size), -1, 0)
     return {"perfect": perfect, "centre_prior": np.broadcast_to(gauss, (n, size, size)),
             "random": np.ascontiguousarray(random)}

@@ -270,9 +270,13 @@ class EquiAV(nn.Module):
         za = nn.functional.normalize(self.head_inter_a(cen_a), dim=-1)
         zv = nn.functional.normalize(self.head_inter_v(cen_v), dim=-1)
         za_loc = za if self.cfg.centroid else nn.functional.normalize(self.head_inter_a(tok_a.mean(dim=1)), dim=-1)
+        return {"heatmap": self._patch_map(za_loc, tok_v), "audio": za, "visual": zv}
+
+    def _patch_map(self, za: torch.Tensor, tok_v: torch.Tensor) -> torch.Tensor:
+        """(B, gh, gw): cosine of the audio inter embedding ``za`` (B, P) with every visual patch
+        token of ``tok_v`` (B, N, D) through the visual inter head."""
         patches = nn.functional.normalize(self.head_inter_v(tok_v), dim=-1)  # (B, N, P)
-        heat = torch.einsum("bp,bnp->bn", za_loc, patches).view(v.shape[0], *self.visual_encoder.grid)
-        return {"heatmap": heat, "audio": za, "visual": zv}
+        return torch.einsum("bp,bnp->bn", za, patches).view(tok_v.shape[0], *self.visual_encoder.grid)
 
     def localise(self, a: torch.Tensor, v: torch.Tensor, t_a_list: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -287,9 +291,7 @@ class EquiAV(nn.Module):
         else:
             feat_a = tok_a.mean(dim=1)
         za = nn.functional.normalize(self.head_inter_a(feat_a), dim=-1)  # (B, P)
-        zv = nn.functional.normalize(self.head_inter_v(self.visual_encoder(v)), dim=-1)  # (B, N, P)
-        sim = torch.einsum("bp,bnp->bn", za, zv)
-        return sim.view(v.shape[0], *self.visual_encoder.grid)
+        return self._patch_map(za, self.visual_encoder(v))
 
 
 def load_mae_init(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
