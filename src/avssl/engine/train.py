@@ -384,6 +384,12 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
         logger.info("resumed from %s at epoch %d, step %d", path, start_epoch, step)
         if main:  # records logged after the checkpoint (the run was killed) are logged again
             _truncate_metrics(run_dir / "metrics.jsonl", step)
+        if pipe.on_epoch_end is not None and 0 < start_epoch < cfg.train.epochs:
+            # rebuild the state the hook left for this epoch (Audmix's neighbour table) from the
+            # restored weights, as the uninterrupted run did; the RNG is put back as it was saved
+            saved = rng_state()
+            pipe.on_epoch_end(model, train_ds, transform, cfg, start_epoch - 1, device)
+            set_rng_state(saved)
 
     net = pipe.train_module(model, cfg)
     if dist_utils.is_distributed():

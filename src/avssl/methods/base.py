@@ -50,7 +50,8 @@ class Pipeline:
     sample_weights(dataset, cfg) -> (N,) float tensor or None: per-clip sampling weights
         (balanced sampling draws with replacement from them); default None (shuffled epochs).
     on_epoch_end(model, dataset, transform, cfg, epoch, device) -> dict of logged values,
-        called on every rank after each training epoch (e.g. Audmix's nearest-audio search).
+        called on every rank after each training epoch (e.g. Audmix's nearest-audio search), and
+        once more on resume for the epoch before the first resumed one, to rebuild its state.
     """
 
     dataset: Callable

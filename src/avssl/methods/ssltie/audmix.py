@@ -24,8 +24,9 @@ Where things live, and why:
   ``cfg.train.seed`` and the epoch); because BatchNorm running statistics can differ slightly
   between ranks, rank 0's table is then broadcast so that every rank holds the same one.
 
-Resuming a run restores no table: the first resumed epoch does not mix (the next hook call
-rebuilds the table with the right ``k``).
+Resuming a run rebuilds the table of the first resumed epoch from the restored weights (the
+engine calls the hook once for the epoch before it), so a resumed run mixes as the uninterrupted
+one does (tested bit-exact in ``tests/methods/test_audmix.py``).
 """
 from __future__ import annotations
 
