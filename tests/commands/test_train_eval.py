@@ -67,6 +67,11 @@ def test_train_then_eval(synth, tmp_path, capsys):
                  "--per-class", "1", "--out", str(tmp_path / "sub"), "--workers", "0"]) == 0
     sub = json.loads((tmp_path / "sub" / "scores.json").read_text())
     assert sub["n_clips"] == 3  # tiny_synth has 3 classes
+    assert sub["retrieval_arithmetic"] == "fp32"
+    assert main(["eval", str(run / "last.pt"), "--data", str(synth / "manifest.jsonl"), "--split", "all",
+                 "--per-class", "1", "--out", str(tmp_path / "sub16"), "--workers", "0", "--retrieval-fp16"]) == 0
+    sub16 = json.loads((tmp_path / "sub16" / "scores.json").read_text())
+    assert sub16["retrieval_arithmetic"].startswith("fp16") and sub16["n_clips"] == 3
     capsys.readouterr()
 
     # the saved heatmaps score identically with `avssl score`

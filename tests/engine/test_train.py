@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from avssl.checkpoint import load_checkpoint
 from avssl.engine.train import EpochSampler, fit, lr_factor, step_generator
@@ -192,3 +193,33 @@ def test_grad_clip_amp_only_leaves_fp32_runs_unclipped(synth, tmp_path):
         runs[name] = load_checkpoint(tmp_path / name / "last.pt")["model"]
     same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
     assert same(runs["free"], runs["amp_only"]) and not same(runs["free"], runs["clip"])
+
+
+def test_draw_keys_are_the_same_on_one_or_two_ranks_and_change_with_the_epoch():
+    n, b = 12, 3
+    one = EpochSampler(n, seed=7, batch_size=2 * b, drop_last=True, draw_keys=True)
+    ranks = [EpochSampler(n, seed=7, batch_size=b, rank=r, world=2, drop_last=True, draw_keys=True) for r in range(2)]
+    keys = list(one)
+    assert [i for i, _ in keys] == list(EpochSampler(n, seed=7, batch_size=2 * b, drop_last=True))  # same order
+    glued = [k for s in range(n // (2 * b)) for r in ranks for k in list(r)[s * b:(s + 1) * b]]
+    assert glued == keys  # each clip of a global step draws the same number whatever the world size
+    assert len({d for _, d in keys}) == n
+    assert keys == list(EpochSampler(n, seed=7, batch_size=2 * b, drop_last=True, draw_keys=True))  # deterministic
+    one.set_epoch(1)
+    assert {d for _, d in one}.isdisjoint({d for _, d in keys})
+
+
+def test_retrieval_scores_in_the_released_fp16_arithmetic():
+    from avssl.engine.evaluate import InferenceOutput, retrieval_scores
+    from avssl.eval import retrieval
+
+    g = torch.Generator().manual_seed(0)
+    base = F.normalize(torch.randn(40, 32, generator=g), dim=1)
+    # near-duplicate keys: fp32 tells them apart, fp16 rounds many of them to ties
+    visual = F.normalize(base[torch.arange(40) // 2] + 1e-4 * torch.randn(40, 32, generator=g), dim=1)
+    audio = F.normalize(visual + 1e-4 * torch.randn(40, 32, generator=g), dim=1)
+    out = InferenceOutput({}, [str(i) for i in range(40)], torch.full((40,), -1), audio, visual)
+    fp32, fp16 = retrieval_scores(out), retrieval_scores(out, official_fp16=True)
+    assert fp32["a2v_instance"] == retrieval.recall_at_k(retrieval.cosine_similarity(audio, visual))
+    assert fp16["a2v_instance"] == retrieval.recall_at_k(retrieval.cosine_similarity(audio, visual, True))
+    assert fp16["a2v_instance"] != fp32["a2v_instance"]

@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--workers", type=non_negative_int, default=None, help="data loader workers")
     parser.add_argument("--no-retrieval", action="store_true", help="skip the retrieval metrics")
+    parser.add_argument("--retrieval-fp16", action="store_true",
+                        help="instance retrieval in the released EquiAV script's float16 arithmetic (its ties "
+                             "raise the recalls; default fp32), to compare with numbers that script printed")
     parser.add_argument("--per-class", type=positive_int, default=None, metavar="N",
                         help="keep only the first N clips of each class (manifest order), e.g. 5 as EquiAV's "
                              "retrieval subset; clips without a label are dropped")
@@ -136,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
             return _classification(args, model, cfg, pipe, dataset, resolve_device(args.device))
         scores, out = evaluate_localisation(
             model, records, cfg, args.gt, fmt, device=resolve_device(args.device), batch_size=args.batch_size,
-            with_retrieval=not args.no_retrieval, classes=classes, num_workers=args.workers, dataset=dataset)
+            with_retrieval=not args.no_retrieval, classes=classes, num_workers=args.workers, dataset=dataset,
+            retrieval_fp16=args.retrieval_fp16)
     except (CheckpointError, ConfigError, ManifestError, MediaError, AnnotationError, ValueError) as e:
         print(f"avssl eval: error: {e}", file=sys.stderr)
         return 2

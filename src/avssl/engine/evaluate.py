@@ -96,10 +96,15 @@ def localisation_scores(heatmaps: Mapping[str, np.ndarray], boxes: Mapping[str, 
     return summary
 
 
-def retrieval_scores(out: InferenceOutput, k: tuple[int, ...] = (1, 5, 10)) -> dict[str, dict[str, float]]:
-    """Recall@K: ``a2a_class`` (query excluded), ``a2v_class``, ``v2a_class``, ``a2v_instance``, ``v2a_instance``."""
+def retrieval_scores(out: InferenceOutput, k: tuple[int, ...] = (1, 5, 10),
+                     official_fp16: bool = False) -> dict[str, dict[str, float]]:
+    """Recall@K: ``a2a_class`` (query excluded), ``a2v_class``, ``v2a_class``, ``a2v_instance``, ``v2a_instance``.
+
+    ``official_fp16``: the instance similarities in the released EquiAV script's float16 numpy
+    arithmetic (:func:`avssl.eval.retrieval.cosine_similarity`), whose ties raise the recalls;
+    default fp32. The class recalls are always fp32 (an avssl addition, no released arithmetic)."""
     res: dict[str, dict[str, float]] = {}
-    sim = retrieval.cosine_similarity(out.audio, out.visual)  # (N, N) audio query -> visual key
+    sim = retrieval.cosine_similarity(out.audio, out.visual, official_fp16)  # (N, N) audio query -> visual key
     res["a2v_instance"] = retrieval.recall_at_k(sim, k)
     res["v2a_instance"] = retrieval.recall_at_k(sim.t().contiguous(), k)
     lab = out.labels >= 0
@@ -115,12 +120,13 @@ def retrieval_scores(out: InferenceOutput, k: tuple[int, ...] = (1, 5, 10)) -> d
 def evaluate_localisation(model: nn.Module, records, cfg, annotations: str | os.PathLike | None,
                           fmt: str = "vggss", device: torch.device | str = "cpu",
                           batch_size: int | None = None, with_retrieval: bool = True,
-                          classes=None, num_workers: int | None = None, dataset=None
-                          ) -> tuple[dict, InferenceOutput]:
+                          classes=None, num_workers: int | None = None, dataset=None,
+                          retrieval_fp16: bool = False) -> tuple[dict, InferenceOutput]:
     """Score ``model`` (an instance of ``cfg.method``) on ``records`` with the data settings of the
     :class:`~avssl.train_config.TrainConfig` ``cfg``. Returns ``(scores, outputs)``: ``scores``
     holds the scorer's summary (when ``annotations`` is given) and ``retrieval``. ``dataset``: an
-    already built evaluation data set of ``records`` to reuse (e.g. for :func:`best_worst_sheet`)."""
+    already built evaluation data set of ``records`` to reuse (e.g. for :func:`best_worst_sheet`).
+    ``retrieval_fp16``: :func:`retrieval_scores`'s ``official_fp16``."""
     from torch.utils.data import DataLoader
 
     from avssl.registry import pipeline_for
@@ -136,7 +142,8 @@ def evaluate_localisation(model: nn.Module, records, cfg, annotations: str | os.
     if annotations is not None:
         scores.update(localisation_scores(out.heatmaps, load_annotations(annotations, fmt), fmt))
     if with_retrieval:
-        scores["retrieval"] = retrieval_scores(out)
+        scores["retrieval"] = retrieval_scores(out, official_fp16=retrieval_fp16)
+        scores["retrieval_arithmetic"] = "fp16 (released EquiAV script)" if retrieval_fp16 else "fp32"
     return scores, out
 
 
