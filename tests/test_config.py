@@ -98,3 +98,14 @@ def test_train_crop_is_validated_and_refused_where_nothing_is_cropped():
         load_config(TrainConfig, [], ["data.train_crop=centre"])
     with pytest.raises(ValueError, match="does not apply to equiav_ft"):
         load_config(TrainConfig, [], ["method=equiav_ft", "data.train_crop=original"])
+
+
+def test_train_frame_is_validated():
+    from avssl.train_config import TrainConfig
+
+    cfg = load_config(TrainConfig, [], ["data.train_frame=random", "data.train_frame_count=4"])
+    assert (cfg.data.train_frame, cfg.data.train_frame_count) == ("random", 4)
+    with pytest.raises(ValueError, match="train_frame must be one of"):
+        load_config(TrainConfig, [], ["data.train_frame=middle"])
+    with pytest.raises(ValueError, match="train_frame_count must be >= 1"):
+        load_config(TrainConfig, [], ["data.train_frame_count=0"])

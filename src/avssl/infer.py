@@ -263,7 +263,7 @@ def localise_video(model: nn.Module, path: PathLike, times: Sequence[float] | No
     from avssl.registry import pipeline_for
 
     probe_ds = pipeline_for(cfg.method).dataset([], cfg, train=False)
-    size, sample_rate = probe_ds.image_size, probe_ds.sample_rate
+    size, sample_rate = probe_ds.image_size, probe_ds.video_rate
     audio_seconds, pad = probe_ds.seconds, getattr(probe_ds, "audio_pad", "tile")
     resize = getattr(probe_ds, "frame_resize", "pil_bicubic")
     if batch_size < 1:

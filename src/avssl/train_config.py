@@ -27,6 +27,7 @@ __all__ = ["DataConfig", "OptimConfig", "LoopConfig", "TrainConfig"]
 
 #: Where training's random crop is drawn (:attr:`DataConfig.train_crop`).
 TRAIN_CROP = ("load_size", "original")
+TRAIN_FRAME = ("fixed", "random")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,11 @@ class DataConfig:
         on each ORIGINAL frame at its full resolution, resampled as PIL's bilinear does; the
         loader then also returns the original frames, zero-padded to the batch's largest).
         Evaluation and the clean views always use the ``frame_resize`` square.
+    train_frame: which frame a training clip gives: "fixed" (default, SSL-TIE's recipe: the
+        ``frame_time`` / ``frame_index`` frame, as evaluation) or "random" (EquiAV's recipe,
+        docs/methods.md §2.1: per step, uniformly one of the record's pre-extracted frames, or of
+        ``train_frame_count`` evenly spaced times of a raw video; drawn from the run's seed, the
+        epoch and the clip's place in it, so DDP and resume are exact).
     on_error: "raise" (a clip that fails to decode raises MediaError naming it) or "skip"
         (every clip is decoded once at construction; failures are logged, counted, dropped).
     """
@@ -75,6 +81,8 @@ class DataConfig:
     load_size: int | None = None
     frame_resize: str = "pil_bicubic"
     train_crop: str = "load_size"
+    train_frame: str = "fixed"
+    train_frame_count: int = 10
     num_workers: int = 4
     cache_in_memory: bool = False
     on_error: str = "raise"
@@ -88,6 +96,10 @@ class DataConfig:
             raise ValueError(f"frame_resize must be one of {FRAME_RESIZE}, got {self.frame_resize!r}")
         if self.train_crop not in TRAIN_CROP:
             raise ValueError(f"train_crop must be one of {TRAIN_CROP}, got {self.train_crop!r}")
+        if self.train_frame not in TRAIN_FRAME:
+            raise ValueError(f"train_frame must be one of {TRAIN_FRAME}, got {self.train_frame!r}")
+        if self.train_frame_count < 1:
+            raise ValueError(f"train_frame_count must be >= 1, got {self.train_frame_count}")
         if self.seconds <= 0 or self.num_workers < 0:
             raise ValueError("seconds must be > 0 and num_workers >= 0")
 
@@ -133,6 +145,9 @@ class LoopConfig:
     select_on: the val metric (a key of :func:`avssl.eval.localisation.score`'s summary, e.g.
         "ciou_at_0.5" or "adaptive_ciou_at_0.5") that picks ``best.pt``; never the test set.
     device: "auto" (CUDA when available, at LOCAL_RANK), "cpu", "cuda", "cuda:1", ...
+    amp: fp16 autocast + GradScaler, on CUDA only. Off by default: SSL-TIE's released loop is
+        fp32 (its tau = 0.03 sigmoid masks have not been checked in fp16); EquiAV's pre-training
+        and fine-tuning presets turn it on, as their released loops use it.
     grad_clip: max gradient norm (after unscaling under AMP); None: no clipping.
         grad_clip_amp_only: clip only when AMP is in use (the released EquiAV loop).
     threads: torch intra-op CPU threads (None: torch's default). On a busy shared CPU, 1 can be
@@ -147,7 +162,7 @@ class LoopConfig:
     eval_batch_size: int = 32
     drop_last: bool = True
     seed: int = 4
-    amp: bool = True
+    amp: bool = False
     grad_clip: float | None = None
     grad_clip_amp_only: bool = False  # EquiAV's released loop clips only on its AMP path (fp32 unclipped)
     log_every: int = 20

@@ -121,3 +121,78 @@ def test_cache_returns_the_same_samples(synth):
     for i in range(2):
         assert torch.equal(plain[i]["image"], cached[i]["image"])
         assert torch.equal(plain[i]["wave"], cached[i]["wave"])
+
+
+def _frame_folder_record(tmp_path, k: int = 6) -> Record:
+    import soundfile as sf
+    from PIL import Image
+
+    frames = []
+    for i in range(k):
+        p = tmp_path / f"r{i}.png"
+        Image.fromarray(np.full((20, 20, 3), 20 * i, np.uint8)).save(p)
+        frames.append(str(p))
+    wav = tmp_path / "r.wav"
+    sf.write(wav, np.zeros(800, np.float32), 8000)
+    return Record(id="r", frames=frames, audio=str(wav), labels=["a"])
+
+
+def test_random_frames_pick_by_the_draw_and_int_keys_keep_the_fixed_frame(tmp_path, synth):
+    rec = _frame_folder_record(tmp_path)
+    ds = AVFrameAudioDataset([rec], image_size=16, seconds=0.1, frame_index=5, random_frames=10)
+    fixed = int(ds[0]["image"][0, 0, 0])
+    assert fixed == 100  # frame_index 5
+    picks = [int(ds[(0, d)]["image"][0, 0, 0]) for d in range(60)]
+    assert set(picks) == {20 * i for i in range(6)}  # every extracted frame is drawn, none beyond them
+    assert picks == [int(ds[(0, d)]["image"][0, 0, 0]) for d in range(60)]  # a draw always picks the same frame
+    cached = AVFrameAudioDataset([rec], image_size=16, seconds=0.1, frame_index=5, random_frames=10,
+                                 cache_in_memory=True, workers=1)
+    assert [int(cached[(0, d)]["image"][0, 0, 0]) for d in range(60)] == picks
+    assert int(cached[0]["image"][0, 0, 0]) == fixed and "images" not in cached[(0, 1)]
+    assert AVFrameAudioDataset([rec], image_size=16, seconds=0.1, frame_index=5)[(0, 3)]["image"].equal(ds[0]["image"])
+    # a raw video: one of K evenly spaced frames
+    vids = AVFrameAudioDataset(synth[:1], image_size=32, seconds=0.5, random_frames=4)
+    times = decode.evenly_spaced_times(decode.probe(synth[0].video).duration, 4)
+    candidates = [resize_crop(f, 32) for f in decode.read_frames(synth[0].video, times)]
+    for d in range(8):
+        assert any(vids[(0, d)]["image"].equal(c) for c in candidates)
+
+
+def test_mixed_rate_batches_give_each_clip_its_own_rate_fbank(tmp_path):
+    import soundfile as sf
+
+    from avssl.data.audio import equiav_fbank, equiav_fbank_batch
+    from avssl.data.datasets import collate_mixed_rates
+
+    g = torch.Generator().manual_seed(0)
+    recs = []
+    for i, sr in enumerate((16000, 22050, 16000)):
+        wav = tmp_path / f"m{i}.wav"
+        sf.write(wav, (0.1 * torch.randn(int(0.4 * sr), generator=g)).numpy(), sr)
+        recs.append(Record(id=f"m{i}", frames=_frame_folder_record(tmp_path, 1).frames, audio=str(wav), labels=["a"]))
+    ds = AVFrameAudioDataset(recs, image_size=16, seconds=0.5, audio_pad="zero")
+    samples = [ds[i] for i in range(3)]
+    with pytest.raises(ValueError, match="different sample rates"):
+        collate(samples)
+    batch = collate_mixed_rates(samples)
+    assert batch["sample_rate"].tolist() == [16000, 22050, 16000] and batch["wave"].shape == (3, int(0.5 * 22050))
+    fb = equiav_fbank_batch(batch["wave"], batch["num_samples"], batch["sample_rate"], 64, (-4.346, 4.332), 32)
+    for i, s in enumerate(samples):
+        want = equiav_fbank(s["wave"][: s["num_samples"]], s["sample_rate"], 64, (-4.346, 4.332), 32)
+        torch.testing.assert_close(fb[i], want, atol=1e-4, rtol=1e-4)
+    same = collate_mixed_rates([samples[0], samples[2]])
+    assert same["sample_rate"] == 16000  # one rate: a plain int, as collate gives
+
+
+def test_equiav_reads_a_wav_at_its_rate_and_a_video_at_16k(synth, tmp_path):
+    from avssl.methods.equiav.pipeline import equiav_clip_dataset
+    from avssl.train_config import DataConfig
+
+    rec = _frame_folder_record(tmp_path)  # an 8 kHz wav
+    d = DataConfig(seconds=0.1)
+    assert equiav_clip_dataset([rec], d, 16, train=False)[0]["sample_rate"] == 8000
+    vid = read_manifest(generate(tmp_path / "v", clips=1, seed=1, config=SynthConfig(
+        size=32, duration=0.5, classes=2, workers=1, sample_rate=22050)))
+    assert decode.read_audio(vid[0].video)[1] == 22050
+    assert equiav_clip_dataset(vid, d, 16, train=False)[0]["sample_rate"] == 16000  # as the authors extract
+    assert equiav_clip_dataset([rec], DataConfig(seconds=0.1, sample_rate=11025), 16, train=False)[0]["sample_rate"] == 11025

@@ -96,9 +96,10 @@ def test_prepare_directory_rerun_and_redo(video_dir, tmp_path, caplog):
         np.testing.assert_allclose(levels, expected_levels, atol=6)
         assert r.audio == str(out / "audio" / f"{r.id}.wav")
         info = sf.info(r.audio)
-        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+        # the default keeps each file's own rate (both methods read audio at it)
+        assert (info.samplerate, info.channels, info.subtype) == (SR_IN, 1, "PCM_16")
         # mkv: the AAC end padding is not trimmed (its DURATION tag includes it), ~20 ms more
-        assert abs(info.frames - 16000 * SECONDS) <= (16 if r.id != "good2" else 800)
+        assert abs(info.frames - SR_IN * SECONDS) <= (23 if r.id != "good2" else 1100)
         wave, _ = sf.read(r.audio)
         assert 0.4 < np.abs(wave).max() <= 0.6  # the 0.5-amplitude tone, not silence
         assert r.extra["frame_times"] == pytest.approx([0.05 + 0.1 * k for k in range(10)])
@@ -204,7 +205,7 @@ def test_cavmae_json_input(tmp_path, monkeypatch):
         {"video_id": v, "wav": f"wav/{v}.wav", "video_path": "frames", "labels": "/m/a,/m/b"}
         for v in ("v44k", "v16k", "vbad")]}))
     out = tmp_path / "out"
-    assert main(["prepare", "cav/train.json", "out", "--workers", "2"]) == 0
+    assert main(["prepare", "cav/train.json", "out", "--workers", "2", "--sample-rate", "16000"]) == 0
     recs = {r.id: r for r in read_manifest(out / "manifest.jsonl")}
     assert sorted(recs) == ["v16k", "v44k"]
     r44 = recs["v44k"]
@@ -217,6 +218,18 @@ def test_cavmae_json_input(tmp_path, monkeypatch):
     assert not (out / "frames" / "v44k").exists()
     path, reason = _failures(out)["vbad"]
     assert path == str(data / "frames" / "frame_7" / "vbad.jpg") and reason == "no such file"
+
+
+def test_prepare_resamples_only_when_asked(video_dir, tmp_path):
+    """--sample-rate 16000 gives the CAV-MAE layout; 'native' is the default's spelling."""
+    from avssl.commands.prepare import _rate
+
+    assert _rate("native") is None and _rate("16000") == 16000
+    report = prepare(video_dir, tmp_path / "out", workers=1, sample_rate=16000)
+    for r in read_manifest(report.manifest):
+        info = sf.info(r.audio)
+        assert info.samplerate == 16000 and r.extra["orig_sample_rate"] == SR_IN
+        assert abs(info.frames - 16000 * SECONDS) <= (16 if r.id != "good2" else 800)
 
 
 def test_ssltie_id_list(tmp_path):
@@ -236,7 +249,8 @@ def test_ssltie_id_list(tmp_path):
     assert r.id == "c1" and r.frames == [str(out / "frames" / "c1" / "0.jpg")]
     assert np.asarray(Image.open(r.frames[0])).shape == (16, 16, 3)
     assert (r.extra["orig_width"], r.extra["orig_height"]) == (50, 40)
-    assert sf.info(r.audio).samplerate == 16000 and sf.info(r.audio).frames == round(0.3 * 16000)
+    assert r.audio == str(root / "audio" / "c1.wav")  # a mono wav at its own rate: kept in place
+    assert sf.info(r.audio).samplerate == 22050 and sf.info(r.audio).frames == round(0.3 * 22050)
     fails = _failures(out)
     assert "zero samples" in fails["c2"][1] and fails["c2"][0].endswith("c2.wav")
     assert "cannot decode image" in fails["c3"][1] and fails["c3"][0].endswith("c3.jpg")

@@ -221,7 +221,10 @@ def test_presets_load_with_the_claimed_sizes():
         "adamw", 1e-4, (0.9, 0.95), 1e-5, "cosine", 2, 1e-6)
     t = a.train
     assert (t.epochs, t.batch_size, t.amp, t.grad_clip, t.select_on) == (20, 16, True, 0.01, "a2v_instance_R1")
-    assert a.data.sample_rate == 16000 and 1 + (int(a.data.seconds * 16000) - 400) // 160 == 1024
+    # each file's own rate, as the original; 10.255 s give 1024 frames at the usual rates
+    assert a.data.sample_rate is None and a.data.train_frame == "random" and a.data.frame_index == 5
+    for sr in (16000, 44100, 48000):
+        assert 1 + (int(a.data.seconds * sr) - int(sr * 0.025)) // int(sr * 0.01) >= 1024
     v = load_config(TrainConfig, ["equiav/vggsound"], [])
     assert v.equiav.fbank_stats == (-4.956, 4.486) and v.equiav.embed_dim == 768
     s = load_config(TrainConfig, ["synthetic/equiav"], [])

@@ -11,10 +11,10 @@ INPUT is one of:
   * an SSL-TIE / LVS id list (text or CSV) with --layout and --root.
 
 Raw videos give OUT/frames/<id>/<k>.jpg (--frames frames at the centres of equal segments of
-the clip, JPEG quality 95) and OUT/audio/<id>.wav (mono, 16-bit, --sample-rate). Pre-extracted
-clips are checked (every frame and the audio must decode, audio non-empty): their frames stay
-where they are unless --size/--short-side asks for resizing, and audio that is not already a
-mono wav at --sample-rate is converted into OUT/audio.
+the clip, JPEG quality 95) and OUT/audio/<id>.wav (mono, 16-bit, at the file's own rate unless
+--sample-rate sets one). Pre-extracted clips are checked (every frame and the audio must decode,
+audio non-empty): their frames stay where they are unless --size/--short-side asks for resizing,
+and audio that is not already a mono wav (at --sample-rate, when given) is converted into OUT/audio.
 
 A clip is finished when OUT/done/<id>.json is written (atomically, last): a rerun skips finished
 clips and redoes unfinished ones. Clips that cannot be used are listed in OUT/failures.csv (id,
@@ -40,6 +40,11 @@ HELP = "decode raw videos or check pre-extracted data into frames/, audio/ and a
 log = logging.getLogger(__name__)
 
 
+def _rate(text: str) -> int | None:
+    """``native`` (None: keep each file's own rate) or a positive integer rate in Hz."""
+    return None if text.strip().lower() == "native" else _positive(text)
+
+
 def _positive(text: str) -> int:
     try:
         v = int(text)
@@ -58,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="output folder")
     parser.add_argument("--frames", type=_positive, default=10,
                         help="frames per raw video, evenly spread (default 10)")
-    parser.add_argument("--sample-rate", type=_positive, default=16000,
-                        help="output audio rate in Hz (default 16000)")
+    parser.add_argument("--sample-rate", type=_rate, default=None, metavar="HZ|native",
+                        help="output audio rate in Hz, or 'native' (default: each file's own rate, "
+                             "as SSL-TIE and EquiAV both read audio; 16000 gives the CAV-MAE layout)")
     resize = parser.add_mutually_exclusive_group()
     resize.add_argument("--size", type=_positive, default=None, metavar="N",
                         help="resize the short side to N and centre-crop N x N (CAV-MAE: 224)")

@@ -232,7 +232,7 @@ def subtract_valid_mean(wave: torch.Tensor, num_samples: torch.Tensor) -> torch.
     return torch.where(valid, wave - mean, 0.0)
 
 
-def equiav_fbank_batch(wave: torch.Tensor, num_samples: torch.Tensor | None, sample_rate: float,
+def equiav_fbank_batch(wave: torch.Tensor, num_samples: torch.Tensor | None, sample_rate: float | torch.Tensor,
                        target_frames: int = 1024, stats: str | tuple[float, float] | None = "audioset",
                        num_mel_bins: int = 128) -> torch.Tensor:
     """:func:`equiav_fbank` of a zero-padded batch, clip by clip identical to the unpadded call.
@@ -240,6 +240,9 @@ def equiav_fbank_batch(wave: torch.Tensor, num_samples: torch.Tensor | None, sam
     Args:
         wave: (B, N) waveforms, clip ``i`` valid in ``wave[i, :num_samples[i]]`` and zero after.
         num_samples: (B,) true lengths (None: all N).
+        sample_rate: one rate, or (B,) per-clip rates (:func:`avssl.data.datasets.collate_mixed_rates`):
+            each clip's fbank is then computed at its own rate, as the original computes it per
+            file (one batched call per distinct rate).
     Returns:
         (B, target_frames, num_mel_bins): the mean is removed over the true samples only, the
         frames that reach past a clip's end are dropped (set to the pad value 0 before
@@ -251,6 +254,16 @@ def equiav_fbank_batch(wave: torch.Tensor, num_samples: torch.Tensor | None, sam
     if num_samples is None:
         num_samples = torch.full((wave.shape[0],), n_total, dtype=torch.long)
     n = num_samples.to(wave.device).long()
+    if isinstance(sample_rate, torch.Tensor):
+        rates = sample_rate.to(wave.device).long()
+        distinct = torch.unique(rates).tolist()
+        if len(distinct) > 1:
+            out = wave.new_empty((wave.shape[0], target_frames, num_mel_bins))
+            for r in distinct:  # a loop over the batch's distinct rates, not over its clips
+                rows = (rates == r).nonzero().squeeze(1)
+                out[rows] = equiav_fbank_batch(wave[rows], n[rows], float(r), target_frames, stats, num_mel_bins)
+            return out
+        sample_rate = float(distinct[0])
     if bool((n < 1).any()) or bool((n > n_total).any()):
         raise ValueError(f"num_samples must lie in [1, {n_total}], got {n.tolist()}")
     centred = subtract_valid_mean(wave, n)

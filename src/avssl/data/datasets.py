@@ -18,6 +18,11 @@ the batch's largest and adds ``"full_hw"`` (B, 2)).
   ORIGINAL frame is resized so that its short side is ``S`` and centre-cropped to ``S x S``
   (:func:`resize_crop`; default the authors' PIL bicubic test transform, exactly), as both
   methods' test loaders do; boxes stay on the centre-cropped map, as in the authors' scoring.
+  With ``random_frames=K`` (EquiAV's training, docs/methods.md §2.1) a key ``(index, draw)``
+  from the training sampler picks the frame instead: one of the record's pre-extracted frames,
+  or of ``K`` evenly spaced times of a raw video (:func:`avssl.data.decode.evenly_spaced_times`,
+  the CAV-MAE extraction), uniformly from a generator seeded with ``draw``; an ``int`` key keeps
+  the fixed frame.
 * ``wave``: mono, at the native rate or resampled to ``sample_rate``; tiled/cut to exactly
   ``seconds * rate`` samples (:func:`avssl.data.audio.tile_to_duration`; training sets first
   keep only ``keep_seconds``). With ``audio_pad="zero"`` (EquiAV: the original pads the
@@ -31,7 +36,8 @@ the batch's largest and adds ``"full_hw"`` (B, 2)).
 Decoding failures raise :class:`avssl.data.decode.MediaError` naming the file. With
 ``on_error="skip"`` every clip is decoded once at construction; failures are logged, counted
 (``self.skipped``: ``[(id, reason)]``) and dropped. Nothing is ever replaced by a fake sample.
-``cache_in_memory`` also decodes everything at construction (threads) and keeps the samples.
+``cache_in_memory`` also decodes everything at construction (threads) and keeps the samples
+(with ``random_frames``, every candidate frame: K times the frame memory).
 """
 from __future__ import annotations
 
@@ -50,7 +56,7 @@ from avssl.data.manifest import Record
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AVFrameAudioDataset", "collate", "resize_crop", "class_list", "FRAME_RESIZE"]
+__all__ = ["AVFrameAudioDataset", "collate", "collate_mixed_rates", "resize_crop", "class_list", "FRAME_RESIZE"]
 
 
 def class_list(records: Sequence[Record]) -> list[str]:
@@ -109,6 +115,10 @@ class AVFrameAudioDataset(Dataset):
         image_size: side ``S`` of the returned square frame.
         seconds: audio length after tiling/cutting.
         sample_rate: None = native rate; else resample.
+        video_sample_rate: with ``sample_rate`` None, the rate of audio decoded straight from a
+            ``video`` record (None: its native rate). EquiAV sets 16000: its authors' data are
+            extracted from the videos at 16 kHz (CAV-MAE's preprocessing), while a prepared wav
+            keeps its own rate, as their loader does.
         keep_seconds: keep only the first seconds before tiling (e.g. Flickr training: 4).
         frame_time / frame_index: which frame (None: annotation time / clip middle / middle file).
         classes: the label list (default :func:`class_list` of ``records``).
@@ -118,6 +128,8 @@ class AVFrameAudioDataset(Dataset):
         audio_pad: "tile" (SSL-TIE: tile short audio) or "zero" (cut / zero-pad, true length kept).
         frame_resize: :data:`FRAME_RESIZE` method of :func:`resize_crop`.
         full_frame: also return the original frame (``"full"``).
+        random_frames: 0 (a fixed frame) or K: ``(index, draw)`` keys pick a random frame
+            (module docstring).
     """
 
     def __init__(self, records: Sequence[Record], image_size: int = 224, seconds: float = 10.0,
@@ -125,16 +137,21 @@ class AVFrameAudioDataset(Dataset):
                  frame_time: float | None = None, frame_index: int | None = None,
                  classes: Sequence[str] | None = None, cache_in_memory: bool = False,
                  on_error: str = "raise", workers: int = 2, audio_pad: str = "tile",
-                 frame_resize: str = "pil_bicubic", full_frame: bool = False) -> None:
+                 frame_resize: str = "pil_bicubic", full_frame: bool = False, random_frames: int = 0,
+                 video_sample_rate: int | None = None) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if audio_pad not in ("tile", "zero"):
             raise ValueError(f"audio_pad must be 'tile' or 'zero', got {audio_pad!r}")
         if frame_resize not in FRAME_RESIZE:
             raise ValueError(f"frame_resize must be one of {FRAME_RESIZE}, got {frame_resize!r}")
+        if random_frames < 0:
+            raise ValueError(f"random_frames must be >= 0, got {random_frames}")
         self.audio_pad, self.frame_resize, self.full_frame = audio_pad, frame_resize, full_frame
+        self.random_frames = int(random_frames)
         self.records = list(records)
         self.image_size, self.seconds, self.sample_rate = image_size, seconds, sample_rate
+        self.video_sample_rate = video_sample_rate
         self.keep_seconds, self.frame_time, self.frame_index = keep_seconds, frame_time, frame_index
         self.classes = list(classes) if classes is not None else class_list(self.records)
         self._class_index = {c: i for i, c in enumerate(self.classes)}
@@ -146,7 +163,7 @@ class AVFrameAudioDataset(Dataset):
     def _decode_all(self, on_error: str, workers: int, keep: bool) -> None:
         def attempt(i: int) -> dict | decode.MediaError:
             try:
-                return self.load(i)
+                return self._load_candidates(i) if keep and self.random_frames else self.load(i)
             except decode.MediaError as e:
                 if on_error == "raise":
                     raise
@@ -168,10 +185,45 @@ class AVFrameAudioDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
-        if self._cache is not None:
-            return self._cache[index]
-        return self.load(index)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, draw = key if isinstance(key, tuple) else (key, None)
+        choice = None
+        if draw is not None and self.random_frames:
+            gen = torch.Generator().manual_seed(int(draw))
+            choice = int(torch.randint(self.frame_count(index), (1,), generator=gen))
+        if self._cache is None:
+            return self.load(index, choice)
+        sample = self._cache[index]
+        out = {k: v for k, v in sample.items() if k not in ("images", "fulls")}
+        if choice is not None and "images" in sample:
+            out["image"] = sample["images"][choice]
+            if "fulls" in sample:
+                out["full"] = sample["fulls"][choice]
+        return out
+
+    def frame_count(self, index: int) -> int:
+        """How many frames a random draw chooses from: the record's pre-extracted frames, or
+        ``random_frames`` evenly spaced times of a raw video."""
+        r = self.records[index]
+        return self.random_frames if r.video else max(1, len(r.frames))
+
+    def _load_candidates(self, index: int) -> dict:
+        """A cached sample (its fixed frame as ``image``) also holding every candidate frame:
+        ``images`` (K, 3, S, S) (and ``fulls``)."""
+        frames = self._candidate_frames(self.records[index])
+        sample = self.load(index)
+        sample["images"] = torch.stack([resize_crop(f, self.image_size, self.frame_resize) for f in frames])
+        if self.full_frame:
+            sample["fulls"] = [torch.tensor(f, dtype=torch.uint8).permute(2, 0, 1).contiguous() for f in frames]
+        return sample
+
+    def _candidate_frames(self, r: Record) -> list[np.ndarray]:
+        if r.video:
+            times = decode.evenly_spaced_times(decode.probe(r.video).duration, self.random_frames)
+            return list(decode.read_frames(r.video, times))
+        if not r.frames:
+            raise decode.MediaError(r.audio or r.id, f"record {r.id!r} has neither a video nor frames")
+        return [decode.read_image(f) for f in r.frames]
 
     def label_of(self, record: Record) -> int:
         return self._class_index.get(record.labels[0], -1) if record.labels else -1
@@ -184,28 +236,37 @@ class AVFrameAudioDataset(Dataset):
             target[idx] = 1.0
         return target
 
-    def _frame(self, r: Record) -> np.ndarray:
+    def _frame(self, r: Record, choice: int | None = None) -> np.ndarray:
         if r.video:
-            t = self.frame_time if self.frame_time is not None else r.extra.get("annotation_time")
+            if choice is not None:
+                t = decode.evenly_spaced_times(decode.probe(r.video).duration, self.random_frames)[choice]
+            else:
+                t = self.frame_time if self.frame_time is not None else r.extra.get("annotation_time")
             if t is None:
                 t = decode.probe(r.video).duration / 2.0
             return decode.read_frames(r.video, [float(t)])[0]
         if not r.frames:
             raise decode.MediaError(r.audio or r.id, f"record {r.id!r} has neither a video nor frames")
-        k = self.frame_index if self.frame_index is not None else len(r.frames) // 2
+        k = choice if choice is not None else self.frame_index if self.frame_index is not None else len(r.frames) // 2
         return decode.read_image(r.frames[min(k, len(r.frames) - 1)])
 
     def _wave(self, r: Record) -> tuple[np.ndarray, int]:
         if r.audio:
             return decode.read_wav(r.audio, self.sample_rate)
         if r.video:
-            return decode.read_audio(r.video, self.sample_rate)
+            return decode.read_audio(r.video, self.video_rate)
         raise decode.MediaError(r.id, f"record {r.id!r} has no audio")
 
-    def load(self, index: int) -> dict:
-        """Decode record ``index`` (no cache); raises MediaError naming the file on failure."""
+    @property
+    def video_rate(self) -> int | None:
+        """The rate audio read straight from a video is given at (None: its native rate)."""
+        return self.sample_rate or self.video_sample_rate
+
+    def load(self, index: int, choice: int | None = None) -> dict:
+        """Decode record ``index`` (no cache) with its fixed frame or candidate ``choice``; raises
+        MediaError naming the file on failure."""
         r = self.records[index]
-        frame = self._frame(r)
+        frame = self._frame(r, choice)
         image = resize_crop(frame, self.image_size, self.frame_resize)
         wave, sr = self._wave(r)
         wave_t = torch.from_numpy(wave)
@@ -225,21 +286,32 @@ class AVFrameAudioDataset(Dataset):
         return out
 
 
-def collate(samples: Sequence[dict]) -> dict:
+def collate(samples: Sequence[dict], mixed_rates: bool = False) -> dict:
     """Stack samples: ``image`` uint8 (B, 3, S, S), ``wave`` (B, N), ``num_samples`` (B,), ``label`` (B,),
     ``target`` (B, C), ``id`` list, ``sample_rate`` int; samples with ``"full"`` original frames
     give ``full`` uint8 (B, 3, H, W), each frame at the top left of a zero canvas of the largest
-    size, and ``full_hw`` (B, 2) long, each frame's own ``(h, w)``."""
+    size, and ``full_hw`` (B, 2) long, each frame's own ``(h, w)``.
+
+    Clips of one batch must share a sample rate unless ``mixed_rates`` (:func:`collate_mixed_rates`,
+    for front-ends computed per clip at its own rate, as EquiAV's): then a batch of several rates
+    has ``sample_rate`` (B,) long and ``wave`` zero-padded to the longest clip."""
     rates = {s["sample_rate"] for s in samples}
-    if len(rates) != 1:
+    waves = [s["wave"] for s in samples]
+    if len(rates) == 1:
+        rate = rates.pop()
+    elif mixed_rates:
+        rate = torch.tensor([s["sample_rate"] for s in samples], dtype=torch.long)
+        longest = max(w.shape[-1] for w in waves)
+        waves = [F.pad(w, (0, longest - w.shape[-1])) for w in waves]
+    else:
         bad = [(s["id"], s["sample_rate"]) for s in samples][:6]
         raise ValueError(f"clips of one batch have different sample rates {sorted(rates)} ({bad}); "
                          "set data.sample_rate to resample them to one rate")
     out = {"id": [s["id"] for s in samples], "image": torch.stack([s["image"] for s in samples]),
-           "wave": torch.stack([s["wave"] for s in samples]),
+           "wave": torch.stack(waves),
            "num_samples": torch.tensor([s["num_samples"] for s in samples], dtype=torch.long),
            "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
-           "target": torch.stack([s["target"] for s in samples]), "sample_rate": rates.pop()}
+           "target": torch.stack([s["target"] for s in samples]), "sample_rate": rate}
     if "full" in samples[0]:
         hw = torch.tensor([tuple(s["full"].shape[-2:]) for s in samples], dtype=torch.long)
         canvas = torch.zeros((len(samples), 3, *hw.max(dim=0).values.tolist()), dtype=torch.uint8)
@@ -247,3 +319,8 @@ def collate(samples: Sequence[dict]) -> dict:
             canvas[i, :, : hw[i, 0], : hw[i, 1]] = s["full"]
         out["full"], out["full_hw"] = canvas, hw
     return out
+
+
+def collate_mixed_rates(samples: Sequence[dict]) -> dict:
+    """:func:`collate` that accepts clips of several sample rates in one batch (``mixed_rates``)."""
+    return collate(samples, mixed_rates=True)

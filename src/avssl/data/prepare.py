@@ -4,7 +4,7 @@ Output under ``OUT``:
 
 * ``frames/<id>/<k>.jpg`` -- ``frames`` frames evenly spread over each raw video (JPEG quality 95),
   optionally resized (``short_side``) or resized and centre-cropped (``size``, as CAV-MAE);
-* ``audio/<id>.wav`` -- mono 16-bit PCM at ``sample_rate``;
+* ``audio/<id>.wav`` -- mono 16-bit PCM at ``sample_rate`` (None: each file's own rate);
 * ``done/<id>.json`` -- the clip's :class:`~avssl.data.manifest.Record`, written atomically and
   last: a clip is finished exactly when its sidecar exists, so a rerun skips it;
 * ``failures.csv`` (id, path, reason) -- clips that could not be used, never replaced by anything;
@@ -15,7 +15,7 @@ Inputs: a directory of videos (searched recursively), a text file of video paths
 manifest, a CAV-MAE JSON manifest, or an SSL-TIE id list (with ``layout`` and ``root``).
 Pre-extracted clips (frames + audio) are checked (every frame and the audio decode, audio
 non-empty); their frames stay where they are unless a resize is asked for, and their audio is
-converted into ``OUT/audio`` unless it already is a mono wav at ``sample_rate``.
+converted into ``OUT/audio`` unless it already is a mono wav (at ``sample_rate`` when given).
 
 Long file: one command's pipeline (find and probe the inputs, decode, write, report), kept in
 one place so that resuming, the failure reports and the atomic sidecars read together.
@@ -83,7 +83,7 @@ class PrepareReport:
 class _Options:
     out_dir: str
     frames: int
-    sample_rate: int
+    sample_rate: int | None  # None: each file's own rate
     size: int | None
     short_side: int | None
 
@@ -282,8 +282,9 @@ def _prepare_extracted(rec: Record, name: str, opts: _Options) -> Record:
         frames = _write_frames(clip.frames, out / "frames" / name, opts)
     audio = rec.audio
     if not _is_plain_wav(audio, opts.sample_rate):
-        wave = resample(clip.audio, clip.sample_rate, opts.sample_rate)
-        audio = _write_wav(out / "audio" / f"{name}.wav", wave, opts.sample_rate)
+        rate = opts.sample_rate or clip.sample_rate
+        wave = resample(clip.audio, clip.sample_rate, rate)
+        audio = _write_wav(out / "audio" / f"{name}.wav", wave, rate)
     h, w = clip.frames.shape[1:3]
     extra = {**rec.extra, "duration": round(clip.duration, 6), "orig_width": int(w),
              "orig_height": int(h), "orig_sample_rate": clip.sample_rate}
@@ -292,15 +293,16 @@ def _prepare_extracted(rec: Record, name: str, opts: _Options) -> Record:
     return Record(id=rec.id, audio=audio, frames=frames, labels=rec.labels, split=rec.split, extra=extra)
 
 
-def _is_plain_wav(path: str, sample_rate: int) -> bool:
-    """Whether ``path`` is already a mono wav at ``sample_rate`` (then it is used as it is)."""
+def _is_plain_wav(path: str, sample_rate: int | None) -> bool:
+    """Whether ``path`` is already a mono wav at ``sample_rate`` (None: at any rate); then it is
+    used as it is."""
     import soundfile as sf
 
     try:
         info = sf.info(path)
     except (sf.SoundFileError, RuntimeError):
         return False
-    return info.format == "WAV" and info.samplerate == sample_rate and info.channels == 1
+    return info.format == "WAV" and sample_rate in (None, info.samplerate) and info.channels == 1
 
 
 def _process(task: tuple[Record, str, _Options]) -> _Result:
@@ -370,7 +372,7 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
 
 
 def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int = 10,
-            sample_rate: int = 16000, size: int | None = None, short_side: int | None = None,
+            sample_rate: int | None = None, size: int | None = None, short_side: int | None = None,
             workers: int | None = None, layout: str | None = None,
             root: str | os.PathLike | None = None, on_error: str = "skip",
             limit: int | None = None) -> PrepareReport:
@@ -378,7 +380,8 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int
 
     Args:
         frames: frames per raw video, at the centres of equal segments of the clip.
-        sample_rate: rate of the output wavs (Hz).
+        sample_rate: rate of the output wavs (Hz); None (default) keeps each file's own rate, as
+            both methods read audio (docs/methods.md §3); 16000 gives the CAV-MAE layout.
         size: resize the short side to ``size`` and centre-crop ``size x size`` (CAV-MAE: 224).
         short_side: resize the short side only (exclusive with ``size``).
         workers: worker processes (default: CPU count); 0 or 1 works in this process.

@@ -102,10 +102,14 @@ class EpochSampler(Sampler[int]):
     one-process batch of ``world * batch_size`` (what the DDP equivalence rests on); with one
     process it is the plain shuffled epoch. The last partial global batch is dropped
     (``drop_last``) or split evenly, topped up from the start of the epoch's order.
+
+    With ``draw_keys`` it yields ``(index, draw)``: ``draw`` a 63-bit number from ``(seed, epoch,
+    place in the epoch's global order)``, which a data set uses for per-sample random choices
+    (EquiAV's random training frame), the same on any number of ranks and after a resume.
     """
 
     def __init__(self, n: int, seed: int, batch_size: int = 1, rank: int = 0, world: int = 1,
-                 drop_last: bool = False, weights: torch.Tensor | None = None) -> None:
+                 drop_last: bool = False, weights: torch.Tensor | None = None, draw_keys: bool = False) -> None:
         if n < 1:
             raise ValueError("EpochSampler needs at least one clip")
         if weights is not None and (weights.shape != (n,) or bool((weights < 0).any()) or float(weights.sum()) <= 0):
@@ -113,6 +117,7 @@ class EpochSampler(Sampler[int]):
         self.n, self.seed, self.epoch = n, seed, 0
         self.batch_size, self.rank, self.world, self.drop_last = batch_size, rank, world, drop_last
         self.weights = None if weights is None else weights.double()
+        self.draw_keys = draw_keys
         glob = batch_size * world
         if drop_last:
             self.per_rank = (n // glob) * batch_size
@@ -129,16 +134,24 @@ class EpochSampler(Sampler[int]):
             return torch.randperm(self.n, generator=g)
         return torch.multinomial(self.weights, self.n, replacement=True, generator=g)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         order = self._order()
         b, glob = self.batch_size, self.batch_size * self.world
         full = (self.n // glob) * glob
-        mine = order[:full].view(-1, self.world, b)[:, self.rank].reshape(-1)
-        if not self.drop_last and full < self.n:
-            per = -(-(self.n - full) // self.world)
-            rest = torch.cat([order[full:], order[: per * self.world - (self.n - full)]])
-            mine = torch.cat([mine, rest.view(self.world, per)[self.rank]])
-        return iter(mine.tolist())
+
+        def mine_of(x: torch.Tensor) -> torch.Tensor:
+            out = x[:full].view(-1, self.world, b)[:, self.rank].reshape(-1)
+            if not self.drop_last and full < self.n:
+                per = -(-(self.n - full) // self.world)
+                rest = torch.cat([x[full:], x[: per * self.world - (self.n - full)]])
+                out = torch.cat([out, rest.view(self.world, per)[self.rank]])
+            return out
+
+        mine = mine_of(order).tolist()
+        if not self.draw_keys:
+            return iter(mine)
+        places = mine_of(torch.arange(self.n)).tolist()  # each entry's place in the global order
+        return iter(zip(mine, [_mix(self.seed, self.epoch, p, 0xF4) for p in places], strict=True))
 
     def __len__(self) -> int:
         return self.per_rank
@@ -350,7 +363,8 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
     rank, world = dist_utils.rank(), dist_utils.world_size()
     weights = pipe.sample_weights(train_ds, cfg) if pipe.sample_weights is not None else None
     sampler = EpochSampler(len(train_ds), cfg.train.seed, cfg.train.batch_size, rank, world,
-                           drop_last=cfg.train.drop_last, weights=weights)
+                           drop_last=cfg.train.drop_last, weights=weights,
+                           draw_keys=getattr(train_ds, "random_frames", 0) > 0)
     loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=cfg.train.drop_last,
                         num_workers=cfg.data.num_workers, collate_fn=pipe.collate,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0)

@@ -1,7 +1,8 @@
 """EquiAV fine-tuning's data and training side (docs/methods.md §2.7): data set, batched transform, loss
 module, whole-set evaluation, optimiser groups and balanced-sampling weights.
 
-The loader returns one uint8 frame and the zero-padded 16 kHz waveform with its true length
+The loader returns one uint8 frame and the zero-padded waveform (at the file's own rate unless
+``data.sample_rate`` sets one) with its true length
 (:class:`avssl.data.datasets.AVFrameAudioDataset`, ``audio_pad="zero"``);
 :class:`EquiAVFinetuneTransform` builds the model inputs batched on the training device:
 
@@ -63,8 +64,8 @@ def check_config(cfg) -> None:
 
 def equiav_ft_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequence[str] | None = None
                       ) -> AVFrameAudioDataset:
-    """The data set of a TrainConfig ``cfg`` (``data`` and ``equiav_ft``): 16 kHz unless
-    ``data.sample_rate`` says otherwise, zero-padded audio, classes = every label of ``records``
+    """The data set of a TrainConfig ``cfg`` (``data`` and ``equiav_ft``): audio at each file's own
+    rate unless ``data.sample_rate`` sets one, zero-padded audio, classes = every label of ``records``
     (sorted) unless given. Raises ValueError when their number differs from ``ft.num_classes``."""
     d, ft = cfg.data, cfg.equiav_ft
     if classes is None:
@@ -165,7 +166,7 @@ class EquiAVFinetuneTransform:
             lam, shift = draws["lam"], draws["shift"]
             if self.mixup_p > 0:
                 wave, v, target = self._mixup(wave, n, v, target, lam)
-        a = equiav_fbank_batch(wave, n, int(batch["sample_rate"]), self.audio_length, self.stats, self.num_mel_bins)
+        a = equiav_fbank_batch(wave, n, batch["sample_rate"], self.audio_length, self.stats, self.num_mel_bins)
         a = a[:, None].expand(-1, 3, -1, -1)
         if train and self.time_roll:
             a = time_roll(a, shift, torch.ones_like(shift, dtype=torch.bool))

@@ -1,7 +1,9 @@
 """EquiAV pre-training's data side: the data set, the batched on-device transform, training and inference.
 
-The loader returns one uint8 frame and a zero-padded 16 kHz waveform with its true length per clip
-(:mod:`avssl.data.datasets`, ``audio_pad="zero"``). :class:`EquiAVBatchTransform` builds the
+The loader returns one uint8 frame and a zero-padded waveform at the file's own rate (unless
+``data.sample_rate`` sets one) with its true length per clip (:mod:`avssl.data.datasets`,
+``audio_pad="zero"``); a batch may mix rates (:func:`~avssl.data.datasets.collate_mixed_rates`),
+each clip's fbank is computed at its own rate, as the original does per file. :class:`EquiAVBatchTransform` builds the
 model inputs on the training device, batched (docs/methods.md §2.1, 2.3):
 
 * audio: the Kaldi fbank of every clip (:func:`avssl.data.audio.equiav_fbank_batch`, normalised
@@ -63,8 +65,10 @@ def equiav_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequenc
                    ) -> AVFrameAudioDataset:
     """The data set of a :class:`avssl.train_config.TrainConfig` ``cfg`` (its ``data`` and ``equiav`` parts).
 
-    16 kHz unless ``data.sample_rate`` says otherwise; zero-padded audio of ``data.seconds``
-    (10.255 s gives the 1024 frames of the recipe); frames of side ``data.load_size`` (default
+    Audio at each wav's own rate unless ``data.sample_rate`` sets one (the original computes the
+    fbank at the file's rate), at 16 kHz when read straight from a video (the rate the authors'
+    extraction writes); zero-padded to ``data.seconds`` (10.255 s gives the 1024 frames of
+    the recipe at any rate); frames of side ``data.load_size`` (default
     ``equiav.img_size``). ``keep_seconds`` applies to training sets only.
     """
     return equiav_clip_dataset(records, cfg.data, cfg.equiav.img_size, train, classes,
@@ -74,14 +78,17 @@ def equiav_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequenc
 def equiav_clip_dataset(records: Sequence[Record], d, img_size: int, train: bool,
                         classes: Sequence[str] | None = None, full_frame: bool = False) -> AVFrameAudioDataset:
     """EquiAV's clip reading from a :class:`~avssl.train_config.DataConfig` ``d`` (pre-training and
-    fine-tuning alike): 16 kHz unless set, zero-padded audio, frames of ``d.load_size or img_size``
+    fine-tuning alike): a wav's own rate unless ``d.sample_rate`` is set, audio read straight from a
+    video at 16 kHz (the authors' extraction), zero-padded audio, frames of ``d.load_size or img_size``
     (plus the original frames with ``full_frame``, for the augmented view's crop)."""
     return AVFrameAudioDataset(
         records, image_size=d.load_size or img_size, seconds=d.seconds,
-        sample_rate=d.sample_rate or 16000, keep_seconds=d.keep_seconds if train else None,
+        sample_rate=d.sample_rate, keep_seconds=d.keep_seconds if train else None,
         frame_time=d.frame_time, frame_index=d.frame_index, classes=classes,
         cache_in_memory=d.cache_in_memory, on_error=d.on_error, workers=max(1, d.num_workers),
-        audio_pad="zero", frame_resize=d.frame_resize, full_frame=full_frame)
+        audio_pad="zero", frame_resize=d.frame_resize, full_frame=full_frame,
+        random_frames=d.train_frame_count if train and d.train_frame == "random" else 0,
+        video_sample_rate=16000)
 
 
 class EquiAVBatchTransform:
@@ -113,7 +120,7 @@ class EquiAVBatchTransform:
         c = self.cfg
         wave = batch["wave"].to(self.device, non_blocking=True)
         n = batch.get("num_samples")
-        fbank = equiav_fbank_batch(wave, None if n is None else n.to(self.device), float(batch["sample_rate"]),
+        fbank = equiav_fbank_batch(wave, None if n is None else n.to(self.device), batch["sample_rate"],
                                    target_frames=c.audio_length, stats=tuple(c.fbank_stats),
                                    num_mel_bins=c.num_mel_bins)
         a = fbank[:, None].expand(-1, 3, -1, -1).contiguous()

@@ -48,7 +48,8 @@ def ssltie_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequenc
         sample_rate=d.sample_rate, keep_seconds=d.keep_seconds if train else None,
         frame_time=d.frame_time, frame_index=d.frame_index, classes=classes,
         cache_in_memory=d.cache_in_memory, on_error=d.on_error, workers=max(1, d.num_workers),
-        frame_resize=d.frame_resize, full_frame=train and d.train_crop == "original")
+        frame_resize=d.frame_resize, full_frame=train and d.train_crop == "original",
+        random_frames=d.train_frame_count if train and d.train_frame == "random" else 0)
 
 
 class SSLTIEBatchTransform:
