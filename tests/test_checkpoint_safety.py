@@ -138,7 +138,7 @@ def test_convert_refuses_code(tmp_path, source, caplog):
     _, official, marker = _evil_files(tmp_path)
     out = tmp_path / "out.pt"
     _refused(lambda: convert(source, official, out, preset="tiny"), official, marker)
-    assert main(["convert", "--from", source, str(official), str(out), "--preset", "tiny"]) == 1
+    assert main(["convert", "--from", source, str(official), str(out), "--preset", "tiny"]) == 2
     assert REFUSED in caplog.text
     assert not marker.exists() and not out.exists()
 

@@ -47,14 +47,14 @@ def test_mismatched_checkpoint_is_refused(tmp_path, golden_dir, capsys):
     sd = {k: v for k, v in ref.items() if not k.startswith("pred_a_inter")}
     torch.save(sd, tmp_path / "partial.pt")
     assert main(["convert", "--from", "equiav-official", str(tmp_path / "partial.pt"), str(tmp_path / "x.pt"),
-                 "--preset", "tiny"]) == 1
+                 "--preset", "tiny"]) == 2
     assert not (tmp_path / "x.pt").exists()
 
 
 def test_unreadable_input(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"garbage")
-    assert main(["convert", "--from", "ssltie-official", str(bad), str(tmp_path / "o.pt")]) == 1
+    assert main(["convert", "--from", "ssltie-official", str(bad), str(tmp_path / "o.pt")]) == 2
 
 
 def test_equiav_sizes_are_read_from_the_weights(tmp_path, golden_dir, caplog):
@@ -62,7 +62,7 @@ def test_equiav_sizes_are_read_from_the_weights(tmp_path, golden_dir, caplog):
     widths come from the weights; the head count, which they cannot tell, is refused in one line
     until given, and then the conversion equals the tiny preset's."""
     src = golden_dir / "equiav_pt_tiny_state_dict.pt"
-    assert main(["convert", "--from", "equiav-official", str(src), str(tmp_path / "a.pt")]) == 1
+    assert main(["convert", "--from", "equiav-official", str(src), str(tmp_path / "a.pt")]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "num_heads=N" in errors[0] and str(src) in errors[0]
     assert not (tmp_path / "a.pt").exists()

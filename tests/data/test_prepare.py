@@ -151,7 +151,7 @@ def test_on_error_stop(video_dir, tmp_path):
         prepare(video_dir, out, workers=1, on_error="stop")
     assert list(_failures(out)) == ["broken"]
     assert main(["prepare", str(video_dir), str(tmp_path / "cli"), "--workers", "2",
-                 "--on-error", "stop"]) == 1
+                 "--on-error", "stop"]) == 2
 
 
 def test_jsonl_input_carries_labels_and_resizes(video_dir, tmp_path):
@@ -275,7 +275,7 @@ def test_ids_and_inputs(tmp_path, caplog):
         collect_inputs(_empty_dir(tmp_path))
     with pytest.raises(PrepareError, match="no such file or directory"):
         collect_inputs(tmp_path / "nope")
-    assert main(["prepare", str(tmp_path / "nope"), str(tmp_path / "out")]) == 1
+    assert main(["prepare", str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
 
 
 def _empty_dir(tmp_path: Path) -> Path:

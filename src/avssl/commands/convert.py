@@ -109,6 +109,6 @@ def run(args: argparse.Namespace) -> int:
         report = convert(args.source, args.input, args.output, args.preset, args.overrides, args.allow_mismatch)
     except (CheckpointError, ConfigError, ValueError, KeyError) as e:
         log.error("%s", e)
-        return 1
+        return 2
     print(json.dumps({"output": args.output, **report}, indent=2, default=str))
     return 0

@@ -94,5 +94,5 @@ def run(args: argparse.Namespace) -> int:
                 layout=args.layout, root=args.root, on_error=args.on_error, limit=args.limit)
     except (PrepareError, ManifestError) as e:
         log.error("%s", e)
-        return 1
+        return 2
     return 0
