@@ -126,6 +126,15 @@ def test_avssl_synth_with_a_cutout_source(source, tmp_path, caplog):
     assert main(["synth", str(tmp_path / "z"), "--clips", "2", "--source", "shapes:x"]) == 2
     err = caplog.text
     assert "do not apply to --source" in err and "no such file or folder" in err and "cutouts:PATH" in err
+    three = list(COLOURS)[:3]
+    keep = ",".join(three)
+    assert main(["synth", str(tmp_path / "only"), "--clips", "6", "--size", "64", "--duration", "1", "--fps", "5",
+                 "--source", f"cutouts:{source}", "--workers", "1", "--only", keep, "--no-reference"]) == 0
+    kept = read_manifest(tmp_path / "only" / "manifest.jsonl")
+    assert {c for r in kept for c in r.labels + r.extra["distractors"]} <= set(three)
+    assert main(["synth", str(tmp_path / "only2"), "--clips", "2", "--source", f"cutouts:{source}",
+                 "--only", "yak"]) == 2
+    assert "['yak'] are not among the cut-outs" in caplog.text
 
 
 def test_reference_scores_include_the_masks(source, tmp_path):

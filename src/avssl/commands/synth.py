@@ -119,6 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_cutout_arguments(parser, "semi-real scenes from ", "with --source: ")
     parser.add_argument("--holdout", type=comma_names, default=(),
                         metavar="NAME,...", help="with --source: classes never shown or heard in training")
+    parser.add_argument("--only", type=comma_names, default=(),
+                        metavar="NAME,...", help="with --source: keep only these classes (cut-out names)")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip scoring the reference heatmaps on the test split")
 
@@ -134,7 +136,7 @@ def _semireal(args: argparse.Namespace):
         size=args.size, duration=args.duration, fps=args.fps, sample_rate=args.sample_rate,
         object_size=tuple(args.object_size or d.object_size), two_source_frac=args.two_source_frac,
         offscreen_frac=args.offscreen_frac, snr_db=args.noise_db, split=tuple(args.split),
-        holdout=args.holdout, exclude=args.exclude, workers=args.workers, preset=args.preset)
+        holdout=args.holdout, exclude=args.exclude, only=args.only, workers=args.workers, preset=args.preset)
     return path, cfg
 
 
@@ -146,8 +148,8 @@ def run(args: argparse.Namespace) -> int:
         if args.source is not None:
             path, cfg = _semireal(args)
         else:
-            if args.backgrounds or args.holdout or args.exclude:
-                raise ValueError("--backgrounds, --holdout and --exclude need --source")
+            if args.backgrounds or args.holdout or args.exclude or args.only:
+                raise ValueError("--backgrounds, --holdout, --exclude and --only need --source")
             d = SynthConfig()
             cfg = SynthConfig(
                 classes=args.classes or d.classes, duration=args.duration, size=args.size, fps=args.fps,
