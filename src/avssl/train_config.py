@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, make_dataclass
 
 from avssl.data.datasets import FRAME_RESIZE
+from avssl.precision import AMP_DTYPES
 from avssl.registry import METHODS
 
 __all__ = ["DataConfig", "OptimConfig", "LoopConfig", "TrainConfig"]
@@ -114,6 +115,8 @@ class OptimConfig:
     warmup_start_lr: the lr of the first step, rising linearly to ``lr`` over the warm-up (EquiAV's
         released recipe: 2e-7, docs/methods.md §2.6). None: the warm-up starts at
         ``lr / (warmup steps)`` and reaches ``lr`` at its last step.
+    fused: torch's fused Adam/AdamW kernel (one kernel over all parameters; CUDA or CPU). The
+        update is the same up to float rounding; off by default (the originals use the plain loop).
     """
 
     name: str = "adam"
@@ -126,6 +129,7 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     warmup_start_lr: float | None = None
     min_lr: float = 0.0
+    fused: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in ("adam", "adamw"):
@@ -145,9 +149,17 @@ class LoopConfig:
     select_on: the val metric (a key of :func:`avssl.eval.localisation.score`'s summary, e.g.
         "ciou_at_0.5" or "adaptive_ciou_at_0.5") that picks ``best.pt``; never the test set.
     device: "auto" (CUDA when available, at LOCAL_RANK), "cpu", "cuda", "cuda:1", ...
-    amp: fp16 autocast + GradScaler, on CUDA only. Off by default: SSL-TIE's released loop is
-        fp32 (its tau = 0.03 sigmoid masks have not been checked in fp16); EquiAV's pre-training
-        and fine-tuning presets turn it on, as their released loops use it.
+    amp: autocast, on CUDA only. Off by default: SSL-TIE's released loop is fp32 (its tau = 0.03
+        sigmoid masks have not been checked in fp16); EquiAV's pre-training and fine-tuning
+        presets turn it on, as their released loops use it (fp16).
+        amp_dtype: "float16" (with a GradScaler, the originals' AMP) or "bfloat16" (no scaler:
+        bf16 has fp32's range; GPUs from Ampere on).
+    channels_last: the model's 4-D weights in channels-last memory format (faster convolutions
+        on tensor-core GPUs, SSL-TIE's ResNets). The convolutions then sum in another order: the
+        same loss to ~1e-5, gradients within a few % per layer (SSL-TIE's tau = 0.03 masks amplify
+        the rounding), so a run is not bit-identical to the default.
+    compile: ``torch.compile`` the training module (the first steps are slow while it compiles;
+        needs a C++ compiler on CPU). Checkpoints hold the plain module's weights either way.
     grad_clip: max gradient norm (after unscaling under AMP); None: no clipping.
         grad_clip_amp_only: clip only when AMP is in use (the released EquiAV loop).
     threads: torch intra-op CPU threads (None: torch's default). On a busy shared CPU, 1 can be
@@ -163,6 +175,9 @@ class LoopConfig:
     drop_last: bool = True
     seed: int = 4
     amp: bool = False
+    amp_dtype: str = "float16"
+    channels_last: bool = False
+    compile: bool = False
     grad_clip: float | None = None
     grad_clip_amp_only: bool = False  # EquiAV's released loop clips only on its AMP path (fp32 unclipped)
     log_every: int = 20
@@ -177,6 +192,8 @@ class LoopConfig:
     dist_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"train.amp_dtype must be one of {tuple(AMP_DTYPES)}, got {self.amp_dtype!r}")
         if not self.dist_timeout_s > 0:
             raise ValueError(f"train.dist_timeout_s must be > 0, got {self.dist_timeout_s}")
         if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1:

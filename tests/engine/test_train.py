@@ -223,3 +223,79 @@ def test_retrieval_scores_in_the_released_fp16_arithmetic():
     assert fp32["a2v_instance"] == retrieval.recall_at_k(retrieval.cosine_similarity(audio, visual))
     assert fp16["a2v_instance"] == retrieval.recall_at_k(retrieval.cosine_similarity(audio, visual, True))
     assert fp16["a2v_instance"] != fp32["a2v_instance"]
+
+
+def test_amp_settings_pick_the_dtype_and_the_scaler():
+    from avssl.precision import amp_settings
+    from avssl.train_config import LoopConfig
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert amp_settings(LoopConfig(amp=True), cuda) == (True, torch.float16, True)
+    assert amp_settings(LoopConfig(amp=True, amp_dtype="bfloat16"), cuda) == (True, torch.bfloat16, False)
+    assert amp_settings(LoopConfig(amp=True, amp_dtype="bfloat16"), cpu)[::2] == (False, False)  # CUDA only
+    assert amp_settings(LoopConfig(amp=False), cuda)[::2] == (False, False)
+    with pytest.raises(ValueError, match="amp_dtype must be one of"):
+        LoopConfig(amp_dtype="float8")
+
+
+def test_fused_adam_steps_as_the_plain_loop():
+    from avssl.engine.train import build_optimizer
+
+    g = torch.Generator().manual_seed(0)
+    for name in ("adam", "adamw"):
+        params = {k: [torch.nn.Parameter(torch.randn(5, 7, generator=torch.Generator().manual_seed(1)))]
+                  for k in ("plain", "fused")}
+        opts = {k: build_optimizer(p, OptimConfig(name=name, lr=1e-2, fused=k == "fused")) for k, p in params.items()}
+        assert opts["fused"].defaults["fused"] and not opts["plain"].defaults.get("fused")
+        for _ in range(5):
+            grad = torch.randn(5, 7, generator=g)
+            for k in params:
+                params[k][0].grad = grad.clone()
+                opts[k].step()
+        torch.testing.assert_close(params["fused"][0], params["plain"][0], rtol=1e-6, atol=1e-7)
+        assert not torch.equal(params["plain"][0], torch.randn(5, 7, generator=torch.Generator().manual_seed(1)))
+
+
+def test_channels_last_gives_the_same_loss_and_gradients(synth, tmp_path):
+    from torch.utils.data import DataLoader
+
+    from avssl.data.manifest import read_manifest
+    from avssl.registry import build_method, pipeline_for
+
+    cfg = tiny_cfg(synth, tmp_path)
+    pipe = pipeline_for("ssltie")
+    ds = pipe.dataset(read_manifest(synth / "manifest.jsonl", split="train"), cfg, train=True)
+    batch = next(iter(DataLoader(ds, batch_size=4, collate_fn=pipe.collate)))
+    out = {}
+    for name in ("plain", "channels_last"):
+        torch.manual_seed(0)
+        model = build_method("ssltie", cfg.ssltie)
+        if name == "channels_last":
+            model = model.to(memory_format=torch.channels_last)
+            assert model.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        inputs = pipe.batch_transform(cfg, "cpu")(batch, step_generator(4, 0, 0), train=True)
+        loss = pipe.train_module(model, cfg)(inputs, generator=step_generator(4, 0, 0))["loss"]
+        loss.backward()
+        out[name] = (loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(out["channels_last"][0], out["plain"][0], rtol=1e-4, atol=1e-6)
+    assert out["plain"][1].keys() == out["channels_last"][1].keys() and out["plain"][1]
+    # the convolutions sum in another order and SSL-TIE's tau = 0.03 sigmoid masks amplify that
+    # rounding to a few % of a small layer's gradient; a layout error would decorrelate them
+    flat = {k: torch.cat([g.flatten() for g in grads.values()]) for k, (_, grads) in out.items()}
+    total = float((flat["channels_last"] - flat["plain"]).norm() / flat["plain"].norm())
+    cosines = {k: float(F.cosine_similarity(out["channels_last"][1][k].flatten(), v.flatten(), dim=0))
+               for k, v in out["plain"][1].items() if v.norm() > 0}
+    print(f"channels_last: relative gradient difference {total:.2e}, lowest layer cosine {min(cosines.values()):.4f}")
+    assert total < 0.05 and min(cosines.values()) > 0.99, (total, min(cosines, key=cosines.get))
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(synth, tmp_path):
+    runs = {}
+    for name, extra in (("eager", ()), ("compiled", ("train.compile=true",))):
+        cfg = tiny_cfg(synth, tmp_path / name, "train.epochs=1", "train.eval_every=0", *extra)
+        fit(cfg)
+        runs[name] = load_checkpoint(tmp_path / name / "last.pt")["model"]
+    assert runs["eager"].keys() == runs["compiled"].keys()  # the plain module's weights, no _orig_mod prefix
+    for k, v in runs["eager"].items():
+        torch.testing.assert_close(runs["compiled"][k], v, rtol=1e-3, atol=1e-4)

@@ -71,6 +71,7 @@ from avssl.engine.evaluate import (
     retrieval_scores,
     run_inference,
 )
+from avssl.precision import amp_settings
 from avssl.registry import build_method, pipeline_for
 from avssl.train_config import OptimConfig, TrainConfig
 
@@ -242,7 +243,9 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     if params and isinstance(params[0], dict):
         params = [{**{k: v for k, v in g.items() if k != "lr_scale"}, "lr": cfg.lr * float(g.get("lr_scale", 1.0))}
                   for g in params]
-    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    extra = {"fused": True} if cfg.fused else {}
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **extra)
+
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: OptimConfig) -> float:
@@ -349,6 +352,8 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
 
     torch.manual_seed(cfg.train.seed)
     model = build_method(cfg.method, cfg.method_config).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     train_records = _records(cfg.data.train_manifest, cfg.data.train_split)
     if not train_records:
         raise ValueError("no training clips: set data.train_manifest (and data.train_split)")
@@ -378,8 +383,8 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
     optimizer = build_optimizer(groups, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, steps_per_epoch, cfg.train.epochs, cfg.optim))
-    use_amp = cfg.train.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    use_amp, amp_dtype, use_scaler = amp_settings(cfg.train, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     start_epoch, step, best, history = 0, 0, {"value": None, "epoch": None}, []
     if ckpt is not None:
@@ -409,6 +414,8 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
     if dist_utils.is_distributed():
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        net = torch.compile(net)
     writer = _Writer(run_dir, main, cfg.train.tensorboard)
     val_loader = None
     if val_ds is not None:  # each rank evaluates a contiguous shard; the results are gathered
@@ -441,7 +448,7 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
             for batch in bar:
                 gen = step_generator(cfg.train.seed, epoch, step)
                 inputs = transform(batch, gen, train=True, shard=(rank, world))
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                     losses = net(inputs, generator=gen)
                 loss = losses["loss"]
                 optimizer.zero_grad(set_to_none=True)

@@ -46,6 +46,7 @@ from avssl.distributed import shard_rows
 from avssl.eval.classification import classification_summary
 from avssl.methods.base import run_batches
 from avssl.methods.equiav.pipeline import equiav_clip_dataset
+from avssl.precision import amp_settings
 
 logger = logging.getLogger(__name__)
 
@@ -230,11 +231,11 @@ def finetune_evaluate(model: nn.Module, loader, transform, device: torch.device,
     Returns ``{"mAP", "mAUC", "d_prime", "accuracy", "loss", "classes_scored",
     "classes_without_positives", "clips"}`` (see :mod:`avssl.eval.classification`).
     """
-    use_amp = bool(getattr(cfg.train, "amp", False)) and device.type == "cuda"
+    use_amp, amp_dtype, _ = amp_settings(cfg.train, device)
 
     def step(batch):
         inputs = transform(batch, None, train=False)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
             out = model(inputs["a"], inputs["v"])
         return {"logits": out.float(), "target": inputs["target"].float(), "id": batch["id"]}
 
