@@ -291,11 +291,15 @@ def test_channels_last_gives_the_same_loss_and_gradients(synth, tmp_path):
 
 @pytest.mark.slow
 def test_compiled_training_matches_eager(synth, tmp_path):
-    runs = {}
+    """train.compile=true: the same losses step by step (inductor reorders float sums, so to
+    ~1e-6), and checkpoints of the plain module (no ``_orig_mod.`` prefix). Minutes on a CPU."""
+    runs, losses = {}, {}
     for name, extra in (("eager", ()), ("compiled", ("train.compile=true",))):
         cfg = tiny_cfg(synth, tmp_path / name, "train.epochs=1", "train.eval_every=0", *extra)
         fit(cfg)
         runs[name] = load_checkpoint(tmp_path / name / "last.pt")["model"]
-    assert runs["eager"].keys() == runs["compiled"].keys()  # the plain module's weights, no _orig_mod prefix
-    for k, v in runs["eager"].items():
-        torch.testing.assert_close(runs["compiled"][k], v, rtol=1e-3, atol=1e-4)
+        rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = torch.tensor([r["train/loss"] for r in rows if "lr" in r])
+    assert runs["eager"].keys() == runs["compiled"].keys()
+    assert len(losses["eager"]) >= 2
+    torch.testing.assert_close(losses["compiled"], losses["eager"], rtol=1e-5, atol=1e-6)
