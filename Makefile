@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test test-all bench lint clean setup
+.PHONY: demo test test-all bench lint clean setup app
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,12 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q
+
+# the local web page on the demo's SSL-TIE checkpoint (trained first when missing); Ctrl-C stops it
+app: setup
+	$(BIN)/python -m pip install --quiet -e '.[app]'
+	test -f $(DEMO_OUT)/runs/ssltie_seed0/best.pt || $(BIN)/avssl demo $(DEMO_OUT) --methods ssltie
+	$(BIN)/avssl app --checkpoint $(DEMO_OUT)/runs/ssltie_seed0/best.pt
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from avssl import __version__
-from avssl.commands import convert, demo, localize, prepare, score, synth
+from avssl.commands import app, convert, demo, localize, prepare, score, synth
 from avssl.commands import eval as eval_command
 from avssl.commands import train as train_command
 
@@ -25,6 +25,7 @@ COMMANDS = {
     "score": score,
     "convert": convert,
     "localize": localize,
+    "app": app,
     "train": train_command,
     "eval": eval_command,
 }

@@ -1,0 +1,145 @@
+"""avssl app: the page's logic (limits, clear refusals, results) on tiny media, and the page itself in a
+real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium; skipped without them)."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avssl.app import AppInputError, Limits, Localiser
+from avssl.checkpoint import save_checkpoint
+from avssl.data.manifest import read_manifest
+from avssl.data.synthetic import SynthConfig, generate
+from avssl.registry import build_method
+
+TINY = {"width": 8, "image_size": 64, "heatmap_size": 4}
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(root / "tiny.pt", model=build_method("ssltie", TINY).state_dict(),
+                           config={"method": "ssltie", "ssltie": TINY, "data": {"seconds": 1.0}})
+    clips = [Path(r.video) for r in read_manifest(generate(root / "clips", clips=2, seed=0, config=SynthConfig(
+        size=64, duration=2.0, workers=1)))]
+    broken = root / "broken.mp4"
+    broken.write_bytes(clips[0].read_bytes()[:3000])  # a truncated upload
+    silent = root / "silent.mp4"
+    import av
+
+    with av.open(str(silent), "w") as c:  # video only
+        s = c.add_stream("libx264", rate=10)
+        s.width = s.height = 64
+        s.pix_fmt = "yuv420p"
+        for i in range(10):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), 20 * i, np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return {"ckpt": ckpt, "clip": clips[0], "broken": broken, "silent": silent, "root": root}
+
+
+def test_the_localiser_refuses_bad_files_in_one_sentence_and_localises_good_ones(media, tmp_path):
+    loc = Localiser(media["ckpt"], Limits(max_mb=5, max_seconds=10, frames=3), workdir=tmp_path / "work")
+    for path, words in [(None, "Choose a video"), (media["silent"], "no audio track"),
+                        (media["broken"], "could not be decoded|not a video this page can read"),
+                        (tmp_path / "gone.mp4", "not there")]:
+        with pytest.raises(AppInputError, match=words) as e:
+            loc.run(path)
+        assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+    with pytest.raises(AppInputError, match="up to 1 s"):
+        Localiser(media["ckpt"], Limits(max_seconds=1), workdir=tmp_path / "w2").check(media["clip"])
+    with pytest.raises(AppInputError, match="MB"):
+        Localiser(media["ckpt"], Limits(max_mb=1e-4), workdir=tmp_path / "w3").check(media["clip"])
+    stages = []
+    res = loc.run(media["clip"], progress=lambda f, d: stages.append(f))
+    assert stages[-1] == 1.0 and res.overlay.is_file() and res.overlay.stat().st_size > 0
+    assert res.maps.shape[0] == res.frames.shape[0] == 3 and res.method == "ssltie"
+    image, text = res.view(1.0, 0.7)
+    assert image.shape == res.frames[0].shape and "peaks at" in text
+    assert not np.array_equal(image, res.frames[res.index_at(1.0)])  # the heatmap is drawn on it
+    assert np.array_equal(res.view(1.0, 0.0)[0], res.frames[res.index_at(1.0)])  # opacity 0: the frame
+    again = loc.run(media["clip"])
+    assert not res.overlay.exists() and again.overlay.is_file()  # one result kept at a time
+    loc.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _browser_missing() -> str | None:
+    for module in ("gradio", "selenium"):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{module} is not installed (pip install 'avssl[app]' selenium)"
+    for exe in ("chromium", "chromedriver"):
+        if shutil.which(exe) is None:
+            return f"{exe} is not installed (apt-get install chromium chromium-driver)"
+    return None
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
+def test_the_page_in_a_real_browser(media, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from avssl.commands.app import serve
+
+    port = _free_port()
+    args = argparse.Namespace(checkpoint=str(media["ckpt"]), host="127.0.0.1", port=port, max_mb=5,
+                              max_seconds=30, frames=4, device="cpu", no_examples=False)
+    page, loc, tmp = serve(args, block=False)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1400"):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    wait = WebDriverWait(driver, 120)
+    try:
+        driver.get(f"http://127.0.0.1:{port}/")
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#upload input[type=file]")))
+
+        def upload(path: Path) -> None:
+            driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(path))
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload video"))
+            driver.find_element(By.CSS_SELECTOR, "#run").click()
+
+        upload(media["clip"])
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#overlay video")
+                   and d.find_elements(By.CSS_SELECTOR, "#heatmap img"))
+        wait.until(lambda d: "peaks at" in d.find_element(By.CSS_SELECTOR, "#status").text)
+        src = driver.find_element(By.CSS_SELECTOR, "#overlay video").get_attribute("src")
+        assert src and "overlay" in src
+        time.sleep(1)
+        driver.save_screenshot(str(tmp_path / "app.png"))
+        assert (tmp_path / "app.png").stat().st_size > 10_000
+        # a corrupt upload: one sentence on the page, and the server keeps serving
+        driver.find_element(By.CSS_SELECTOR, "#upload button[aria-label='Clear']").click()
+        # (a truncated mp4 may not preview in the player, so it is sent without waiting for one)
+        driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(media["broken"]))
+        time.sleep(2)
+        driver.find_element(By.CSS_SELECTOR, "#run").click()
+        wait.until(lambda d: "could not be decoded" in d.page_source or "not a video this page can read" in d.page_source)
+        driver.save_screenshot(str(tmp_path / "app_error.png"))
+        driver.get(f"http://127.0.0.1:{port}/")  # still up
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#run")))
+    finally:
+        driver.quit()
+        page.close()
+        loc.close()
+        tmp.cleanup()
