@@ -126,3 +126,34 @@ def test_equiav_two_processes_equal_one_process_on_the_concatenated_batch(tiny_s
         # the faithful inter-modal gather carries no gradient to other ranks' keys: same losses,
         # different (documented) updates
         assert diff > 0.05
+
+
+def test_two_nodes_on_localhost_equal_one_process(tiny_synth, tmp_path):
+    """``torchrun --nnodes 2 --nproc_per_node 1 --rdzv-backend c10d`` (two node processes on this
+    machine, gloo): each node trains its slice of every global batch, so the run equals one process
+    on the concatenated batch (EquiAV, gradient-carrying gathers) step by step and in the weights."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    extra = ["equiav.gather_inter=with_grad"]
+    _train(_equiav_args(tiny_synth, tmp_path / "one", 4, *extra), nproc=1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=avssl-test",
+           "-m", "avssl", "-q", "train", *_equiav_args(tiny_synth, tmp_path / "nodes", 2, *extra)]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+             for _ in range(2)]
+    for p in nodes:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, f"{' '.join(cmd)}\n{out[-2000:]}\n{err[-4000:]}"
+    one, two = _lines(tmp_path / "one"), _lines(tmp_path / "nodes")
+    steps1 = [r for r in one if "time_s" not in r]
+    steps2 = [r for r in two if "time_s" not in r]
+    assert [r["step"] for r in steps2] == [1, 2, 3, 4]  # 8 clips / (2 nodes x batch 2) per epoch
+    for a, b in zip(steps1, steps2, strict=True):
+        assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-4), a["step"]
+    w1, w2 = load_checkpoint(tmp_path / "one" / "last.pt")["model"], load_checkpoint(tmp_path / "nodes" / "last.pt")["model"]
+    for k in w1:
+        if not k.endswith(("to_k.bias", "attn.qkv.bias")):  # exactly-zero gradients, Adam noise (see above)
+            torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=1e-5)
