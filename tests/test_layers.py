@@ -4,7 +4,7 @@ grew past ~400 lines without saying why at its top.
 Layers, bottom to top (a module may import its own layer or lower ones, never higher):
 
 0. leaf helpers: ``atomic``, ``config`` (the dataclass <-> YAML machinery), ``checkpoint``,
-   ``distributed``
+   ``distributed``, ``precision``
 1. ``augment`` (batched tensor ops, no I/O)
 2. ``data`` (decoding, front-ends, data sets, manifests, the synthetic generator)
 3. ``models`` (encoders shared by methods)
@@ -13,7 +13,7 @@ Layers, bottom to top (a module may import its own layer or lower ones, never hi
 6. ``registry`` (THE table of methods)
 7. ``train_config`` (the run config: one section per registered method)
 8. ``engine`` (training loop, evaluation)
-9. ``infer``, ``report``, ``demo``
+9. ``infer``, ``report``, ``demo``, ``app``
 10. ``commands``, ``cli``, ``__main__``
 
 Function-level (lazy) imports count too: a lazy import is no excuse for an upward one.
@@ -28,9 +28,9 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [
     ("avssl", 0), ("avssl.atomic", 0), ("avssl.config", 0), ("avssl.checkpoint", 0), ("avssl.distributed", 0),
-    ("avssl.augment", 1), ("avssl.data", 2), ("avssl.models", 3), ("avssl.eval", 4), ("avssl.viz", 4.5),
+    ("avssl.precision", 0), ("avssl.augment", 1), ("avssl.data", 2), ("avssl.models", 3), ("avssl.eval", 4), ("avssl.viz", 4.5),
     ("avssl.methods", 5), ("avssl.registry", 6), ("avssl.train_config", 7), ("avssl.engine", 8),
-    ("avssl.infer", 9), ("avssl.report", 9), ("avssl.demo", 9),
+    ("avssl.infer", 9), ("avssl.report", 9), ("avssl.demo", 9), ("avssl.app", 9),
     ("avssl.commands", 10), ("avssl.cli", 10), ("avssl.__main__", 10),
 ]
 MAX_LINES = 410  # "~400"
