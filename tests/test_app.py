@@ -71,6 +71,20 @@ def test_the_localiser_refuses_bad_files_in_one_sentence_and_localises_good_ones
     loc.close()
 
 
+def test_an_equiav_checkpoint_gives_its_zero_shot_maps(media, tmp_path):
+    eq = {"embed_dim": 32, "num_heads": 4, "depth": 1, "img_size": 32, "patch_size": 8, "audio_length": 64,
+          "num_mel_bins": 32, "num_centroid": 2, "aug_emb_dim": 16, "cross_attn_heads": 2, "cross_attn_head_dim": 8,
+          "proj_hidden_dim": 32, "inter_out_dim": 16, "intra_out_dim": 16}
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "eq.pt", model=build_method("equiav", eq).state_dict(),
+                           config={"method": "equiav", "equiav": eq, "data": {"seconds": 0.655}})
+    loc = Localiser(ckpt, Limits(frames=2), workdir=tmp_path / "work")
+    res = loc.run(media["clip"])
+    assert res.method == "equiav" and res.maps.shape[0] == 2 and np.isfinite(res.maps).any()
+    assert res.overlay.is_file()
+    loc.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -125,6 +139,8 @@ def test_the_page_in_a_real_browser(media, tmp_path):
         wait.until(lambda d: "peaks at" in d.find_element(By.CSS_SELECTOR, "#status").text)
         src = driver.find_element(By.CSS_SELECTOR, "#overlay video").get_attribute("src")
         assert src and "overlay" in src
+        uploads = [p for p in Path(tmp.name).rglob("*.mp4") if p.name == media["clip"].name]
+        assert uploads, "the upload lands in the app's own temporary folder"
         time.sleep(1)
         driver.save_screenshot(str(tmp_path / "app.png"))
         assert (tmp_path / "app.png").stat().st_size > 10_000
@@ -143,3 +159,4 @@ def test_the_page_in_a_real_browser(media, tmp_path):
         page.close()
         loc.close()
         tmp.cleanup()
+    assert not Path(tmp.name).exists()  # uploads and results removed with it
