@@ -103,8 +103,11 @@ def _browser_missing() -> str | None:
     return None
 
 
+BROWSER_MISSING = _browser_missing()
+
+
 @pytest.mark.browser
-@pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
+@pytest.mark.skipif(BROWSER_MISSING is not None, reason=str(BROWSER_MISSING))
 def test_the_page_in_a_real_browser(media, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

@@ -104,6 +104,11 @@ class DataConfig:
         if self.seconds <= 0 or self.num_workers < 0:
             raise ValueError("seconds must be > 0 and num_workers >= 0")
 
+    def random_frames(self, train: bool) -> int:
+        """The data set's ``random_frames``: ``train_frame_count`` for a training set with
+        ``train_frame="random"``, else 0 (the fixed frame)."""
+        return self.train_frame_count if train and self.train_frame == "random" else 0
+
 
 @dataclass(frozen=True)
 class OptimConfig:

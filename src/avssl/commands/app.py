@@ -44,8 +44,12 @@ def serve(args: argparse.Namespace, block: bool = True):
                           workdir=os.path.join(tmp.name, "results"))
     examples = [] if args.no_examples else make_examples(os.path.join(tmp.name, "examples"))
     page = build_page(localiser, examples)
-    page.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=not block, show_error=True,
-                allowed_paths=[tmp.name], max_file_size=f"{int(args.max_mb)}mb")
+    try:
+        page.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=not block, show_error=True,
+                    allowed_paths=[tmp.name], max_file_size=f"{int(args.max_mb)}mb")
+    finally:
+        if block:  # the server has stopped (Ctrl-C included): uploads and results go with it
+            tmp.cleanup()
     return page, localiser, tmp
 
 
@@ -62,6 +66,5 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"avssl app: error: {e}", file=sys.stderr)
         return 2
-    page, localiser, tmp = serve(args, block=True)
-    tmp.cleanup()
+    serve(args, block=True)
     return 0

@@ -217,10 +217,13 @@ class AVFrameAudioDataset(Dataset):
             sample["fulls"] = [torch.tensor(f, dtype=torch.uint8).permute(2, 0, 1).contiguous() for f in frames]
         return sample
 
+    def _video_candidate_times(self, r: Record) -> list[float]:
+        """The ``random_frames`` evenly spaced times a raw video's random frame is drawn from."""
+        return decode.evenly_spaced_times(decode.probe(r.video).duration, self.random_frames)
+
     def _candidate_frames(self, r: Record) -> list[np.ndarray]:
         if r.video:
-            times = decode.evenly_spaced_times(decode.probe(r.video).duration, self.random_frames)
-            return list(decode.read_frames(r.video, times))
+            return list(decode.read_frames(r.video, self._video_candidate_times(r)))
         if not r.frames:
             raise decode.MediaError(r.audio or r.id, f"record {r.id!r} has neither a video nor frames")
         return [decode.read_image(f) for f in r.frames]
@@ -239,7 +242,7 @@ class AVFrameAudioDataset(Dataset):
     def _frame(self, r: Record, choice: int | None = None) -> np.ndarray:
         if r.video:
             if choice is not None:
-                t = decode.evenly_spaced_times(decode.probe(r.video).duration, self.random_frames)[choice]
+                t = self._video_candidate_times(r)[choice]
             else:
                 t = self.frame_time if self.frame_time is not None else r.extra.get("annotation_time")
             if t is None:

@@ -247,7 +247,6 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **extra)
 
 
-
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: OptimConfig) -> float:
     """Multiplier of ``cfg.lr`` at iteration ``step``: linear warm-up, then multistep or cosine."""
     epoch_f = step / max(1, steps_per_epoch)

@@ -87,7 +87,7 @@ def equiav_clip_dataset(records: Sequence[Record], d, img_size: int, train: bool
         frame_time=d.frame_time, frame_index=d.frame_index, classes=classes,
         cache_in_memory=d.cache_in_memory, on_error=d.on_error, workers=max(1, d.num_workers),
         audio_pad="zero", frame_resize=d.frame_resize, full_frame=full_frame,
-        random_frames=d.train_frame_count if train and d.train_frame == "random" else 0,
+        random_frames=d.random_frames(train),
         video_sample_rate=16000)
 
 

@@ -49,7 +49,7 @@ def ssltie_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequenc
         frame_time=d.frame_time, frame_index=d.frame_index, classes=classes,
         cache_in_memory=d.cache_in_memory, on_error=d.on_error, workers=max(1, d.num_workers),
         frame_resize=d.frame_resize, full_frame=train and d.train_crop == "original",
-        random_frames=d.train_frame_count if train and d.train_frame == "random" else 0)
+        random_frames=d.random_frames(train))
 
 
 class SSLTIEBatchTransform:
