@@ -36,8 +36,9 @@ def with_filename(e: OSError, path: str | os.PathLike) -> OSError:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` to write to; on success it is fsynced and renamed over
-    ``path``, on any failure removed. An OSError without a file name is re-raised naming ``path``."""
+    """Yield a temporary path beside ``path`` to write to; on success it is given the permissions
+    a plain ``open`` would (``0666`` less the umask: shards and checkpoints others on a cluster
+    may read), fsynced and renamed over ``path``; on any failure removed. An OSError without a file name is re-raised naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -45,6 +46,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 -> what open() would have given
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -56,6 +58,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if isinstance(e, OSError) and e.filename is None:
             raise with_filename(e, path) from e
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once, at import: os.umask() cannot be read without setting it
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -64,6 +64,15 @@ class DataConfig:
         epoch and the clip's place in it, so DDP and resume are exact).
     on_error: "raise" (a clip that fails to decode raises MediaError naming it) or "skip"
         (every clip is decoded once at construction; failures are logged, counted, dropped).
+    train_shards: train from webdataset shards (``avssl prepare --format shards``) instead of
+        ``train_manifest``: their ``shards.json`` index, or a brace pattern
+        (``OUT/shards/shard-{000000..000099}.tar``; local paths or URLs) with the index beside
+        them (it gives each shard's clip count, so epochs have a known length). Streamed by
+        :class:`avssl.data.shards.ShardStream`: split over processes and loader workers,
+        shuffled in a buffer of ``shuffle_buffer`` clips; ``shard_resampled`` draws shards with
+        replacement (open_clip's resampled shards) instead of one permutation per epoch;
+        ``shard_groups`` fixes the number of data streams (default: one per process), so a run on
+        fewer processes reads the same global batches. Evaluation sets stay manifests.
     """
 
     train_manifest: str | None = None
@@ -87,6 +96,10 @@ class DataConfig:
     num_workers: int = 4
     cache_in_memory: bool = False
     on_error: str = "raise"
+    train_shards: str | None = None
+    shuffle_buffer: int = 1000
+    shard_resampled: bool = False
+    shard_groups: int | None = None
 
     def __post_init__(self) -> None:
         if self.annotation_format not in ("vggss", "flickr"):
@@ -103,6 +116,8 @@ class DataConfig:
             raise ValueError(f"train_frame_count must be >= 1, got {self.train_frame_count}")
         if self.seconds <= 0 or self.num_workers < 0:
             raise ValueError("seconds must be > 0 and num_workers >= 0")
+        if self.shuffle_buffer < 1 or (self.shard_groups is not None and self.shard_groups < 1):
+            raise ValueError("shuffle_buffer and shard_groups must be >= 1")
 
     def random_frames(self, train: bool) -> int:
         """The data set's ``random_frames``: ``train_frame_count`` for a training set with

@@ -25,8 +25,17 @@ output disk fills up (manifest.jsonl and failures.csv still list the clips finis
 resumes and removes the temporary files a killed write left) or, with --on-error stop, at the
 first failed clip.
 
+--format shards writes webdataset tar shards instead (OUT/shards/shard-XXXXXX.tar, ~--shard-size
+clips each: per clip its JSON record, 16-bit FLAC audio and the JPEG frames) and the index
+OUT/shards.json that training reads (data.train_shards=OUT/shards.json). --shard-of i/N prepares
+one slice of the input list (every machine of a cluster its own, no coordination needed; a rerun
+skips its finished shards); `avssl prepare --merge OUT` then checks that every shard is there
+and writes the index and OUT/failures.csv.
+
 Examples:
     avssl prepare videos/ data/vggsound --size 224 --workers 8
+    avssl prepare videos.txt data/vgg_shards --format shards --shard-of 3/16    # task 3 of 16
+    avssl prepare --merge data/vgg_shards
     avssl prepare cavmae_train.json data/as20k
     avssl prepare flickr_test.txt data/flickr_test --layout test --root /data/Flickr
 """
@@ -60,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("input", metavar="INPUT",
                         help="video folder, list of video paths, .jsonl/.json manifest or id list")
-    parser.add_argument("out", metavar="OUT", help="output folder")
+    parser.add_argument("out", metavar="OUT", nargs="?", help="output folder")
     parser.add_argument("--frames", type=_positive, default=10,
                         help="frames per raw video, evenly spread (default 10)")
     parser.add_argument("--sample-rate", type=_rate, default=None, metavar="HZ|native",
@@ -82,17 +91,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "stop: abort at the first")
     parser.add_argument("--limit", type=_positive, default=None, metavar="N",
                         help="only the first N clips of INPUT")
+    shards = parser.add_argument_group("shards (webdataset tar files, for streaming and clusters)")
+    shards.add_argument("--format", choices=("folder", "shards"), default="folder",
+                        help="folder: frames/, audio/, manifest.jsonl (default); shards: OUT/shards/"
+                             "shard-XXXXXX.tar of --shard-size clips + OUT/shards.json")
+    shards.add_argument("--shard-size", type=_positive, default=1000, metavar="N",
+                        help="clips per shard (default 1000)")
+    shards.add_argument("--shard-of", default=None, metavar="i/N",
+                        help="prepare only slice i of N (e.g. a SLURM array task: "
+                             "--shard-of $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); a rerun resumes "
+                             "it; then run --merge once")
+    shards.add_argument("--merge", action="store_true",
+                        help="avssl prepare --merge OUT: check every slice's shards are there, write "
+                             "OUT/shards.json and OUT/failures.csv")
 
 
 def run(args: argparse.Namespace) -> int:
     from avssl.data.manifest import ManifestError
     from avssl.data.prepare import PrepareError, prepare
+    from avssl.data.prepare_shards import merge, parse_shard_of, prepare_shards
 
+    kw = dict(frames=args.frames, sample_rate=args.sample_rate, size=args.size, short_side=args.short_side,
+              workers=args.workers, layout=args.layout, root=args.root, on_error=args.on_error, limit=args.limit)
     try:
-        prepare(args.input, args.out, frames=args.frames, sample_rate=args.sample_rate,
-                size=args.size, short_side=args.short_side, workers=args.workers,
-                layout=args.layout, root=args.root, on_error=args.on_error, limit=args.limit)
-    except (PrepareError, ManifestError) as e:
+        if args.merge:
+            if args.out is not None:
+                raise PrepareError("--merge takes the output folder alone: avssl prepare --merge OUT")
+            merge(args.input)
+        elif args.out is None:
+            raise PrepareError("give INPUT and OUT (or --merge OUT)")
+        elif args.format == "shards":
+            shard_of = parse_shard_of(args.shard_of) if args.shard_of else (0, 1)
+            prepare_shards(args.input, args.out, shard_size=args.shard_size, shard_of=shard_of, **kw)
+        elif args.shard_of:
+            raise PrepareError("--shard-of needs --format shards")
+        else:
+            prepare(args.input, args.out, **kw)
+    except (PrepareError, ManifestError, ValueError) as e:
         log.error("%s", e)
         return 2
     return 0

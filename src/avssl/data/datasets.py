@@ -59,6 +59,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["AVFrameAudioDataset", "collate", "collate_mixed_rates", "resize_crop", "class_list", "FRAME_RESIZE"]
 
 
+def _decoder_threads() -> int:
+    """1 inside a DataLoader worker (its siblings use the other cores; FFmpeg's frame threads
+    there only add overhead), else 0: FFmpeg's choice."""
+    from torch.utils.data import get_worker_info
+
+    return 1 if get_worker_info() is not None else 0
+
+
 def class_list(records: Sequence[Record]) -> list[str]:
     """Sorted distinct first labels of ``records`` (the label index space)."""
     return sorted({r.labels[0] for r in records if r.labels})
@@ -217,13 +225,13 @@ class AVFrameAudioDataset(Dataset):
             sample["fulls"] = [torch.tensor(f, dtype=torch.uint8).permute(2, 0, 1).contiguous() for f in frames]
         return sample
 
-    def _video_candidate_times(self, r: Record) -> list[float]:
+    def _video_candidate_times(self, duration: float) -> list[float]:
         """The ``random_frames`` evenly spaced times a raw video's random frame is drawn from."""
-        return decode.evenly_spaced_times(decode.probe(r.video).duration, self.random_frames)
+        return decode.evenly_spaced_times(duration, self.random_frames)
 
     def _candidate_frames(self, r: Record) -> list[np.ndarray]:
         if r.video:
-            return list(decode.read_frames(r.video, self._video_candidate_times(r)))
+            return list(decode.read_frames(r.video, self._video_candidate_times, threads=_decoder_threads()))
         if not r.frames:
             raise decode.MediaError(r.audio or r.id, f"record {r.id!r} has neither a video nor frames")
         return [decode.read_image(f) for f in r.frames]
@@ -241,13 +249,12 @@ class AVFrameAudioDataset(Dataset):
 
     def _frame(self, r: Record, choice: int | None = None) -> np.ndarray:
         if r.video:
+            t = self.frame_time if self.frame_time is not None else r.extra.get("annotation_time")
             if choice is not None:
-                t = self._video_candidate_times(r)[choice]
-            else:
-                t = self.frame_time if self.frame_time is not None else r.extra.get("annotation_time")
-            if t is None:
-                t = decode.probe(r.video).duration / 2.0
-            return decode.read_frames(r.video, [float(t)])[0]
+                times = lambda d: self._video_candidate_times(d)[choice: choice + 1]  # noqa: E731
+            else:  # the clip middle, placed by the duration the reader finds (no separate probe)
+                times = [float(t)] if t is not None else (lambda d: [d / 2.0])
+            return decode.read_frames(r.video, times, threads=_decoder_threads())[0]
         if not r.frames:
             raise decode.MediaError(r.audio or r.id, f"record {r.id!r} has neither a video nor frames")
         k = choice if choice is not None else self.frame_index if self.frame_index is not None else len(r.frames) // 2
@@ -270,8 +277,13 @@ class AVFrameAudioDataset(Dataset):
         MediaError naming the file on failure."""
         r = self.records[index]
         frame = self._frame(r, choice)
-        image = resize_crop(frame, self.image_size, self.frame_resize)
         wave, sr = self._wave(r)
+        return self.sample(r, frame, wave, sr)
+
+    def sample(self, r: Record, frame: np.ndarray, wave: np.ndarray, sr: int) -> dict:
+        """The sample of record ``r`` from its decoded ORIGINAL frame uint8 ``(H, W, 3)`` and
+        mono waveform at rate ``sr`` (also what :class:`avssl.data.shards.ShardStream` calls)."""
+        image = resize_crop(frame, self.image_size, self.frame_resize)
         wave_t = torch.from_numpy(wave)
         if self.audio_pad == "tile":
             wave_t = tile_to_duration(wave_t, sr, self.seconds, self.keep_seconds)

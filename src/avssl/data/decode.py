@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,13 +107,21 @@ def _check_complete(p: str, what: str, decoded: float, declared: float | None, s
                f"({source} header): truncated or corrupt")
 
 
+def _media_duration(c: av.container.InputContainer) -> float:
+    """:attr:`MediaInfo.duration`: the container's, else the longest stream's; NaN when unknown."""
+    if c.duration:
+        return c.duration / av.time_base
+    streams = (video_stream(c), audio_stream(c))
+    durs = [d for s in streams if s is not None if (d := stream_duration(s, c)[0]) is not None]
+    return max(durs) if durs else math.nan
+
+
 def probe(path: PathLike) -> MediaInfo:
     """Read the headers of ``path``. ``num_frames`` is the container's count, else
     ``round(duration * fps)``; ``duration`` is NaN only when no header states it."""
     with open_media(path) as (c, p):
         v, a = video_stream(c), audio_stream(c)
-        durs = [d for s in (v, a) if s is not None if (d := stream_duration(s, c)[0]) is not None]
-        duration = c.duration / av.time_base if c.duration else (max(durs) if durs else math.nan)
+        duration = _media_duration(c)
         fps = n = None
         if v is not None:
             rate = v.average_rate or v.guessed_rate
@@ -137,25 +145,46 @@ def evenly_spaced_times(duration: float, n: int) -> list[float]:
 
 
 # ----------------------------------------------------------------------------- frames
-def read_frames(path: PathLike, times: Sequence[float], size: tuple[int, int] | None = None,
-                seek_threshold: float = 1.0) -> np.ndarray:
+def read_frames(path: PathLike, times: Sequence[float] | Callable[[float], Sequence[float]],
+                size: tuple[int, int] | None = None, seek_threshold: float = 1.0,
+                threads: int = 0) -> np.ndarray:
     """Frames displayed at ``times`` (s, any order, repeats allowed) -> uint8 ``(N, H, W, 3)`` RGB.
+
+    ``times`` may be a function of the clip's duration (:attr:`MediaInfo.duration`, which it then
+    needs: CorruptMediaError when no header states it), e.g. ``lambda d: [d / 2]`` for the
+    middle frame, saving a separate :func:`probe`.
 
     ``size=(width, height)`` rescales (libswscale). Times are sorted and decoded in one
     sequential pass; the decoder seeks forward (to the keyframe before the next time) only when
-    the gap exceeds ``seek_threshold`` seconds and the longest keyframe interval seen so far."""
-    t = np.asarray(times, dtype=np.float64).reshape(-1)
-    if not np.all(np.isfinite(t)):
-        raise ValueError(f"times must be finite, got {times}")
+    the gap exceeds ``seek_threshold`` seconds and the longest keyframe interval seen so far.
+    Frames that no other frame references and that are shown well before the next time
+    (:data:`SKIP_MARGIN`) are not decoded at all (FFmpeg's ``skip_frame=nonref``): the frames
+    returned are the same, bit for bit. ``threads``: 0 lets FFmpeg pick (frame + slice threads
+    on every core), 1 decodes in the calling thread (what a data-loader worker wants: its
+    siblings already use the other cores)."""
     with open_media(path) as (c, p):
         vs = video_stream(c)
         if vs is None:
             raise NoVideoStreamError(p, "no video stream (frames requested)")
-        return _decode_frames(c, vs, p, t, size, seek_threshold)
+        if callable(times):
+            duration = _media_duration(c)
+            if not math.isfinite(duration):
+                raise CorruptMediaError(p, "no duration in the headers to place the frames by")
+            times = times(duration)
+        t = np.asarray(times, dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(t)):
+            raise ValueError(f"times must be finite, got {times}")
+        return _decode_frames(c, vs, p, t, size, seek_threshold, threads)
+
+
+#: Seconds (at least; and at least 4 frame intervals) before the next requested time from which
+#: every frame is decoded again; earlier non-reference frames are skipped.
+SKIP_MARGIN = 0.5
 
 
 def _decode_frames(c: av.container.InputContainer, vs: av.video.stream.VideoStream, p: str,
-                   times: np.ndarray, size: tuple[int, int] | None, seek_threshold: float) -> np.ndarray:
+                   times: np.ndarray, size: tuple[int, int] | None, seek_threshold: float,
+                   threads: int = 0, skip_nonref: bool = True) -> np.ndarray:
     if times.size == 0:
         w, h = size or (vs.codec_context.width, vs.codec_context.height)
         return np.empty((0, h, w, 3), np.uint8)
@@ -165,7 +194,11 @@ def _decode_frames(c: av.container.InputContainer, vs: av.video.stream.VideoStre
     step = 1.0 / float(rate) if rate else 0.04
     uniq, inverse = np.unique(times, return_inverse=True)
     targets = start + np.clip(uniq, 0.0, duration if duration is not None else np.inf)
-    vs.thread_type = "AUTO"
+    if threads == 1:
+        vs.thread_count = 1
+    else:
+        vs.thread_type, vs.thread_count = "AUTO", max(0, threads)
+    margin = max(SKIP_MARGIN, 4 * step)
     out: np.ndarray | None = None
     reformat: dict = {"format": "rgb24"} | ({"width": size[0], "height": size[1]} if size else {})
 
@@ -182,7 +215,7 @@ def _decode_frames(c: av.container.InputContainer, vs: av.video.stream.VideoStre
     def decode_from(t_seek: float | None) -> Iterator[av.VideoFrame]:
         if t_seek is not None:
             c.seek(int(t_seek / vs.time_base), stream=vs, backward=True, any_frame=False)
-        return _decode_skipping(c, vs, p, bad)
+        return _decode_skipping(c, vs, p, bad, (lambda: targets[i] - margin) if skip_nonref else None)
 
     i, prev, prev_t = 0, None, -math.inf  # next target; last frame shown at or before it
     last_key, gop = None, 0.0  # last keyframe time and longest keyframe interval seen
@@ -261,24 +294,35 @@ def read_audio(path: PathLike, sample_rate: int | None = None, mono: bool = True
         declared, source = stream_duration(a, c)
         c_start = c.start_time / av.time_base if c.start_time else 0.0
         v_start = stream_start(vs) if vs is not None else None
-        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
-        chunks: list[np.ndarray] = []
-        n, rate = 0, sample_rate or a.codec_context.sample_rate
+        to_fltp: av.AudioResampler | None = None  # for decoders whose output is not planar float
+        chunks: list[list[np.ndarray]] = []  # per channel
+        n, rate, layout = 0, a.codec_context.sample_rate, None
         first: float | None = None  # container time of the first decoded sample
         bad: list[str] = []
 
-        def take(frames) -> None:
-            nonlocal n, rate
-            for r in frames:
-                chunks.append(r.to_ndarray())
-                n, rate = n + r.samples, r.sample_rate
+        def take(frame: av.AudioFrame) -> None:
+            nonlocal n, rate, layout, to_fltp
+            if frame.format.name != "fltp" or (layout is not None and frame.layout.name != layout):
+                to_fltp = to_fltp or av.AudioResampler(format="fltp", layout=layout or frame.layout.name)
+                for r in to_fltp.resample(frame):
+                    take(r)
+                return
+            # the planes straight into NumPy (``to_ndarray`` costs ~35 us a frame), one list per channel
+            planes = frame.planes
+            if not chunks:
+                chunks.extend([] for _ in planes)
+            for ch, pl in zip(chunks, planes, strict=True):
+                ch.append(np.frombuffer(pl, np.float32, frame.samples))
+            n, rate, layout = n + frame.samples, frame.sample_rate, frame.layout.name
 
         try:
             for frame in _decode_skipping(c, a, p, bad):
                 if first is None:
                     first = float(frame.time) if frame.time is not None else stream_start(a)
-                take(resampler.resample(frame))
-            take(resampler.resample(None))
+                take(frame)
+            if to_fltp is not None:
+                for r in to_fltp.resample(None):
+                    take(r)
         except (av.error.FFmpegError, ValueError) as e:
             at = f" of {declared:.3f} s" if declared else ""
             raise CorruptMediaError(p, f"audio decoding failed after {n / rate:.3f} s{at}: {e}") from e
@@ -287,7 +331,12 @@ def read_audio(path: PathLike, sample_rate: int | None = None, mono: bool = True
         raise EmptyAudioError(p, f"audio stream decodes to zero samples{why}")
     if bad:
         logger.warning("%s: skipped %d audio packets the decoder rejected (first: %s)", p, len(bad), bad[0])
-    wave = np.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
+    wave = np.stack([np.concatenate(ch) for ch in chunks])
+    if mono:  # before resampling, which is linear: one channel to filter instead of C
+        wave, layout = wave.mean(axis=0, keepdims=True, dtype=np.float32), "mono"
+    if sample_rate is not None and sample_rate != rate:
+        wave, rate = _swresample(wave, rate, sample_rate, layout, p), sample_rate
+    n = wave.shape[1]
     first = stream_start(a) if first is None else first
     # a per-stream "stream" duration counts from the stream's first sample; the matroska tag
     # and the container duration are end times on the container timeline
@@ -297,8 +346,20 @@ def read_audio(path: PathLike, sample_rate: int | None = None, mono: bool = True
         wave = wave[:, : max(1, round((declared - origin) * rate))]
     if v_start is not None:
         wave = _align(wave, rate, first - v_start, p)
-    wave = wave.mean(axis=0) if mono else wave
+    wave = wave[0] if mono else wave
     return np.ascontiguousarray(wave, dtype=np.float32), int(rate)
+
+
+def _swresample(wave: np.ndarray, rate: int, new_rate: int, layout: str, p: str) -> np.ndarray:
+    """``(C, N)`` float32 at ``rate`` -> ``new_rate`` with libswresample (FFmpeg's ``-ar``), in one call."""
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave), format="fltp", layout=layout)
+    frame.sample_rate = rate
+    resampler = av.AudioResampler(format="fltp", layout=layout, rate=new_rate)
+    try:
+        out = [r.to_ndarray() for r in (*resampler.resample(frame), *resampler.resample(None))]
+    except (av.error.FFmpegError, ValueError) as e:
+        raise CorruptMediaError(p, f"resampling {rate} Hz to {new_rate} Hz failed: {e}") from e
+    return np.concatenate(out, axis=1) if len(out) > 1 else out[0]
 
 
 def _align(wave: np.ndarray, rate: int, offset: float, p: str) -> np.ndarray:
@@ -316,12 +377,23 @@ def _align(wave: np.ndarray, rate: int, offset: float, p: str) -> np.ndarray:
 
 
 def _decode_skipping(c: av.container.InputContainer, stream: av.stream.Stream, p: str,
-                     bad: list[str]) -> Iterator:
+                     bad: list[str], nonref_until: Callable[[], float] | None = None) -> Iterator:
     """Decoded frames of ``stream``; packets the decoder rejects are skipped and described in
     ``bad`` instead of ending the stream, as FFmpeg's own player and converter do (whatever the
     error code: libavcodec's Theora decoder, e.g., answers a damaged packet with EPERM, others with
-    EINVAL / invalid data). Demuxer errors and running out of memory still raise."""
+    EINVAL / invalid data). Demuxer errors and running out of memory still raise.
+
+    ``nonref_until()``: a packet presented before that time (s, container clock) is decoded with
+    ``skip_frame=nonref``: a frame no other frame references is then dropped unseen, which
+    leaves every other frame as it was. Packets without a timestamp are always decoded."""
+    skipping = False
+    base = float(stream.time_base or 0) if nonref_until is not None else 0.0
     for packet in c.demux(stream):
+        if nonref_until is not None:
+            cc = stream.codec_context
+            far = packet.pts is not None and base > 0 and packet.pts * base < nonref_until()
+            if far != skipping:
+                cc.skip_frame, skipping = ("NONREF" if far else "DEFAULT"), far
         try:
             frames = packet.decode()
         except av.error.MemoryError:

@@ -31,6 +31,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,8 +232,8 @@ def _resize(img: np.ndarray, size: int | None, short_side: int | None) -> np.nda
     return img
 
 
-def _write_frames(frames: np.ndarray, folder: Path, opts: _Options) -> list[str]:
-    """Write ``(N, H, W, 3)`` uint8 frames as ``folder/<k>.jpg``, replacing what was there."""
+def _write_frames(frames: Sequence[np.ndarray], folder: Path) -> list[str]:
+    """Write uint8 ``(H, W, 3)`` frames as ``folder/<k>.jpg``, replacing what was there."""
     from PIL import Image
 
     shutil.rmtree(folder, ignore_errors=True)
@@ -240,7 +241,7 @@ def _write_frames(frames: np.ndarray, folder: Path, opts: _Options) -> list[str]
     paths = []
     for k, frame in enumerate(frames):
         path = folder / f"{k}.jpg"
-        Image.fromarray(_resize(frame, opts.size, opts.short_side)).save(path, quality=JPEG_QUALITY)
+        Image.fromarray(frame).save(path, quality=JPEG_QUALITY)
         paths.append(str(path))
     return paths
 
@@ -254,19 +255,27 @@ def _write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> str:
     return str(path)
 
 
-def _prepare_video(rec: Record, name: str, opts: _Options) -> Record:
+def _video_outputs(rec: Record, opts: _Options) -> tuple[list[np.ndarray], np.ndarray, int, dict]:
+    """A raw video's frames (resized as ``opts`` asks), mono audio, its rate and the record's
+    extra fields: what the folder layout and the shards store alike."""
     from avssl.data.decode import probe, read_clip
 
     info = probe(rec.video)
     clip = read_clip(rec.video, num_frames=opts.frames, sample_rate=opts.sample_rate, require_audio=True)
-    out = Path(opts.out_dir)
-    frames = _write_frames(clip.frames, out / "frames" / name, opts)
-    audio = _write_wav(out / "audio" / f"{name}.wav", clip.audio, clip.sample_rate)
+    frames = [_resize(f, opts.size, opts.short_side) for f in clip.frames]
     extra = {**rec.extra, "source": rec.video, "duration": round(clip.duration, 6),
              "frame_times": [round(t, 6) for t in clip.frame_times], "orig_fps": info.fps,
              "orig_width": info.width, "orig_height": info.height,
              "orig_sample_rate": info.sample_rate}
-    return Record(id=rec.id, audio=audio, frames=frames, labels=rec.labels, split=rec.split, extra=extra)
+    return frames, clip.audio, clip.sample_rate, extra
+
+
+def _prepare_video(rec: Record, name: str, opts: _Options) -> Record:
+    frames, wave, rate, extra = _video_outputs(rec, opts)
+    out = Path(opts.out_dir)
+    paths = _write_frames(frames, out / "frames" / name)
+    audio = _write_wav(out / "audio" / f"{name}.wav", wave, rate)
+    return Record(id=rec.id, audio=audio, frames=paths, labels=rec.labels, split=rec.split, extra=extra)
 
 
 def _prepare_extracted(rec: Record, name: str, opts: _Options) -> Record:
@@ -279,7 +288,7 @@ def _prepare_extracted(rec: Record, name: str, opts: _Options) -> Record:
     out = Path(opts.out_dir)
     frames = rec.frames
     if opts.size or opts.short_side:
-        frames = _write_frames(clip.frames, out / "frames" / name, opts)
+        frames = _write_frames([_resize(f, opts.size, opts.short_side) for f in clip.frames], out / "frames" / name)
     audio = rec.audio
     if not _is_plain_wav(audio, opts.sample_rate):
         rate = opts.sample_rate or clip.sample_rate

@@ -65,6 +65,7 @@ from avssl.checkpoint import (
 )
 from avssl.config import ConfigError, save_config, to_dict
 from avssl.data.manifest import read_manifest
+from avssl.data.shards import ShardStream, expand_shards
 from avssl.engine.evaluate import (
     load_annotations,
     localisation_scores,
@@ -317,6 +318,20 @@ def _validate(model, loader, transform, pipe, cfg: TrainConfig, device, boxes) -
     return metrics
 
 
+def _shard_stream(cfg: TrainConfig, pipe, rank: int, world: int) -> ShardStream:
+    """``data.train_shards`` as this process's :class:`ShardStream` (the method's sample maker)."""
+    if pipe.sample_weights is not None:
+        raise ValueError(f"{cfg.method} draws clips with per-clip weights, which a shard stream cannot: "
+                         "train from data.train_manifest")
+    index = expand_shards(cfg.data.train_shards)
+    maker = pipe.dataset([], cfg, train=True, classes=index.classes)
+    d = cfg.data
+    return ShardStream(index, maker, pipe.collate, cfg.train.batch_size, seed=cfg.train.seed, rank=rank,
+                       world=world, groups=d.shard_groups, workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
+                       resampled=d.shard_resampled, drop_last=cfg.train.drop_last,
+                       random_frames=maker.random_frames > 0)
+
+
 def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
     """Train ``cfg.method`` as configured; returns a summary (final losses, best val score, paths).
 
@@ -353,10 +368,14 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
     model = build_method(cfg.method, cfg.method_config).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_records = _records(cfg.data.train_manifest, cfg.data.train_split)
-    if not train_records:
-        raise ValueError("no training clips: set data.train_manifest (and data.train_split)")
-    train_ds = pipe.dataset(train_records, cfg, train=True)
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    if cfg.data.train_shards:
+        train_ds = _shard_stream(cfg, pipe, rank, world)
+    else:
+        train_records = _records(cfg.data.train_manifest, cfg.data.train_split)
+        if not train_records:
+            raise ValueError("no training clips: set data.train_manifest (and data.train_split) or data.train_shards")
+        train_ds = pipe.dataset(train_records, cfg, train=True)
     classes = train_ds.classes
     val_records = _records(cfg.data.val_manifest, cfg.data.val_split)
     val_ds = pipe.dataset(val_records, cfg, train=False, classes=classes) if val_records else None
@@ -364,14 +383,19 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
     if val_ds is None or boxes is None:
         logger.warning("no val manifest or annotations: best.pt will not be selected (only last.pt)")
 
-    rank, world = dist_utils.rank(), dist_utils.world_size()
-    weights = pipe.sample_weights(train_ds, cfg) if pipe.sample_weights is not None else None
-    sampler = EpochSampler(len(train_ds), cfg.train.seed, cfg.train.batch_size, rank, world,
-                           drop_last=cfg.train.drop_last, weights=weights,
-                           draw_keys=getattr(train_ds, "random_frames", 0) > 0)
-    loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=cfg.train.drop_last,
-                        num_workers=cfg.data.num_workers, collate_fn=pipe.collate,
-                        pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0)
+    if isinstance(train_ds, ShardStream):  # batches come whole from the stream's workers
+        sampler = train_ds
+        loader = DataLoader(train_ds, batch_size=None, num_workers=cfg.data.num_workers,
+                            pin_memory=device.type == "cuda")  # fresh workers per epoch: they read its number
+    else:
+        weights = pipe.sample_weights(train_ds, cfg) if pipe.sample_weights is not None else None
+        sampler = EpochSampler(len(train_ds), cfg.train.seed, cfg.train.batch_size, rank, world,
+                               drop_last=cfg.train.drop_last, weights=weights,
+                               draw_keys=getattr(train_ds, "random_frames", 0) > 0)
+        loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler,
+                            drop_last=cfg.train.drop_last, num_workers=cfg.data.num_workers,
+                            collate_fn=pipe.collate, pin_memory=device.type == "cuda",
+                            persistent_workers=cfg.data.num_workers > 0)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_ds)} training clips give no batch of {cfg.train.batch_size} x {world} "

@@ -16,9 +16,16 @@ __all__ = ["SSLTIE", "SSLTIEConfig", "SSLTIEBatchTransform", "convert_official_s
            "ssltie_dataset",
            "ssltie_infer", "SPEC"]
 
+def _check_config(cfg) -> None:
+    if cfg.ssltie.audmix and cfg.data.train_shards:
+        raise ValueError("ssltie.audmix mixes in each clip's nearest neighbours, read by index, which a shard "
+                         "stream cannot: train from data.train_manifest, or set ssltie.audmix=false")
+
+
 SPEC = MethodSpec(
     name="ssltie", config=SSLTIEConfig, model=SSLTIE,
     pipeline=Pipeline(ssltie_dataset, SSLTIEBatchTransform.from_config, ssltie_infer,
                       on_epoch_end=audmix_on_epoch_end),
     title="SSL-TIE", paper="Liu et al., SSL-TIE, ACM MM 2022 (arXiv 2206.12772)", preset="synthetic/ssltie", demo=True,
-    tiny=("ssltie.width=8", "ssltie.image_size=64", "ssltie.heatmap_size=4", "data.seconds=1"))
+    tiny=("ssltie.width=8", "ssltie.image_size=64", "ssltie.heatmap_size=4", "data.seconds=1"),
+    validate=_check_config)

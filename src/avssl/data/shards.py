@@ -1,0 +1,317 @@
+"""Tar shards (the webdataset layout): the clip encodings, the shard index, the training stream.
+
+``avssl prepare ... --format shards`` (:mod:`avssl.data.prepare`) writes, under ``OUT``::
+
+    shards/shard-000000.tar   ~``shard_size`` clips; per clip ``<key>.json`` (the record: id,
+                              labels, split, duration, frame_times, source, original sizes and
+                              sample rate), ``<key>.flac`` (or ``.wav``) and ``<key>.00.jpg`` ...
+    shards/shard-000000.json  the sidecar: clips, ids and failures of that shard, written last
+    shards.json               the index (shards and their clip counts, classes, options, the
+                              brace pattern), written once every shard is there
+    failures.csv              (id, path, reason) of every clip that could not be used
+
+Keys are the clip's place in the input list (9 digits; ids may hold dots, which webdataset's
+file naming splits on); the id is in the JSON. A shard holds exactly what the folder layout
+holds (the same JPEGs, the same 16-bit samples), so a sample read from a shard equals the one
+read from ``frames/`` + ``audio/`` (tested).
+
+:class:`ShardStream` reads them for training (:func:`avssl.engine.train.fit` with
+``data.train_shards``): a module docstring of its own says what it yields and what a resume
+reproduces. Tar reading, URL opening (local paths, ``http(s)://``, ``pipe:``) and brace
+expansion are webdataset's.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from avssl.data.decode import CorruptMediaError, MediaError
+from avssl.data.manifest import Record
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["INDEX_NAME", "ShardIndex", "ShardStream", "encode_audio", "encode_jpeg", "expand_shards",
+           "read_index", "sample_key", "shard_name", "decode_image_bytes", "decode_audio_bytes"]
+
+INDEX_NAME = "shards.json"
+FORMAT = "avssl-shards/1"
+
+
+def shard_name(g: int) -> str:
+    """The file name of shard ``g``."""
+    return f"shard-{g:06d}.tar"
+
+
+def sample_key(place: int) -> str:
+    """The tar key of the clip at ``place`` in the input list."""
+    return f"{place:09d}"
+
+
+# ----------------------------------------------------------------------------- encoding
+def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    """uint8 ``(H, W, 3)`` -> JPEG bytes (PIL, as the folder layout's files)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def encode_audio(wave: np.ndarray, rate: int) -> bytes:
+    """Mono float ``(N,)`` -> 16-bit FLAC bytes: the folder layout's 16-bit wav samples, losslessly."""
+    import soundfile as sf
+
+    # libsndfile rounds float to 16 bits one way for wav and another for FLAC: quantise as the
+    # wav writer does, then store those integers
+    wav = io.BytesIO()
+    sf.write(wav, np.clip(wave, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")
+    ints, _ = sf.read(io.BytesIO(wav.getvalue()), dtype="int16")
+    buf = io.BytesIO()
+    sf.write(buf, ints, rate, subtype="PCM_16", format="FLAC")
+    return buf.getvalue()
+
+
+def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
+    """Image bytes -> uint8 ``(H, W, 3)`` RGB; CorruptMediaError naming ``where``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise CorruptMediaError(where, f"cannot decode image: {e}") from e
+
+
+def decode_audio_bytes(data: bytes, where: str, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """FLAC/wav bytes -> (mono float32 ``(N,)``, rate), resampled to ``sample_rate`` when given
+    (as :func:`avssl.data.decode.read_wav`)."""
+    import soundfile as sf
+
+    from avssl.data.resample import resample
+
+    try:
+        x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError) as e:
+        raise CorruptMediaError(where, f"cannot decode audio: {e}") from e
+    wave = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    if wave.size == 0:
+        raise CorruptMediaError(where, "audio holds zero samples")
+    if sample_rate is not None and sr != sample_rate:
+        wave, sr = resample(wave, sr, sample_rate), sample_rate
+    return np.ascontiguousarray(wave, dtype=np.float32), int(sr)
+
+
+# ----------------------------------------------------------------------------- the index
+class ShardIndex:
+    """``shards.json``: ``urls`` (absolute paths or URLs), ``clips`` per shard, ``classes``, options."""
+
+    def __init__(self, urls: Sequence[str], clips: Sequence[int], classes: Sequence[str] | None = None,
+                 options: dict | None = None) -> None:
+        self.urls, self.clips = list(urls), [int(c) for c in clips]
+        self.classes = list(classes) if classes is not None else None
+        self.options = dict(options or {})
+
+    @property
+    def total(self) -> int:
+        return sum(self.clips)
+
+
+def read_index(path: str | os.PathLike) -> ShardIndex:
+    """Read a ``shards.json`` (shard paths in it are relative to its folder)."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{p}: not a readable shard index ({e})") from e
+    if d.get("format") != FORMAT:
+        raise ValueError(f"{p}: not an avssl shard index (format {d.get('format')!r}, expected {FORMAT!r})")
+    urls = [s["file"] if "://" in s["file"] or s["file"].startswith("pipe:") else str(p.parent / s["file"])
+            for s in d["shards"]]
+    return ShardIndex(urls, [s["clips"] for s in d["shards"]], d.get("classes"), d.get("options"))
+
+
+def expand_shards(spec: str) -> ShardIndex:
+    """``data.train_shards`` -> the shards and their clip counts.
+
+    ``spec``: a ``shards.json`` index, or a brace pattern (``.../shard-{000000..000099}.tar``,
+    local paths or URLs webdataset opens; ``::`` joins several). The clip counts of a pattern's
+    shards come from the index next to them (``../shards.json`` or ``shards.json`` in their
+    folder), which must list every one of them: an epoch's length is fixed by the counts."""
+    if spec.endswith(".json"):
+        return read_index(spec)
+    from webdataset.shardlists import expand_urls
+
+    urls = expand_urls(spec)
+    if not urls:
+        raise ValueError(f"data.train_shards={spec!r} names no shards")
+    first = Path(urls[0])
+    for cand in (first.parent.parent / INDEX_NAME, first.parent / INDEX_NAME):
+        if cand.is_file():
+            index = read_index(cand)
+            break
+    else:
+        raise ValueError(f"data.train_shards={spec!r}: no {INDEX_NAME} next to {first} (the clip counts); "
+                         f"give the index itself, e.g. data.train_shards=OUT/{INDEX_NAME}")
+    counts = {os.path.abspath(u): c for u, c in zip(index.urls, index.clips, strict=True)}
+    missing = [u for u in urls if os.path.abspath(u) not in counts]
+    if missing:
+        raise ValueError(f"data.train_shards: {len(missing)} shards are not in {cand} (e.g. {missing[0]})")
+    return ShardIndex(urls, [counts[os.path.abspath(u)] for u in urls], index.classes, index.options)
+
+
+# ----------------------------------------------------------------------------- the stream
+def _mix(*keys: int) -> int:
+    h = 0x9E3779B97F4A7C15
+    for k in keys:
+        h = (h * 6364136223846793005 + int(k) + 1442695040888963407) % (1 << 63)
+    return h
+
+
+class ShardStream(IterableDataset):
+    """Training batches read from shards, split over ranks and loader workers.
+
+    The stream is cut into ``groups`` data groups (``data.shard_groups``; default one per
+    process); process ``rank`` of ``world`` serves groups ``rank, rank + world, ...`` and its
+    batch is their sub-batches concatenated. Each group's part is split over the loader's
+    ``workers`` (0 counts as 1): stream ``(group, worker)`` reads the shards ``order[q::streams]``
+    of a shard permutation drawn from ``(seed, epoch)`` (so within an epoch no two streams read
+    one shard: the data each rank sees is disjoint), or, with ``resampled``, shards drawn with
+    replacement from ``(seed, epoch, stream)`` (open_clip's resampled shards). A stream wraps
+    around its shards when they run out. Samples pass a shuffle buffer of ``shuffle_buffer``
+    (seeded from ``(seed, epoch, stream)``; only the frame a sample will use is kept in it).
+
+    Every epoch has exactly ``len(self)`` batches on every rank: ``ceil(clips / global batch)``
+    (``floor`` with ``drop_last``) from the index's clip counts, so DDP ranks stay in step.
+
+    What a resume reproduces: everything. A batch is a function of ``(seed, epoch, groups,
+    workers, batch size, the shard list)`` only, and training checkpoints at epoch ends, so a
+    run resumed from ``last.pt`` reads the same batches as the uninterrupted run (tested); a
+    run killed mid-epoch redoes that epoch from its start. The number of processes does not
+    change the global batches when ``groups`` is fixed: one process with ``groups=2`` reads the
+    batches two processes read (tested against a 2-node torchrun).
+
+    ``maker``: an :class:`avssl.data.datasets.AVFrameAudioDataset` (no records) that turns a
+    decoded frame and waveform into the method's sample (sizes, rates, padding); ``collate``:
+    the pipeline's. Clips that fail to decode are logged, counted and skipped, never replaced.
+    """
+
+    def __init__(self, index: ShardIndex, maker, collate, batch_size: int, *, seed: int = 0,
+                 rank: int = 0, world: int = 1, groups: int | None = None, workers: int = 0,
+                 shuffle_buffer: int = 1000, resampled: bool = False, drop_last: bool = False,
+                 random_frames: bool = False) -> None:
+        groups = world if groups is None else int(groups)
+        if groups < 1 or groups % world:
+            raise ValueError(f"data.shard_groups={groups} must be a positive multiple of the {world} processes")
+        mine = list(range(rank, groups, world))
+        if batch_size % len(mine):
+            raise ValueError(f"train.batch_size={batch_size} must be a multiple of this process's "
+                             f"{len(mine)} data groups (data.shard_groups={groups} over {world} processes)")
+        self.index, self.maker, self.collate = index, maker, collate
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.groups, self.mine, self.sub = groups, mine, batch_size // len(mine)
+        self.workers, self.shuffle_buffer = max(1, workers), max(1, shuffle_buffer)
+        self.resampled, self.random_frames, self.epoch = resampled, random_frames, 0
+        self.classes = maker.classes
+        streams = groups * self.workers
+        if not resampled and len(index.urls) < streams:
+            raise ValueError(f"{len(index.urls)} shards cannot give each of {groups} data groups x "
+                             f"{self.workers} loader workers a shard of its own: use fewer workers, "
+                             f"data.shard_resampled=true, or smaller shards")
+        glob = batch_size * world
+        self.steps = index.total // glob if drop_last else math.ceil(index.total / glob)
+        if self.steps < 1:
+            raise ValueError(f"{index.total} clips give no batch of {batch_size} x {world} processes (drop_last)")
+        self.skipped = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def _shards(self, q: int) -> Iterator[str]:
+        """Stream ``q``'s shard URLs, endlessly."""
+        urls, streams = self.index.urls, self.groups * self.workers
+        if self.resampled:
+            rng = random.Random(_mix(self.seed, self.epoch, q, 0x5E))
+            while True:
+                yield urls[rng.randrange(len(urls))]
+        order = torch.randperm(len(urls), generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch, 0xA1)))
+        own = [urls[i] for i in order[q::streams].tolist()]
+        turn = 0
+        while True:
+            if turn:  # later passes over this stream's shards: another order
+                rng = random.Random(_mix(self.seed, self.epoch, q, turn))
+                own = rng.sample(own, len(own))
+            yield from own
+            turn += 1
+
+    def _samples(self, q: int) -> Iterator[dict]:
+        """Stream ``q``'s raw samples (bytes), shuffled, with the frame each will use chosen."""
+        from webdataset.tariterators import tarfile_samples
+
+        rng = random.Random(_mix(self.seed, self.epoch, q, 0xB7))
+        raw = tarfile_samples({"url": u} for u in self._shards(q))
+        buffer: list[dict] = []
+        for s in raw:
+            frames = sorted(k for k in s if k.split(".")[-1] in ("jpg", "jpeg", "png"))
+            if not frames or "json" not in s:
+                self.skipped += 1
+                logger.warning("%s: sample %s lacks frames or its JSON; skipped", s.get("__url__"), s.get("__key__"))
+                continue
+            pick = rng.randrange(len(frames)) if self.random_frames else None
+            s["__frame__"] = frames[pick] if pick is not None else frames[self._fixed(len(frames))]
+            for k in frames:
+                if k != s["__frame__"]:
+                    del s[k]
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(s)
+                continue
+            i = rng.randrange(len(buffer))
+            buffer[i], s = s, buffer[i]
+            yield s
+
+    def _fixed(self, n: int) -> int:
+        k = self.maker.frame_index
+        return min(k, n - 1) if k is not None else n // 2
+
+    def _decode(self, s: dict) -> dict:
+        where = f"{s.get('__url__')}:{s.get('__key__')}"
+        meta = json.loads(s["json"])
+        rec = Record(id=meta["id"], labels=meta.get("labels", []), split=meta.get("split"))
+        frame = decode_image_bytes(s[s["__frame__"]], where)
+        audio = next((k for k in ("flac", "wav") if k in s), None)
+        if audio is None:
+            raise CorruptMediaError(where, "no audio (.flac / .wav) in the sample")
+        wave, sr = decode_audio_bytes(s[audio], where, self.maker.sample_rate)
+        return self.maker.sample(rec, frame, wave, sr)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        k, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        if n != self.workers and not (n == 1 and self.workers == 1):
+            raise RuntimeError(f"ShardStream built for {self.workers} loader workers runs under {n}")
+        streams = {g: self._samples(g * self.workers + k) for g in self.mine}
+        for _ in range(k, self.steps, self.workers):  # this worker's batches: k, k + workers, ...
+            samples = []
+            for g in self.mine:
+                got = 0
+                while got < self.sub:
+                    s = next(streams[g])
+                    try:
+                        samples.append(self._decode(s))
+                        got += 1
+                    except MediaError as e:
+                        self.skipped += 1
+                        logger.warning("skipping a clip that failed to decode: %s", e)
+            yield self.collate(samples)

@@ -1,0 +1,169 @@
+"""Shards: ``avssl prepare --format shards`` (whole, in slices + merge, resumed) and ShardStream.
+
+Media: the tiny synthetic set (16 clips of 1 s, 64 px mp4 with AAC); the folder layout prepared
+from the same manifest is the reference a shard sample must equal.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from avssl.data.datasets import AVFrameAudioDataset, collate
+from avssl.data.manifest import read_manifest
+from avssl.data.prepare import prepare
+from avssl.data.prepare_shards import merge, prepare_shards
+from avssl.data.shards import ShardStream, expand_shards, read_index
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "avssl", "prepare", *args], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+@pytest.fixture(scope="module")
+def shards(tiny_synth, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards")
+    prepare_shards(tiny_synth / "manifest.jsonl", out, shard_size=3, workers=2)
+    return out
+
+
+def _maker(**kw) -> AVFrameAudioDataset:
+    return AVFrameAudioDataset([], image_size=32, seconds=1.0, **kw)
+
+
+def _stream(index, maker=None, batch=1, **kw) -> ShardStream:
+    maker = maker or _maker(classes=index.classes)
+    return ShardStream(index, maker, collate, batch, **kw)
+
+
+def _ids(stream: ShardStream, epoch: int = 0) -> list[list[str]]:
+    stream.set_epoch(epoch)
+    return [b["id"] for b in stream]
+
+
+def test_a_shard_sample_equals_the_folder_layouts(tiny_synth, shards, tmp_path):
+    """The same clip read from a shard and from frames/ + audio/: the same image, wave and label."""
+    prepare(tiny_synth / "manifest.jsonl", tmp_path / "folder", workers=2)
+    records = read_manifest(tmp_path / "folder" / "manifest.jsonl")
+    index = read_index(shards / "shards.json")
+    assert index.total == len(records) == 16 and len(index.urls) == 6  # ceil(16 / 3)
+    assert index.clips == [3, 3, 3, 3, 2, 2]
+    folder = AVFrameAudioDataset(records, image_size=32, seconds=1.0, classes=index.classes)
+    by_id = {r.id: i for i, r in enumerate(records)}
+    stream = _stream(index, shuffle_buffer=1)  # one stream, one pass: every clip once, in shard order
+    seen = []
+    for batch in stream:
+        ref = folder[by_id[batch["id"][0]]]
+        assert torch.equal(batch["image"][0], ref["image"])
+        assert torch.equal(batch["wave"][0], ref["wave"])
+        assert int(batch["label"][0]) == ref["label"] and batch["sample_rate"] == ref["sample_rate"]
+        seen.append(batch["id"][0])
+    assert sorted(seen) == sorted(by_id)
+    # the record travels in the JSON: labels, split, the times the frames were taken at
+    side = json.loads((shards / "shards" / "shard-000000.json").read_text())
+    assert side["clips"] == 3 and side["failures"] == [] and len(side["ids"]) == 3
+
+
+def test_slices_then_merge_equal_one_run_byte_for_byte(tiny_synth, shards, tmp_path):
+    out = tmp_path / "sliced"
+    m = str(tiny_synth / "manifest.jsonl")
+    assert _cli(m, str(out), "--format", "shards", "--shard-size", "3", "--shard-of", "1/2",
+                "--workers", "0").returncode == 0
+    assert sorted(p.name for p in (out / "shards").glob("*.tar")) == ["shard-000001.tar", "shard-000003.tar",
+                                                                      "shard-000005.tar"]
+    early = _cli("--merge", str(out))  # slice 0 has not run: refused, naming what is missing
+    assert early.returncode == 2 and "3 of 6 shards are not finished (shard-000000.tar" in early.stderr
+    assert "Traceback" not in early.stderr and not (out / "shards.json").exists()
+    assert _cli(m, str(out), "--format", "shards", "--shard-size", "3", "--shard-of", "0/2",
+                "--workers", "0").returncode == 0
+    assert _cli("--merge", str(out)).returncode == 0
+    for g in range(6):
+        name = f"shard-{g:06d}.tar"
+        assert (out / "shards" / name).read_bytes() == (shards / "shards" / name).read_bytes(), name
+    assert json.loads((out / "shards.json").read_text()) == json.loads((shards / "shards.json").read_text())
+    other = _cli(m, str(out), "--format", "shards", "--shard-size", "4", "--shard-of", "0/2")
+    assert other.returncode == 2 and "shard_size=3 (now 4)" in other.stderr  # a slice with other options
+
+
+def test_a_killed_slice_resumes_its_unfinished_shard(tiny_synth, shards, tmp_path):
+    out = tmp_path / "resumed"
+    prepare_shards(tiny_synth / "manifest.jsonl", out, shard_size=3, workers=0)
+    keep = (out / "shards" / "shard-000000.tar").stat().st_mtime_ns
+    # a kill while shard 2 was written: no sidecar, a half tar under a temporary name
+    (out / "shards" / "shard-000002.json").unlink()
+    (out / "shards" / "shard-000002.tar").unlink()
+    (out / "shards" / ".shard-000002.tar.abc.tmp").write_bytes(b"half")
+    report = prepare_shards(tiny_synth / "manifest.jsonl", out, shard_size=3, workers=0)
+    assert report.done == 3 and report.skipped == 13  # only shard 2's clips were decoded again
+    assert (out / "shards" / "shard-000000.tar").stat().st_mtime_ns == keep
+    assert not list((out / "shards").glob(".*.tmp"))
+    assert (out / "shards" / "shard-000002.tar").read_bytes() == (shards / "shards" / "shard-000002.tar").read_bytes()
+
+
+def test_failed_clips_are_listed_never_replaced(tiny_synth, tmp_path):
+    records = [json.loads(x) for x in (tiny_synth / "manifest.jsonl").read_text().splitlines()][:4]
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all")
+    records[1]["video"] = str(bad)
+    for r in records:
+        if not os.path.isabs(r["video"]):
+            r["video"] = str(tiny_synth / r["video"])
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    prepare_shards(tmp_path / "m.jsonl", tmp_path / "out", shard_size=2, workers=0)
+    index = read_index(tmp_path / "out" / "shards.json")
+    assert index.total == 3
+    rows = (tmp_path / "out" / "failures.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(f"{records[1]['id']},{bad}")
+
+
+def test_streams_are_disjoint_exact_in_length_and_reproducible(shards):
+    index = read_index(shards / "shards.json")
+    # 2 ranks x 1 worker: each epoch, rank 0 and rank 1 read different shards
+    ranks = [_stream(index, batch=2, rank=r, world=2, shuffle_buffer=4) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 4  # ceil(16 / (2 x 2)): the ranks stay in step
+    for epoch in (0, 1):
+        seen = [sum(_ids(s, epoch), []) for s in ranks]
+        assert len(seen[0]) == len(seen[1]) == 8
+        shard_of = {cid: g for g in range(6) for cid in json.loads(
+            (shards / "shards" / f"shard-{g:06d}.json").read_text())["ids"]}
+        assert not {shard_of[c] for c in seen[0]} & {shard_of[c] for c in seen[1]}
+    again = _stream(index, batch=2, rank=0, world=2, shuffle_buffer=4)
+    assert _ids(again, 1) == _ids(ranks[0], 1)  # a function of (seed, epoch, ...) alone: resume reads the same
+    assert _ids(ranks[0], 0) != _ids(ranks[0], 1)  # and each epoch another order
+    # one process with 2 data groups reads, per step, rank 0's batch then rank 1's
+    one = _stream(index, batch=4, groups=2, shuffle_buffer=4)
+    assert _ids(one, 1) == [a + b for a, b in zip(_ids(ranks[0], 1), _ids(ranks[1], 1), strict=True)]
+    resampled = _stream(index, batch=2, resampled=True, shuffle_buffer=2)
+    assert len(sum(_ids(resampled), [])) == 16
+
+
+def test_loader_workers_split_a_stream(shards):
+    index = read_index(shards / "shards.json")
+    stream = _stream(index, batch=2, workers=2, shuffle_buffer=2)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
+    got = [b["id"] for b in loader]
+    assert len(got) == 8 and all(len(b) == 2 for b in got)
+    # worker k made batches k, k + 2, ...: reading its stream alone in this process gives them
+    with pytest.raises(RuntimeError, match="built for 2 loader workers"):
+        next(iter(stream))
+
+
+def test_bad_stream_settings_are_refused(shards):
+    index = read_index(shards / "shards.json")
+    with pytest.raises(ValueError, match="multiple of the 2 processes"):
+        _stream(index, batch=2, world=2, groups=3)
+    with pytest.raises(ValueError, match="cannot give each of 2 data groups x 4 loader workers"):
+        _stream(index, batch=2, groups=2, workers=4)
+    with pytest.raises(ValueError, match="no shards.json next to"):
+        expand_shards(str(shards.parent / "nowhere" / "x" / "shard-{000000..000001}.tar"))
+    assert expand_shards(str(shards / "shards" / "shard-{000000..000002}.tar")).clips == [3, 3, 3]
+    with pytest.raises(ValueError, match="not an avssl shard index"):
+        (shards / "x.json").write_text("{}")
+        read_index(shards / "x.json")
+    assert merge(shards).name == "shards.json"  # merging a finished folder again is harmless
