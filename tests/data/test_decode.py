@@ -527,3 +527,36 @@ def test_truncated_mp4_names_the_cause_after_a_seek(tmp_path):
             D.read_frames(cut, times)
         assert "no decodable frames" not in str(e.value) and str(cut) in str(e.value)
     assert frame_index(D.read_frames(cut, [0.5, 1.5])).tolist() == [5, 15]  # frames that decoded are used
+
+
+def test_skipping_non_reference_frames_returns_the_same_frames(tmp_path):
+    """Frames no other frame references, shown well before the next requested time, are not
+    decoded (skip_frame=nonref): the frames returned are the same, bit for bit, with FFmpeg's
+    threads or one thread, for times on reference and non-reference frames alike."""
+    from avssl.data.container import open_media, video_stream
+
+    path = write_media(tmp_path / "long.mp4", "libx264", n=120, gop=250)  # one keyframe, B-frames
+    with av.open(str(path)) as c:  # the stream has non-reference frames to skip
+        vs = c.streams.video[0]
+        vs.codec_context.skip_frame = "NONREF"
+        assert sum(1 for _ in c.decode(vs)) < 120
+
+    def read(times, threads, skip):
+        with open_media(path) as (c, p):
+            return D._decode_frames(c, video_stream(c), p, np.asarray(times, float), None, 1.0, threads, skip)
+
+    rng = np.random.default_rng(0)
+    for times in ([5.95], [11.9], [0.0], list(rng.uniform(0, 12, 6)), [3.0, 3.1, 3.2, 3.3], [6.0, 11.0]):
+        ref = read(times, 1, False)
+        for threads in (0, 1):
+            assert np.array_equal(read(times, threads, True), ref), (times, threads)
+
+
+def test_audio_downmix_before_resampling_matches_per_channel(media):
+    """Mono audio is downmixed before libswresample (linear, so the same up to float rounding):
+    the mean of the resampled channels equals it within 1e-6."""
+    path = media("mp4-h264-aac")
+    mono, sr = D.read_audio(path, 16000)
+    stereo, sr2 = D.read_audio(path, 16000, mono=False)
+    assert sr == sr2 == 16000 and stereo.shape == (2, mono.shape[0])
+    np.testing.assert_allclose(stereo.mean(axis=0), mono, atol=1e-6)

@@ -65,6 +65,13 @@ def test_a_shard_sample_equals_the_folder_layouts(tiny_synth, shards, tmp_path):
         assert int(batch["label"][0]) == ref["label"] and batch["sample_rate"] == ref["sample_rate"]
         seen.append(batch["id"][0])
     assert sorted(seen) == sorted(by_id)
+    # FLAC holds the same 16-bit samples in less space
+    flac = prepare_shards(tiny_synth / "manifest.jsonl", tmp_path / "flac", shard_size=8, workers=0,
+                          audio_format="flac", limit=8).manifest
+    for batch in _stream(read_index(flac), shuffle_buffer=1):
+        assert torch.equal(batch["wave"][0], folder[by_id[batch["id"][0]]]["wave"])
+    sizes = [sum(p.stat().st_size for p in (d / "shards").glob("*.tar")) for d in (tmp_path / "flac", shards)]
+    assert sizes[0] / 8 < sizes[1] / 16  # per clip
     # the record travels in the JSON: labels, split, the times the frames were taken at
     side = json.loads((shards / "shards" / "shard-000000.json").read_text())
     assert side["clips"] == 3 and side["failures"] == [] and len(side["ids"]) == 3

@@ -26,7 +26,7 @@ resumes and removes the temporary files a killed write left) or, with --on-error
 first failed clip.
 
 --format shards writes webdataset tar shards instead (OUT/shards/shard-XXXXXX.tar, ~--shard-size
-clips each: per clip its JSON record, 16-bit FLAC audio and the JPEG frames) and the index
+clips each: per clip its JSON record, 16-bit wav (or --audio-format flac) audio and the JPEG frames) and the index
 OUT/shards.json that training reads (data.train_shards=OUT/shards.json). --shard-of i/N prepares
 one slice of the input list (every machine of a cluster its own, no coordination needed; a rerun
 skips its finished shards); `avssl prepare --merge OUT` then checks that every shard is there
@@ -97,6 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "shard-XXXXXX.tar of --shard-size clips + OUT/shards.json")
     shards.add_argument("--shard-size", type=_positive, default=1000, metavar="N",
                         help="clips per shard (default 1000)")
+    shards.add_argument("--audio-format", choices=("wav", "flac"), default="wav",
+                        help="audio in the shards: 16-bit wav (default, fastest to read) or FLAC "
+                             "(the same samples in about half the space)")
     shards.add_argument("--shard-of", default=None, metavar="i/N",
                         help="prepare only slice i of N (e.g. a SLURM array task: "
                              "--shard-of $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); a rerun resumes "
@@ -122,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
             raise PrepareError("give INPUT and OUT (or --merge OUT)")
         elif args.format == "shards":
             shard_of = parse_shard_of(args.shard_of) if args.shard_of else (0, 1)
-            prepare_shards(args.input, args.out, shard_size=args.shard_size, shard_of=shard_of, **kw)
+            prepare_shards(args.input, args.out, shard_size=args.shard_size, shard_of=shard_of,
+                           audio_format=args.audio_format, **kw)
         elif args.shard_of:
             raise PrepareError("--shard-of needs --format shards")
         else:

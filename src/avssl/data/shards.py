@@ -4,7 +4,8 @@
 
     shards/shard-000000.tar   ~``shard_size`` clips; per clip ``<key>.json`` (the record: id,
                               labels, split, duration, frame_times, source, original sizes and
-                              sample rate), ``<key>.flac`` (or ``.wav``) and ``<key>.00.jpg`` ...
+                              sample rate), ``<key>.wav`` (16-bit mono; or ``.flac``) and
+                              ``<key>.00.jpg`` ...
     shards/shard-000000.json  the sidecar: clips, ids and failures of that shard, written last
     shards.json               the index (shards and their clip counts, classes, options, the
                               brace pattern), written once every shard is there
@@ -67,14 +68,18 @@ def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def encode_audio(wave: np.ndarray, rate: int) -> bytes:
-    """Mono float ``(N,)`` -> 16-bit FLAC bytes: the folder layout's 16-bit wav samples, losslessly."""
+def encode_audio(wave: np.ndarray, rate: int, fmt: str = "wav") -> bytes:
+    """Mono float ``(N,)`` -> 16-bit ``"wav"`` (the folder layout's file, byte for byte) or
+    ``"flac"`` bytes (the same samples, about half the size, ~8 ms more to decode 10 s at 44.1 kHz)."""
     import soundfile as sf
 
-    # libsndfile rounds float to 16 bits one way for wav and another for FLAC: quantise as the
-    # wav writer does, then store those integers
     wav = io.BytesIO()
     sf.write(wav, np.clip(wave, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")
+    if fmt == "wav":
+        return wav.getvalue()
+    if fmt != "flac":
+        raise ValueError(f"audio format must be 'wav' or 'flac', got {fmt!r}")
+    # libsndfile rounds float to 16 bits one way for wav and another for FLAC: store the wav's integers
     ints, _ = sf.read(io.BytesIO(wav.getvalue()), dtype="int16")
     buf = io.BytesIO()
     sf.write(buf, ints, rate, subtype="PCM_16", format="FLAC")
