@@ -4,7 +4,7 @@ grew past ~400 lines without saying why at its top.
 Layers, bottom to top (a module may import its own layer or lower ones, never higher):
 
 0. leaf helpers: ``atomic``, ``config`` (the dataclass <-> YAML machinery), ``checkpoint``,
-   ``distributed``, ``precision``
+   ``distributed``, ``precision``, ``seeding``
 1. ``augment`` (batched tensor ops, no I/O)
 2. ``data`` (decoding, front-ends, data sets, manifests, the synthetic generator)
 3. ``models`` (encoders shared by methods)
@@ -28,7 +28,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [
     ("avssl", 0), ("avssl.atomic", 0), ("avssl.config", 0), ("avssl.checkpoint", 0), ("avssl.distributed", 0),
-    ("avssl.precision", 0), ("avssl.augment", 1), ("avssl.data", 2), ("avssl.models", 3), ("avssl.eval", 4), ("avssl.viz", 4.5),
+    ("avssl.precision", 0), ("avssl.seeding", 0), ("avssl.augment", 1), ("avssl.data", 2), ("avssl.models", 3), ("avssl.eval", 4), ("avssl.viz", 4.5),
     ("avssl.methods", 5), ("avssl.registry", 6), ("avssl.train_config", 7), ("avssl.engine", 8),
     ("avssl.infer", 9), ("avssl.report", 9), ("avssl.demo", 9), ("avssl.app", 9),
     ("avssl.commands", 10), ("avssl.cli", 10), ("avssl.__main__", 10),

@@ -38,7 +38,8 @@ def with_filename(e: OSError, path: str | os.PathLike) -> OSError:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write to; on success it is given the permissions
     a plain ``open`` would (``0666`` less the umask: shards and checkpoints others on a cluster
-    may read), fsynced and renamed over ``path``; on any failure removed. An OSError without a file name is re-raised naming ``path``."""
+    may read), fsynced and renamed over ``path``; on any failure removed. An OSError without a
+    file name is re-raised naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

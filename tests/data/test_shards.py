@@ -174,3 +174,20 @@ def test_bad_stream_settings_are_refused(shards):
         (shards / "x.json").write_text("{}")
         read_index(shards / "x.json")
     assert merge(shards).name == "shards.json"  # merging a finished folder again is harmless
+
+
+def test_a_stream_where_no_clip_decodes_raises_naming_it(tmp_path):
+    """Broken samples are skipped one by one (logged); a stream with no good clip at all stops."""
+    from webdataset import TarWriter
+
+    from avssl.data.decode import MediaError
+    from avssl.data.shards import ShardIndex
+
+    tar = tmp_path / "shard-000000.tar"
+    with open(tar, "wb") as f:
+        writer = TarWriter(f, encoder=False)
+        for k in range(2):  # frames and a record, but no audio
+            writer.write({"__key__": f"{k:09d}", "json": b'{"id": "c"}', "00.jpg": b"not a jpeg"})
+        writer.close()
+    with pytest.raises(MediaError, match="no clip of this stream decodes.*no audio"):
+        next(iter(_stream(ShardIndex([str(tar)], [2]), shuffle_buffer=1)))

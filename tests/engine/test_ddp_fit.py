@@ -132,43 +132,50 @@ def test_two_nodes_on_localhost_equal_one_process(tiny_synth, tmp_path):
     """``torchrun --nnodes 2 --nproc_per_node 1 --rdzv-backend c10d`` (two node processes on this
     machine, gloo): each node trains its slice of every global batch, so the run equals one process
     on the concatenated batch (EquiAV, gradient-carrying gathers) step by step and in the weights."""
+    extra = ["equiav.gather_inter=with_grad"]
+    _train(_equiav_args(tiny_synth, tmp_path / "one", 4, *extra), nproc=1)
+    _train_two_nodes(_equiav_args(tiny_synth, tmp_path / "nodes", 2, *extra), "avssl-test")
+    _assert_same_run(tmp_path / "one", tmp_path / "nodes", [1, 2, 3, 4])  # 8 clips / (2 nodes x batch 2) per epoch
+
+
+def _train_two_nodes(args: list[str], rdzv_id: str) -> None:
+    """``torchrun --nnodes 2 --nproc_per_node 1 --rdzv-backend c10d`` as two node processes on localhost."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    extra = ["equiav.gather_inter=with_grad"]
-    _train(_equiav_args(tiny_synth, tmp_path / "one", 4, *extra), nproc=1)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=avssl-test",
-           "-m", "avssl", "-q", "train", *_equiav_args(tiny_synth, tmp_path / "nodes", 2, *extra)]
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id={rdzv_id}",
+           "-m", "avssl", "-q", "train", *args]
     nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
              for _ in range(2)]
     for p in nodes:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, f"{' '.join(cmd)}\n{out[-2000:]}\n{err[-4000:]}"
-    one, two = _lines(tmp_path / "one"), _lines(tmp_path / "nodes")
-    steps1 = [r for r in one if "time_s" not in r]
-    steps2 = [r for r in two if "time_s" not in r]
-    assert [r["step"] for r in steps2] == [1, 2, 3, 4]  # 8 clips / (2 nodes x batch 2) per epoch
+
+
+def _assert_same_run(one: Path, nodes: Path, steps: list[int]) -> None:
+    """The two runs logged ``steps`` with the same losses, and end with the same weights."""
+    steps1 = [r for r in _lines(one) if "time_s" not in r]
+    steps2 = [r for r in _lines(nodes) if "time_s" not in r]
+    assert [r["step"] for r in steps2] == steps
     for a, b in zip(steps1, steps2, strict=True):
         assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-4), a["step"]
-    w1, w2 = load_checkpoint(tmp_path / "one" / "last.pt")["model"], load_checkpoint(tmp_path / "nodes" / "last.pt")["model"]
+    w1, w2 = load_checkpoint(one / "last.pt")["model"], load_checkpoint(nodes / "last.pt")["model"]
     for k in w1:
         if not k.endswith(("to_k.bias", "attn.qkv.bias")):  # exactly-zero gradients, Adam noise (see above)
             torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=1e-5)
 
 
 def test_two_nodes_on_shards_read_disjoint_data_and_equal_one_process(tiny_synth, tmp_path):
-    """Shards under ``torchrun --nnodes 2`` (localhost, gloo): each node streams its own shards (the
-    ids it trained on, logged per step, never meet the other node's within an epoch) and the run
-    equals one process reading both nodes' data groups (``data.shard_groups=2``) on the
-    concatenated batch, step by step and in the weights."""
-    import socket
-
+    """Shards under ``torchrun --nnodes 2`` (localhost, gloo): the run equals one process reading
+    both nodes' data groups (``data.shard_groups=2``) on the concatenated batch, step by step and
+    in the weights, and the clips each node's stream (rebuilt from the run's config) reads within
+    an epoch never meet the other node's."""
     from avssl.config import load_config
     from avssl.data.prepare_shards import prepare_shards
-    from avssl.data.shards import ShardStream, read_index
+    from avssl.engine.train import _shard_stream
     from avssl.registry import pipeline_for
     from avssl.train_config import TrainConfig
 
@@ -177,37 +184,16 @@ def test_two_nodes_on_shards_read_disjoint_data_and_equal_one_process(tiny_synth
     extra = ["equiav.gather_inter=with_grad", f"data.train_shards={index}", "data.train_manifest=null",
              "data.shuffle_buffer=2"]
     _train(_equiav_args(tiny_synth, tmp_path / "one", 4, *extra, "data.shard_groups=2"), nproc=1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=avssl-shards",
-           "-m", "avssl", "-q", "train", *_equiav_args(tiny_synth, tmp_path / "nodes", 2, *extra)]
-    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-             for _ in range(2)]
-    for p in nodes:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, f"{' '.join(cmd)}\n{out[-2000:]}\n{err[-4000:]}"
-    steps1 = [r for r in _lines(tmp_path / "one") if "time_s" not in r]
-    steps2 = [r for r in _lines(tmp_path / "nodes") if "time_s" not in r]
-    assert [r["step"] for r in steps2] == list(range(1, 9))  # ceil(16 / (2 x 2)) per epoch, 2 epochs
-    for a, b in zip(steps1, steps2, strict=True):
-        assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-4), a["step"]
-    w1 = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
-    w2 = load_checkpoint(tmp_path / "nodes" / "last.pt")["model"]
-    for k in w1:
-        if not k.endswith(("to_k.bias", "attn.qkv.bias")):  # exactly-zero gradients, Adam noise (see above)
-            torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=1e-5)
-    # what each node read: its stream, rebuilt from the run's config
+    _train_two_nodes(_equiav_args(tiny_synth, tmp_path / "nodes", 2, *extra), "avssl-shards")
+    _assert_same_run(tmp_path / "one", tmp_path / "nodes", list(range(1, 9)))  # ceil(16 / (2 x 2)) x 2 epochs
+    # what each node read: its stream, rebuilt from the run's config as fit() builds it
     cfg = load_config(TrainConfig, [tmp_path / "nodes" / "config.yaml"])
     pipe = pipeline_for("equiav")
-    idx = read_index(index)
     for epoch in (0, 1):
         seen = []
         for rank in (0, 1):
-            maker = pipe.dataset([], cfg, train=True, classes=idx.classes)
-            stream = ShardStream(idx, maker, pipe.collate, 2, seed=cfg.train.seed, rank=rank, world=2,
-                                 shuffle_buffer=2, random_frames=True)
+            stream = _shard_stream(cfg, pipe, rank, 2)
+            assert stream.random_frames  # EquiAV's random training frame
             stream.set_epoch(epoch)
             seen.append({i for b in stream for i in b["id"]})
         assert seen[0] and seen[1] and not seen[0] & seen[1]

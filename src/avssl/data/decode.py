@@ -22,6 +22,7 @@ remains (the frame seeker, the audio aligner, packet skipping) shares the conven
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -55,7 +56,8 @@ _resample = resample  # read_wav's argument ``resample`` shadows the function na
 __all__ = [
     "MediaError", "MediaNotFoundError", "CorruptMediaError", "NoAudioStreamError",
     "NoVideoStreamError", "EmptyAudioError", "SampleRateError", "MediaInfo", "Clip", "probe",
-    "read_frames", "evenly_spaced_times", "read_audio", "read_wav", "resample", "read_image",
+    "read_frames", "evenly_spaced_times", "read_audio", "read_wav", "read_wav_bytes", "resample", "read_image",
+    "read_image_bytes",
     "read_clip", "read_extracted",
 ]
 
@@ -447,6 +449,22 @@ def read_wav(path: PathLike, sample_rate: int | None = None, resample: bool = Tr
             wave, sr = read_audio(p)
         except CorruptMediaError as e2:
             raise CorruptMediaError(p, f"soundfile: {e}; PyAV: {e2.reason}") from e2
+    return _mono_at(wave, sr, p, sample_rate, do_resample)
+
+
+def read_wav_bytes(data: bytes, where: str, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """:func:`read_wav` of audio file bytes (wav/flac, e.g. from a shard); errors name ``where``."""
+    import soundfile as sf
+
+    try:
+        x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError) as e:
+        raise CorruptMediaError(where, f"cannot decode audio: {e}") from e
+    return _mono_at(x.mean(axis=1) if x.shape[1] > 1 else x[:, 0], sr, where, sample_rate, True)
+
+
+def _mono_at(wave: np.ndarray, sr: int, p: str, sample_rate: int | None, do_resample: bool) -> tuple[np.ndarray, int]:
+    """A decoded mono wave, checked non-empty, at ``sample_rate`` (resampled, or SampleRateError)."""
     if wave.size == 0:
         raise EmptyAudioError(p, "audio file holds zero samples")
     if sample_rate is not None and sr != sample_rate:
@@ -456,15 +474,23 @@ def read_wav(path: PathLike, sample_rate: int | None = None, resample: bool = Tr
     return np.ascontiguousarray(wave, dtype=np.float32), int(sr)
 
 
-
 # ----------------------------------------------------------------------------- images, clips
 def read_image(path: PathLike) -> np.ndarray:
     """A JPEG/PNG/... image -> uint8 ``(H, W, 3)`` RGB."""
+    p = check_path(path)
+    return _image(p, p)
+
+
+def read_image_bytes(data: bytes, where: str) -> np.ndarray:
+    """:func:`read_image` of image file bytes (e.g. from a shard); errors name ``where``."""
+    return _image(io.BytesIO(data), where)
+
+
+def _image(source, p: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    p = check_path(path)
     try:
-        with Image.open(p) as im:
+        with Image.open(source) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise CorruptMediaError(p, f"cannot decode image: {e}") from e

@@ -34,11 +34,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from avssl.atomic import atomic_path, atomic_write_text, remove_stale_tmp
 from avssl.data.manifest import Record, read_manifest, write_manifest
+
+if TYPE_CHECKING:
+    from avssl.data.decode import Clip
 
 log = logging.getLogger(__name__)
 
@@ -278,26 +282,37 @@ def _prepare_video(rec: Record, name: str, opts: _Options) -> Record:
     return Record(id=rec.id, audio=audio, frames=paths, labels=rec.labels, split=rec.split, extra=extra)
 
 
-def _prepare_extracted(rec: Record, name: str, opts: _Options) -> Record:
+def _extracted_outputs(rec: Record, opts: _Options) -> tuple[Clip, list[np.ndarray] | None,
+                                                              tuple[np.ndarray, int] | None, dict]:
+    """A pre-extracted clip, every frame and the audio decoded (the check), with what the outputs
+    need: the resized frames (None: keep the files), the audio at ``opts.sample_rate`` (None: the
+    file is already a plain mono wav at it; keep it) and the record's extra fields."""
     from avssl.data.decode import MediaError, read_extracted, resample
 
     if not rec.frames or not rec.audio:
         raise MediaError(rec.audio or (rec.frames or [rec.id])[0],
                          "needs a 'video', or both 'frames' and 'audio'")
     clip = read_extracted(rec.frames, rec.audio, sample_rate=None)  # decodes every frame + audio
-    out = Path(opts.out_dir)
-    frames = rec.frames
+    resized = None
     if opts.size or opts.short_side:
-        frames = _write_frames([_resize(f, opts.size, opts.short_side) for f in clip.frames], out / "frames" / name)
-    audio = rec.audio
-    if not _is_plain_wav(audio, opts.sample_rate):
+        resized = [_resize(f, opts.size, opts.short_side) for f in clip.frames]
+    audio = None
+    if not _is_plain_wav(rec.audio, opts.sample_rate):
         rate = opts.sample_rate or clip.sample_rate
-        wave = resample(clip.audio, clip.sample_rate, rate)
-        audio = _write_wav(out / "audio" / f"{name}.wav", wave, rate)
+        audio = resample(clip.audio, clip.sample_rate, rate), rate
     h, w = clip.frames.shape[1:3]
     extra = {**rec.extra, "duration": round(clip.duration, 6), "orig_width": int(w),
              "orig_height": int(h), "orig_sample_rate": clip.sample_rate}
-    if audio != rec.audio:
+    return clip, resized, audio, extra
+
+
+def _prepare_extracted(rec: Record, name: str, opts: _Options) -> Record:
+    _, resized, converted, extra = _extracted_outputs(rec, opts)
+    out = Path(opts.out_dir)
+    frames = rec.frames if resized is None else _write_frames(resized, out / "frames" / name)
+    audio = rec.audio
+    if converted is not None:
+        audio = _write_wav(out / "audio" / f"{name}.wav", *converted)
         extra["source_audio"] = rec.audio
     return Record(id=rec.id, audio=audio, frames=frames, labels=rec.labels, split=rec.split, extra=extra)
 
@@ -337,17 +352,18 @@ _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 # ----------------------------------------------------------------------------- driver
-def _check_options(out: Path, opts: _Options) -> None:
-    """Record the options in ``OUT/prepare.json``; refuse to mix clips made with other ones."""
+def _check_options(out: Path, mine: dict, redo: str) -> None:
+    """Record the options ``mine`` in ``OUT/prepare.json``; refuse to mix clips made with other
+    ones (``redo``: what the message tells the user to delete instead). A ``prepare.json`` without
+    ``format`` is the folder layout's (written before shards existed)."""
     path = out / "prepare.json"
-    mine = {k: getattr(opts, k) for k in _OPTION_KEYS}
     if path.is_file():
         theirs = json.loads(path.read_text(encoding="utf-8"))
+        theirs.setdefault("format", "folder")
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
             listed = ", ".join(f"{k}={a} (now {b})" for k, (a, b) in diff.items())
-            raise PrepareError(f"{out} was prepared with {listed}: use another output folder, "
-                               f"or delete {out / 'done'} to redo every clip")
+            raise PrepareError(f"{out} was prepared with {listed}: use another output folder, or {redo}")
     atomic_write_text(path, json.dumps(mine) + "\n")
 
 
@@ -380,6 +396,17 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
         w.writerows(rows)
 
 
+def _check_arguments(on_error: str, **counts: int | None) -> None:
+    """ValueError for a bad ``on_error``, both ``size`` and ``short_side``, or a count below 1."""
+    if on_error not in ("skip", "stop"):
+        raise ValueError(f"on_error must be 'skip' or 'stop', not {on_error!r}")
+    if counts.get("size") is not None and counts.get("short_side") is not None:
+        raise ValueError("give size or short_side, not both")
+    for key, v in counts.items():
+        if v is not None and v < 1:
+            raise ValueError(f"{key} must be >= 1, got {v}")
+
+
 def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int = 10,
             sample_rate: int | None = None, size: int | None = None, short_side: int | None = None,
             workers: int | None = None, layout: str | None = None,
@@ -407,14 +434,8 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     t0 = time.perf_counter()
-    if on_error not in ("skip", "stop"):
-        raise ValueError(f"on_error must be 'skip' or 'stop', not {on_error!r}")
-    if size is not None and short_side is not None:
-        raise ValueError("give size or short_side, not both")
-    for key, v in (("frames", frames), ("sample_rate", sample_rate), ("size", size),
-                   ("short_side", short_side), ("limit", limit)):
-        if v is not None and v < 1:
-            raise ValueError(f"{key} must be >= 1, got {v}")
+    _check_arguments(on_error, frames=frames, sample_rate=sample_rate, size=size, short_side=short_side,
+                     limit=limit)
     out = Path(out_dir).resolve()
     opts = _Options(str(out), frames, sample_rate, size, short_side)
     records, ignored = _collect(input, layout=layout, root=root)
@@ -425,7 +446,8 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int
         raise PrepareError(f"clip ids map to the same file names: {clash[:5]}")
     for sub in ("done", "frames", "audio"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    _check_options(out, opts)
+    _check_options(out, {"format": "folder", **{k: getattr(opts, k) for k in _OPTION_KEYS}},
+                   f"delete {out / 'done'} to redo every clip")
     remove_stale_tmp(out, out / "done", out / "audio")  # left by a write that was killed (or hit a full disk)
     if ignored:
         _write_ignored(out / "ignored.csv", ignored)

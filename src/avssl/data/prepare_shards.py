@@ -31,10 +31,11 @@ from avssl.data.prepare import (
     JPEG_QUALITY,
     PrepareError,
     PrepareReport,
+    _check_arguments,
+    _check_options,
     _collect,
-    _is_plain_wav,
+    _extracted_outputs,
     _Options,
-    _resize,
     _Result,
     _video_outputs,
     _write_failures,
@@ -62,7 +63,7 @@ def parse_shard_of(text: str) -> tuple[int, int]:
 
 def _encode(task: tuple[Record, int, _Options, str]) -> tuple[int, dict | _Result]:
     """Worker: one clip -> its tar sample (bytes per extension), or the failure."""
-    from avssl.data.decode import MediaError, read_extracted, resample
+    from avssl.data.decode import MediaError
 
     rec, place, opts, afmt = task
     try:
@@ -71,23 +72,17 @@ def _encode(task: tuple[Record, int, _Options, str]) -> tuple[int, dict | _Resul
             images = [("jpg", encode_jpeg(f, JPEG_QUALITY)) for f in frames]
             audio = (afmt, encode_audio(wave, rate, afmt))
         else:
-            if not rec.frames or not rec.audio:
-                raise MediaError(rec.audio or (rec.frames or [rec.id])[0],
-                                 "needs a 'video', or both 'frames' and 'audio'")
-            clip = read_extracted(rec.frames, rec.audio, sample_rate=None)  # decodes every frame + audio
-            if opts.size or opts.short_side:
-                images = [("jpg", encode_jpeg(_resize(f, opts.size, opts.short_side), JPEG_QUALITY))
-                          for f in clip.frames]
+            clip, resized, converted, extra = _extracted_outputs(rec, opts)
+            if resized is not None:
+                images = [("jpg", encode_jpeg(f, JPEG_QUALITY)) for f in resized]
             else:  # the files as they are
                 images = [(Path(f).suffix.lstrip(".").lower() or "jpg", Path(f).read_bytes()) for f in rec.frames]
-            if _is_plain_wav(rec.audio, opts.sample_rate):
+            if converted is None:
                 audio, rate = ("wav", Path(rec.audio).read_bytes()), clip.sample_rate
             else:
-                rate = opts.sample_rate or clip.sample_rate
-                audio = (afmt, encode_audio(resample(clip.audio, clip.sample_rate, rate), rate, afmt))
-            h, w = clip.frames.shape[1:3]
-            extra = {**rec.extra, "duration": round(clip.duration, 6), "orig_width": int(w),
-                     "orig_height": int(h), "orig_sample_rate": clip.sample_rate, "source_audio": rec.audio}
+                rate = converted[1]
+                audio = (afmt, encode_audio(*converted, afmt))
+            extra["source_audio"] = rec.audio
     except MediaError as e:
         return place, _Result(rec.id, False, e.path, e.reason)
     except OSError as e:  # reading a pre-extracted file
@@ -118,19 +113,6 @@ def _write_shard(folder: Path, g: int, results: list[tuple[int, dict | _Result]]
     return side
 
 
-def _check_options(out: Path, mine: dict) -> None:
-    path = out / "prepare.json"
-    if path.is_file():
-        theirs = json.loads(path.read_text(encoding="utf-8"))
-        theirs.setdefault("format", "folder")
-        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
-        if diff:
-            listed = ", ".join(f"{k}={a} (now {b})" for k, (a, b) in diff.items())
-            raise PrepareError(f"{out} was prepared with {listed}: every slice must use the same input and "
-                               f"options; use another output folder, or delete {out / 'shards'} to redo it")
-    atomic_write_text(path, json.dumps(mine) + "\n")
-
-
 def prepare_shards(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int = 10,
                    sample_rate: int | None = None, size: int | None = None, short_side: int | None = None,
                    workers: int | None = None, layout: str | None = None, root: str | os.PathLike | None = None,
@@ -142,12 +124,8 @@ def prepare_shards(input: str | os.PathLike, out_dir: str | os.PathLike, *, fram
     about half the space). An
     unsliced run (``N == 1``) ends with :func:`merge`; a slice leaves that to ``--merge``."""
     t0 = time.perf_counter()
-    if on_error not in ("skip", "stop"):
-        raise ValueError(f"on_error must be 'skip' or 'stop', not {on_error!r}")
-    if size is not None and short_side is not None:
-        raise ValueError("give size or short_side, not both")
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    _check_arguments(on_error, frames=frames, sample_rate=sample_rate, size=size, short_side=short_side,
+                     limit=limit, shard_size=shard_size)
     if audio_format not in ("wav", "flac"):
         raise ValueError(f"audio_format must be 'wav' or 'flac', got {audio_format!r}")
     i, n = shard_of
@@ -163,22 +141,21 @@ def prepare_shards(input: str | os.PathLike, out_dir: str | os.PathLike, *, fram
     folder.mkdir(parents=True, exist_ok=True)
     _check_options(out, {"format": "shards", "frames": frames, "sample_rate": sample_rate, "size": size,
                          "short_side": short_side, "shard_size": shard_size, "audio_format": audio_format,
-                         "clips": total, "shards": count})
+                         "clips": total, "shards": count},
+                   f"delete {folder} to redo it (every slice must use the same input and options)")
     remove_stale_tmp(folder)
-    mine = list(range(i, count, n))
-    todo = [g for g in mine if not ((folder / shard_name(g)).is_file() and
-                                    (folder / shard_name(g)).with_suffix(".json").is_file())]
+    mine = {g: range(g, total, count) for g in range(i, count, n)}  # this slice's shards -> their clips
+    todo = [g for g in mine if not _finished(folder, g)]
     if len(todo) < len(mine):
         log.info("slice %d/%d: %d of its %d shards are already finished", i, n, len(mine) - len(todo), len(mine))
-    tasks = [(records[k], k, opts, audio_format) for g in todo for k in range(g, total, count)]
+    tasks = [(records[k], k, opts, audio_format) for g in todo for k in mine[g]]
     nproc = min((os.cpu_count() or 1) if workers is None else workers, len(tasks))
     done = failed = 0
     pool = multiprocessing.get_context("spawn").Pool(nproc) if nproc > 1 else None
     try:
         results = pool.imap(_encode, tasks, max(1, min(8, len(tasks) // (16 * nproc)))) if pool else map(_encode, tasks)
         for g in todo:
-            size_g = len(range(g, total, count))
-            got = [next(results) for _ in range(size_g)]
+            got = [next(results) for _ in mine[g]]
             bad = [r for _, r in got if not isinstance(r, dict)]
             for r in bad:
                 log.warning("failed %s: %s: %s", r.id, r.path, r.reason)
@@ -201,15 +178,20 @@ def prepare_shards(input: str | os.PathLike, out_dir: str | os.PathLike, *, fram
         merge(out)
     else:
         log.info("slice %d/%d finished; when every slice is, run: avssl prepare --merge %s", i, n, out)
-    report = PrepareReport(done=done, skipped=sum(len(range(g, total, count)) for g in mine if g not in todo),
-                           failed=failed, total=len(tasks) + sum(len(range(g, total, count)) for g in mine
-                                                                 if g not in todo),
+    owned = sum(len(m) for m in mine.values())
+    report = PrepareReport(done=done, skipped=owned - len(tasks), failed=failed, total=owned,
                            seconds=time.perf_counter() - t0, out_dir=out, manifest=index,
                            failures=out / "failures.csv")
     log.info("prepare (shards %d/%d): %d clips written, %d failed, %d in shards finished before, "
              "%d shards of %d (%.1f s)", i, n, report.done, report.failed, report.skipped, len(mine), count,
              report.seconds)
     return report
+
+
+def _finished(folder: Path, g: int) -> bool:
+    """Whether shard ``g`` is finished: its tar and (written after it) its sidecar exist."""
+    tar = folder / shard_name(g)
+    return tar.is_file() and tar.with_suffix(".json").is_file()
 
 
 def merge(out_dir: str | os.PathLike) -> Path:
@@ -224,8 +206,7 @@ def merge(out_dir: str | os.PathLike) -> Path:
     if opts.get("format") != "shards":
         raise PrepareError(f"{out} holds the folder layout, not shards (nothing to merge)")
     folder, count = out / "shards", int(opts["shards"])
-    missing = [g for g in range(count) if not (folder / shard_name(g)).with_suffix(".json").is_file()
-               or not (folder / shard_name(g)).is_file()]
+    missing = [g for g in range(count) if not _finished(folder, g)]
     if missing:
         shown = ", ".join(shard_name(g) for g in missing[:6]) + (" ..." if len(missing) > 6 else "")
         raise PrepareError(f"{out}: {len(missing)} of {count} shards are not finished ({shown}): shard g belongs "

@@ -36,13 +36,14 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from avssl.data.decode import CorruptMediaError, MediaError
+from avssl.data.decode import CorruptMediaError, MediaError, read_image_bytes, read_wav_bytes
 from avssl.data.manifest import Record
+from avssl.seeding import mix
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["INDEX_NAME", "ShardIndex", "ShardStream", "encode_audio", "encode_jpeg", "expand_shards",
-           "read_index", "sample_key", "shard_name", "decode_image_bytes", "decode_audio_bytes"]
+           "read_index", "sample_key", "shard_name"]
 
 INDEX_NAME = "shards.json"
 FORMAT = "avssl-shards/1"
@@ -84,36 +85,6 @@ def encode_audio(wave: np.ndarray, rate: int, fmt: str = "wav") -> bytes:
     buf = io.BytesIO()
     sf.write(buf, ints, rate, subtype="PCM_16", format="FLAC")
     return buf.getvalue()
-
-
-def decode_image_bytes(data: bytes, where: str) -> np.ndarray:
-    """Image bytes -> uint8 ``(H, W, 3)`` RGB; CorruptMediaError naming ``where``."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise CorruptMediaError(where, f"cannot decode image: {e}") from e
-
-
-def decode_audio_bytes(data: bytes, where: str, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
-    """FLAC/wav bytes -> (mono float32 ``(N,)``, rate), resampled to ``sample_rate`` when given
-    (as :func:`avssl.data.decode.read_wav`)."""
-    import soundfile as sf
-
-    from avssl.data.resample import resample
-
-    try:
-        x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError) as e:
-        raise CorruptMediaError(where, f"cannot decode audio: {e}") from e
-    wave = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
-    if wave.size == 0:
-        raise CorruptMediaError(where, "audio holds zero samples")
-    if sample_rate is not None and sr != sample_rate:
-        wave, sr = resample(wave, sr, sample_rate), sample_rate
-    return np.ascontiguousarray(wave, dtype=np.float32), int(sr)
 
 
 # ----------------------------------------------------------------------------- the index
@@ -175,13 +146,6 @@ def expand_shards(spec: str) -> ShardIndex:
 
 
 # ----------------------------------------------------------------------------- the stream
-def _mix(*keys: int) -> int:
-    h = 0x9E3779B97F4A7C15
-    for k in keys:
-        h = (h * 6364136223846793005 + int(k) + 1442695040888963407) % (1 << 63)
-    return h
-
-
 class ShardStream(IterableDataset):
     """Training batches read from shards, split over ranks and loader workers.
 
@@ -207,7 +171,8 @@ class ShardStream(IterableDataset):
 
     ``maker``: an :class:`avssl.data.datasets.AVFrameAudioDataset` (no records) that turns a
     decoded frame and waveform into the method's sample (sizes, rates, padding); ``collate``:
-    the pipeline's. Clips that fail to decode are logged, counted and skipped, never replaced.
+    the pipeline's. Clips that fail to decode are logged, counted and skipped, never replaced;
+    a stream in which no clip decodes raises MediaError.
     """
 
     def __init__(self, index: ShardIndex, maker, collate, batch_size: int, *, seed: int = 0,
@@ -236,7 +201,6 @@ class ShardStream(IterableDataset):
         self.steps = index.total // glob if drop_last else math.ceil(index.total / glob)
         if self.steps < 1:
             raise ValueError(f"{index.total} clips give no batch of {batch_size} x {world} processes (drop_last)")
-        self.skipped = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -248,15 +212,15 @@ class ShardStream(IterableDataset):
         """Stream ``q``'s shard URLs, endlessly."""
         urls, streams = self.index.urls, self.groups * self.workers
         if self.resampled:
-            rng = random.Random(_mix(self.seed, self.epoch, q, 0x5E))
+            rng = random.Random(mix(self.seed, self.epoch, q, 0x5E))
             while True:
                 yield urls[rng.randrange(len(urls))]
-        order = torch.randperm(len(urls), generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch, 0xA1)))
+        order = torch.randperm(len(urls), generator=torch.Generator().manual_seed(mix(self.seed, self.epoch, 0xA1)))
         own = [urls[i] for i in order[q::streams].tolist()]
         turn = 0
         while True:
             if turn:  # later passes over this stream's shards: another order
-                rng = random.Random(_mix(self.seed, self.epoch, q, turn))
+                rng = random.Random(mix(self.seed, self.epoch, q, turn))
                 own = rng.sample(own, len(own))
             yield from own
             turn += 1
@@ -265,20 +229,18 @@ class ShardStream(IterableDataset):
         """Stream ``q``'s raw samples (bytes), shuffled, with the frame each will use chosen."""
         from webdataset.tariterators import tarfile_samples
 
-        rng = random.Random(_mix(self.seed, self.epoch, q, 0xB7))
+        rng = random.Random(mix(self.seed, self.epoch, q, 0xB7))
         raw = tarfile_samples({"url": u} for u in self._shards(q))
         buffer: list[dict] = []
         for s in raw:
             frames = sorted(k for k in s if k.split(".")[-1] in ("jpg", "jpeg", "png"))
-            if not frames or "json" not in s:
-                self.skipped += 1
-                logger.warning("%s: sample %s lacks frames or its JSON; skipped", s.get("__url__"), s.get("__key__"))
-                continue
-            pick = rng.randrange(len(frames)) if self.random_frames else None
-            s["__frame__"] = frames[pick] if pick is not None else frames[self._fixed(len(frames))]
-            for k in frames:
-                if k != s["__frame__"]:
-                    del s[k]
+            s["__frame__"] = None  # a sample without frames fails in _decode, where failures are counted
+            if frames:
+                pick = rng.randrange(len(frames)) if self.random_frames else self._fixed(len(frames))
+                s["__frame__"] = frames[pick]
+                for k in frames:
+                    if k != s["__frame__"]:
+                        del s[k]
             if len(buffer) < self.shuffle_buffer:
                 buffer.append(s)
                 continue
@@ -292,31 +254,39 @@ class ShardStream(IterableDataset):
 
     def _decode(self, s: dict) -> dict:
         where = f"{s.get('__url__')}:{s.get('__key__')}"
-        meta = json.loads(s["json"])
-        rec = Record(id=meta["id"], labels=meta.get("labels", []), split=meta.get("split"))
-        frame = decode_image_bytes(s[s["__frame__"]], where)
-        audio = next((k for k in ("flac", "wav") if k in s), None)
-        if audio is None:
-            raise CorruptMediaError(where, "no audio (.flac / .wav) in the sample")
-        wave, sr = decode_audio_bytes(s[audio], where, self.maker.sample_rate)
+        audio = next((k for k in ("wav", "flac") if k in s), None)
+        missing = [what for what, ok in (("its JSON record", "json" in s), ("frames", s["__frame__"]),
+                                         ("audio (.wav / .flac)", audio)) if not ok]
+        if missing:
+            raise CorruptMediaError(where, f"the sample has no {' and no '.join(missing)}")
+        try:
+            meta = json.loads(s["json"])
+            rec = Record(id=meta["id"], labels=meta.get("labels", []), split=meta.get("split"))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptMediaError(where, f"unreadable JSON record ({e})") from e
+        frame = read_image_bytes(s[s["__frame__"]], where)
+        wave, sr = read_wav_bytes(s[audio], where, self.maker.sample_rate)
         return self.maker.sample(rec, frame, wave, sr)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         k, n = (info.id, info.num_workers) if info is not None else (0, 1)
-        if n != self.workers and not (n == 1 and self.workers == 1):
+        if n != self.workers:
             raise RuntimeError(f"ShardStream built for {self.workers} loader workers runs under {n}")
         streams = {g: self._samples(g * self.workers + k) for g in self.mine}
+        skipped = in_a_row = 0  # per loader worker
         for _ in range(k, self.steps, self.workers):  # this worker's batches: k, k + workers, ...
             samples = []
             for g in self.mine:
                 got = 0
                 while got < self.sub:
-                    s = next(streams[g])
                     try:
-                        samples.append(self._decode(s))
-                        got += 1
+                        samples.append(self._decode(next(streams[g])))
+                        got, in_a_row = got + 1, 0
                     except MediaError as e:
-                        self.skipped += 1
-                        logger.warning("skipping a clip that failed to decode: %s", e)
+                        skipped, in_a_row = skipped + 1, in_a_row + 1
+                        logger.warning("skipping a clip that failed to decode (%d skipped by this loader worker): %s",
+                                       skipped, e)
+                        if in_a_row > self.index.total:  # the stream has gone round without one good clip
+                            raise MediaError(e.path, f"no clip of this stream decodes ({e.reason})") from e
             yield self.collate(samples)

@@ -74,6 +74,7 @@ from avssl.engine.evaluate import (
 )
 from avssl.precision import amp_settings
 from avssl.registry import build_method, pipeline_for
+from avssl.seeding import mix
 from avssl.train_config import OptimConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -81,19 +82,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["fit", "resolve_device", "build_optimizer", "lr_factor", "EpochSampler", "step_generator",
            "selectable_metrics", "check_select_on"]
 
-_MIX = 0x9E3779B97F4A7C15
-
-
-def _mix(*keys: int) -> int:
-    h = 0
-    for k in keys:
-        h = (h * 6364136223846793005 + int(k) + _MIX) % (1 << 63)
-    return h
-
-
 def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     """A CPU generator seeded from ``(seed, epoch, step)``: every random draw of one step."""
-    return torch.Generator().manual_seed(_mix(seed, epoch, step))
+    return torch.Generator().manual_seed(mix(seed, epoch, step))
 
 
 class EpochSampler(Sampler[int]):
@@ -131,7 +122,7 @@ class EpochSampler(Sampler[int]):
         self.epoch = epoch
 
     def _order(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, 0x5A))
+        g = torch.Generator().manual_seed(mix(self.seed, self.epoch, 0x5A))
         if self.weights is None:
             return torch.randperm(self.n, generator=g)
         return torch.multinomial(self.weights, self.n, replacement=True, generator=g)
@@ -153,7 +144,7 @@ class EpochSampler(Sampler[int]):
         if not self.draw_keys:
             return iter(mine)
         places = mine_of(torch.arange(self.n)).tolist()  # each entry's place in the global order
-        return iter(zip(mine, [_mix(self.seed, self.epoch, p, 0xF4) for p in places], strict=True))
+        return iter(zip(mine, [mix(self.seed, self.epoch, p, 0xF4) for p in places], strict=True))
 
     def __len__(self) -> int:
         return self.per_rank

@@ -16,6 +16,7 @@ __all__ = ["SSLTIE", "SSLTIEConfig", "SSLTIEBatchTransform", "convert_official_s
            "ssltie_dataset",
            "ssltie_infer", "SPEC"]
 
+
 def _check_config(cfg) -> None:
     if cfg.ssltie.audmix and cfg.data.train_shards:
         raise ValueError("ssltie.audmix mixes in each clip's nearest neighbours, read by index, which a shard "
