@@ -14,7 +14,17 @@ import sys
 from collections.abc import Sequence
 
 from avssl import __version__
-from avssl.commands import app, convert, demo, localize, prepare, score, synth
+from avssl.commands import (
+    app,
+    convert,
+    demo,
+    loader_worker_error,
+    localize,
+    prepare,
+    score,
+    synth,
+    user_error_classes,
+)
 from avssl.commands import eval as eval_command
 from avssl.commands import train as train_command
 
@@ -73,20 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _user_error_classes() -> tuple[type[BaseException], ...]:
-    """The project's exceptions that report a user's mistake (a bad file, config or checkpoint)."""
-    from avssl.checkpoint import CheckpointError
-    from avssl.config import ConfigError
-    from avssl.data.annotations import AnnotationError
-    from avssl.data.decode import MediaError
-    from avssl.data.manifest import ManifestError
-    from avssl.data.prepare import PrepareError
-    from avssl.distributed import DistributedTimeoutError
-
-    return (ConfigError, AnnotationError, MediaError, ManifestError, CheckpointError, PrepareError,
-            DistributedTimeoutError)
-
-
 def _one_line(text: str) -> str:
     lines = [x.strip() for x in str(text).strip().splitlines() if x.strip()]
     return lines[0] if lines else ""
@@ -96,7 +92,10 @@ def user_error_message(e: BaseException) -> str | None:
     """``"FILE: cause"`` for an error that is the user's to fix (a missing or unwritable file, a full
     disk, a bad config, checkpoint or media file, CUDA requested without CUDA); None for a bug
     (then the traceback is shown)."""
-    if isinstance(e, OSError) and not isinstance(e, _user_error_classes()):
+    worker = loader_worker_error(e)
+    if worker is not None:
+        return worker
+    if isinstance(e, OSError) and not isinstance(e, user_error_classes()):
         name = e.filename if e.filename is not None else None
         if e.errno == errno.ENOSPC:
             where = name if name is not None else "a file"
@@ -106,7 +105,7 @@ def user_error_message(e: BaseException) -> str | None:
             cause = e.strerror or _one_line(str(e)) or type(e).__name__
             return f"{name}: {cause}" if name is not None else cause
         return None
-    if isinstance(e, _user_error_classes()):
+    if isinstance(e, user_error_classes()):
         return _one_line(str(e)) or type(e).__name__
     if isinstance(e, (AssertionError, RuntimeError)) and (
             "not compiled with cuda" in str(e).lower() or "no cuda gpus are available" in str(e).lower()

@@ -72,7 +72,9 @@ class DataConfig:
         shuffled in a buffer of ``shuffle_buffer`` clips; ``shard_resampled`` draws shards with
         replacement (open_clip's resampled shards) instead of one permutation per epoch;
         ``shard_groups`` fixes the number of data streams (default: one per process), so a run on
-        fewer processes reads the same global batches. Evaluation sets stay manifests.
+        fewer processes reads the same global batches. Any ``*_manifest`` may also name a local
+        ``shards.json``: its clips are then read by random access into the tars (validation,
+        evaluation, small training sets), equal to the folder layout's samples.
     """
 
     train_manifest: str | None = None

@@ -234,3 +234,26 @@ def test_disk_full_and_missing_files_are_one_line(monkeypatch, capsys):
     raised[:] = [cases[0][0]]
     with pytest.raises(OSError):
         cli.main(["train", "synthetic/ssltie"])
+
+
+def test_eval_reads_a_shard_index_as_the_folder_layout(synth, tiny_run, tmp_path, capsys):
+    """`avssl eval --data OUT/shards.json` scores the test split exactly as the folder layout
+    prepared from the same manifest: the same scores, heatmaps and contact sheet."""
+    from avssl.data.prepare import prepare
+    from avssl.data.prepare_shards import prepare_shards
+
+    prepare(synth / "manifest.jsonl", tmp_path / "folder", workers=2)
+    prepare_shards(synth / "manifest.jsonl", tmp_path / "shards", shard_size=5, workers=2)
+    gt = str(synth / "annotations" / "vggss.json")
+    scores, maps = [], []
+    for name, data in (("f", tmp_path / "folder" / "manifest.jsonl"), ("s", tmp_path / "shards" / "shards.json")):
+        assert main(["eval", str(tiny_run / "last.pt"), "--data", str(data), "--gt", gt, "--out",
+                     str(tmp_path / name), "--workers", "2"]) == 0
+        saved = json.loads((tmp_path / name / "scores.json").read_text())
+        assert (tmp_path / name / "best_worst.png").stat().st_size > 0
+        scores.append({k: v for k, v in saved.items() if k not in ("data", "contact_sheet")})
+        with np.load(tmp_path / name / "heatmaps.npz") as z:
+            maps.append({k: z[k] for k in z.files})
+    capsys.readouterr()
+    assert scores[0] == scores[1] and scores[0]["n_clips"] == 4
+    assert maps[0].keys() == maps[1].keys() and all(np.array_equal(maps[0][k], maps[1][k]) for k in maps[0])

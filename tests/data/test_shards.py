@@ -191,3 +191,121 @@ def test_a_stream_where_no_clip_decodes_raises_naming_it(tmp_path):
         writer.close()
     with pytest.raises(MediaError, match="no clip of this stream decodes.*no audio"):
         next(iter(_stream(ShardIndex([str(tar)], [2]), shuffle_buffer=1)))
+
+
+@pytest.fixture(scope="module")
+def folder(tiny_synth, tmp_path_factory) -> Path:
+    """The folder layout prepared from the manifest the ``shards`` fixture was prepared from."""
+    out = tmp_path_factory.mktemp("folder")
+    prepare(tiny_synth / "manifest.jsonl", out, workers=2)
+    return out
+
+
+def test_a_shard_index_reads_as_a_manifest_with_random_access(shards, folder):
+    """read_manifest(shards.json): the folder manifest's records (order, ids, labels, splits, frame
+    counts), and the data set built on them gives the folder's samples bit for bit."""
+    from avssl.data.shard_access import SHARD_MEMBERS
+
+    ref = read_manifest(folder / "manifest.jsonl")
+    got = read_manifest(shards / "shards.json")
+    assert [(r.id, r.labels, r.split, len(r.frames)) for r in got] == \
+        [(r.id, r.labels, r.split, len(r.frames)) for r in ref]
+    assert all(SHARD_MEMBERS in r.extra and r.audio.endswith(".wav") and ".tar#" in r.frames[0] for r in got)
+    assert [r.id for r in read_manifest(shards / "shards.json", split="test")] == \
+        [r.id for r in ref if r.split == "test"]
+    for kw in ({}, {"random_frames": 10, "sample_rate": 8000}):  # a fixed frame; any drawn frame, resampled
+        a = AVFrameAudioDataset(ref, image_size=32, seconds=1.0, **kw)
+        b = AVFrameAudioDataset(got, image_size=32, seconds=1.0, **kw)
+        for key in ([0, 7, 15] if not kw else [(0, 11), (7, 5), (15, 3)]):
+            sa, sb = a[key], b[key]
+            assert sa["id"] == sb["id"] and sa["label"] == sb["label"]
+            assert torch.equal(sa["image"], sb["image"]) and torch.equal(sa["wave"], sb["wave"])
+    cached = AVFrameAudioDataset(got, image_size=32, seconds=1.0, random_frames=10, cache_in_memory=True, workers=2)
+    assert torch.equal(cached[(3, 8)]["image"], AVFrameAudioDataset(ref, image_size=32, seconds=1.0,
+                                                                     random_frames=10)[(3, 8)]["image"])
+
+
+def test_damaged_shards_are_named_as_manifests_and_as_samples(shards, tmp_path):
+    """A missing or cut shard: one ManifestError / MediaError naming the tar; URLs are not random access;
+    a shard index is not input to prepare."""
+    import shutil
+
+    from avssl.data.decode import MediaError
+    from avssl.data.manifest import ManifestError
+    from avssl.data.prepare import PrepareError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    records = read_manifest(copy / "shards.json")
+    tar = copy / "shards" / "shard-000001.tar"
+    data = tar.read_bytes()
+    tar.write_bytes(data[: len(data) // 2])  # cut after the index was read: the sample names the member
+    victim = next(r for r in records if str(tar) in r.audio)
+    ds = AVFrameAudioDataset([victim], image_size=32, seconds=1.0)
+    with pytest.raises(MediaError, match="shard-000001.tar#"):
+        for _ in range(2):  # frames lie before the audio: one of the two reads fails
+            ds[0]
+            tar.write_bytes(data[:1024])
+    with pytest.raises(ManifestError, match="shard-000001.tar"):
+        read_manifest(copy / "shards.json")
+    tar.unlink()
+    with pytest.raises(ManifestError, match="shard-000001.tar.*unreadable"):
+        read_manifest(copy / "shards.json")
+    index = json.loads((copy / "shards.json").read_text())
+    index["shards"][0]["file"] = "http://example.invalid/shard-000000.tar"
+    (copy / "remote.json").write_text(json.dumps(index))
+    with pytest.raises(ManifestError, match="is a URL"):
+        read_manifest(copy / "remote.json")
+    with pytest.raises(PrepareError, match="is a shard index"):
+        prepare(shards / "shards.json", tmp_path / "again")
+
+
+@pytest.mark.skipif(__import__("shutil").which("curl") is None,
+                    reason="webdataset opens http(s) shards with the curl program, which this machine lacks")
+def test_shards_stream_over_http_as_from_disk(shards):
+    """data.train_shards as an http URL (the index, or a brace pattern with the index beside): the
+    batches equal the local stream's."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(shards)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        local = read_index(shards / "shards.json")
+        for spec in (f"{base}/shards.json", f"{base}/shards/shard-{{000000..000005}}.tar"):
+            index = expand_shards(spec)
+            assert index.urls[0].startswith(base) and index.clips == local.clips
+            want, got = (list(_stream(i, batch=2, seed=3, groups=2, shuffle_buffer=4)) for i in (local, index))
+            assert [b["id"] for b in got] == [b["id"] for b in want]
+            assert all(torch.equal(a["image"], b["image"]) and torch.equal(a["wave"], b["wave"])
+                       for a, b in zip(got, want, strict=True))
+        with pytest.raises(ValueError, match="no shards.json next to"):
+            expand_shards(f"{base}/nowhere/x/shard-{{000000..000001}}.tar")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_unreadable_shard_stops_the_stream_naming_it(shards, tmp_path):
+    """A missing or cut shard is not skipped (that would drop its clips from every epoch): the
+    stream stops with one ManifestError naming the shard and the cause."""
+    import shutil
+
+    from avssl.data.manifest import ManifestError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    index = read_index(copy / "shards.json")
+    tar = copy / "shards" / "shard-000002.tar"
+    tar.write_bytes(tar.read_bytes()[:3000])
+    with pytest.raises(ManifestError, match=r"shard .*shard-000002.tar: cannot be read \(ReadError: unexpected end"):
+        list(_stream(index, shuffle_buffer=1))
+    tar.unlink()
+    with pytest.raises(ManifestError, match=r"shard-000002.tar: cannot be read \(FileNotFoundError: No such file"):
+        list(_stream(index, shuffle_buffer=1))

@@ -148,6 +148,30 @@ def test_lr_schedules():
         OptimConfig(lr=1e-4, warmup_start_lr=1e-3)
 
 
+@pytest.mark.parametrize("preset,warmup", [("equiav/audioset", 2), ("equiav/vggsound", 2),
+                                           ("equiav/finetune_audioset", 1), ("equiav/finetune_vggsound", 1)])
+def test_equiav_presets_follow_the_released_per_step_schedule(preset, warmup):
+    """EquiAV's released scheduler (pre-training and fine-tuning alike, stepped before every
+    optimiser step from step 0): lr = 2e-7 + s / W * (1e-4 - 2e-7) over W = warm-up epochs x steps,
+    then 1e-6 + (1e-4 - 1e-6) * (1 + cos(pi * (s - W) / (T - W))) / 2."""
+    import math
+
+    from avssl.config import load_config
+    from avssl.train_config import TrainConfig
+
+    cfg = load_config(TrainConfig, [preset], [])
+    ipe, epochs = 50, cfg.train.epochs
+    W, T = warmup * ipe, epochs * ipe
+
+    def released(s: int) -> float:
+        if s < W:
+            return 2e-7 + s / W * (1e-4 - 2e-7)
+        return max(1e-6, 1e-6 + (1e-4 - 1e-6) * 0.5 * (1 + math.cos(math.pi * (s - W) / (T - W))))
+
+    for s in (0, 1, W // 2, W - 1, W, W + 7, T // 2, T - 1):
+        assert lr_factor(s, ipe, epochs, cfg.optim) * cfg.optim.lr == pytest.approx(released(s), rel=1e-9), s
+
+
 def test_evaluator_heatmaps_match_localise_and_retrieval_runs(synth):
     from torch.utils.data import DataLoader
 

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from avssl.atomic import atomic_write_text, remove_stale_tmp
+from avssl.commands import error_text
 
 HELP = "evaluate a checkpoint on a test set: heatmaps.npz, scores.json (cIoU, AUC, retrieval; mAP/accuracy)"
 
@@ -50,7 +51,8 @@ non_negative_int = _int_at_least(0, "an integer >= 0")  # data loader workers: 0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="an avssl checkpoint (best.pt / last.pt)")
-    parser.add_argument("--data", required=True, metavar="MANIFEST", help="manifest of the test clips")
+    parser.add_argument("--data", required=True, metavar="MANIFEST",
+                        help="manifest of the test clips (or the shards.json of `avssl prepare --format shards`)")
     parser.add_argument("--gt", default=None, metavar="ANNOTATIONS",
                         help="vggss.json or a folder of Flickr-SoundNet XML files (omit: retrieval only)")
     parser.add_argument("--format", choices=("vggss", "flickr"), default=None,
@@ -142,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             with_retrieval=not args.no_retrieval, classes=classes, num_workers=args.workers, dataset=dataset,
             retrieval_fp16=args.retrieval_fp16)
     except (CheckpointError, ConfigError, ManifestError, MediaError, AnnotationError, ValueError) as e:
-        print(f"avssl eval: error: {e}", file=sys.stderr)
+        print(f"avssl eval: error: {error_text(e)}", file=sys.stderr)
         return 2
     out_dir = _out_dir(args)
     save_heatmaps(out_dir / "heatmaps.npz", out.heatmaps)

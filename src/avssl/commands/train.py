@@ -24,6 +24,8 @@ import logging
 import os
 import sys
 
+from avssl.commands import error_text
+
 HELP = "train a method (SSL-TIE, ...) from a YAML preset and key=value overrides"
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(TrainConfig, [args.config], overrides)
     except (ConfigError, ValueError) as e:
-        print(f"avssl train: error: {e}", file=sys.stderr)
+        print(f"avssl train: error: {error_text(e)}", file=sys.stderr)
         return 2
     started = False
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
@@ -61,13 +63,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             init_process_group(timeout_s=cfg.train.dist_timeout_s)
         except ValueError as e:  # a malformed AVSSL_DIST_TIMEOUT
-            print(f"avssl train: error: {e}", file=sys.stderr)
+            print(f"avssl train: error: {error_text(e)}", file=sys.stderr)
             return 2
         started = True
     try:
         result = fit(cfg, resume=args.resume)
     except (ManifestError, MediaError, CheckpointError, FileExistsError, ValueError) as e:
-        print(f"avssl train: error: {e}", file=sys.stderr)
+        print(f"avssl train: error: {error_text(e)}", file=sys.stderr)
         return 2
     finally:
         if started:

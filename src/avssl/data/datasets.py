@@ -53,6 +53,7 @@ from torch.utils.data import Dataset
 from avssl.data import decode
 from avssl.data.audio import tile_to_duration
 from avssl.data.manifest import Record
+from avssl.data.shard_access import SHARD_MEMBERS, member_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,13 @@ def _decoder_threads() -> int:
     from torch.utils.data import get_worker_info
 
     return 1 if get_worker_info() is not None else 0
+
+
+def _read_frame_file(r: Record, path: str) -> np.ndarray:
+    """One of ``r.frames``: a file, or a member of a shard (records of a ``shards.json``)."""
+    if SHARD_MEMBERS in r.extra:
+        return decode.read_image_bytes(member_bytes(r, path), path)
+    return decode.read_image(path)
 
 
 def class_list(records: Sequence[Record]) -> list[str]:
@@ -234,7 +242,7 @@ class AVFrameAudioDataset(Dataset):
             return list(decode.read_frames(r.video, self._video_candidate_times, threads=_decoder_threads()))
         if not r.frames:
             raise decode.MediaError(r.audio or r.id, f"record {r.id!r} has neither a video nor frames")
-        return [decode.read_image(f) for f in r.frames]
+        return [_read_frame_file(r, f) for f in r.frames]
 
     def label_of(self, record: Record) -> int:
         return self._class_index.get(record.labels[0], -1) if record.labels else -1
@@ -258,9 +266,11 @@ class AVFrameAudioDataset(Dataset):
         if not r.frames:
             raise decode.MediaError(r.audio or r.id, f"record {r.id!r} has neither a video nor frames")
         k = choice if choice is not None else self.frame_index if self.frame_index is not None else len(r.frames) // 2
-        return decode.read_image(r.frames[min(k, len(r.frames) - 1)])
+        return _read_frame_file(r, r.frames[min(k, len(r.frames) - 1)])
 
     def _wave(self, r: Record) -> tuple[np.ndarray, int]:
+        if r.audio and SHARD_MEMBERS in r.extra:
+            return decode.read_wav_bytes(member_bytes(r, r.audio), r.audio, self.sample_rate)
         if r.audio:
             return decode.read_wav(r.audio, self.sample_rate)
         if r.video:

@@ -1,6 +1,6 @@
 """Manifests: which clips a data set has, where their media lie, their labels and split.
 
-Three formats are read as they are:
+Four formats are read as they are:
 
 * **avssl JSONL** (``*.jsonl``), ours: one JSON object per line with the fields of
   :class:`Record` (``id`` required; ``video`` a raw media file of any container, or
@@ -10,6 +10,8 @@ Three formats are read as they are:
   frames at ``<video_path>/frame_<i>/<video_id>.jpg`` for i in 0..9, labels ``"/m/a,/m/b"``.
 * **SSL-TIE / LVS id lists** (a text or CSV file, one id per line, first column): the
   media paths follow one of the :data:`SSLTIE_LAYOUTS` under a data root.
+* **avssl shard index** (``shards.json`` of ``avssl prepare --format shards``): the clips in
+  its local tar shards, read by byte range (:func:`avssl.data.shards.shard_records`).
 
 :func:`validate` checks that every referenced file exists; a broken entry raises
 :class:`ManifestError` naming it, or, under ``policy="skip"``, is dropped, counted and
@@ -21,10 +23,10 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from avssl.atomic import atomic_path
+from avssl.data.record import ManifestError, Record
 
 log = logging.getLogger(__name__)
 
@@ -44,51 +46,6 @@ CAVMAE_NUM_FRAMES = 10
 _KNOWN_KEYS = ("id", "video", "audio", "frames", "labels", "split")
 
 
-class ManifestError(ValueError):
-    """A manifest that cannot be read, or an entry that points at nothing usable."""
-
-
-@dataclass
-class Record:
-    """One clip. Paths are absolute once read through :func:`read_manifest`."""
-
-    id: str
-    video: str | None = None
-    audio: str | None = None
-    frames: list[str] | None = None
-    labels: list[str] = field(default_factory=list)
-    split: str | None = None
-    extra: dict = field(default_factory=dict)
-
-    def media_paths(self) -> list[str]:
-        """Every file this record needs."""
-        paths = [self.video] if self.video else []
-        if self.audio:
-            paths.append(self.audio)
-        paths.extend(self.frames or [])
-        return paths
-
-    def to_json(self, base: Path | None = None) -> dict:
-        """A JSON-able dict with paths relative to ``base`` where they lie under it."""
-        d = {k: v for k, v in asdict(self).items() if k != "extra" and v not in (None, [])}
-        if base is not None:
-            for key in ("video", "audio"):
-                if key in d:
-                    d[key] = _relative(d[key], base)
-            if "frames" in d:
-                d["frames"] = [_relative(p, base) for p in d["frames"]]
-        d.update(self.extra)
-        return d
-
-
-def _relative(path: str, base: Path) -> str:
-    p = Path(path)
-    try:
-        return p.resolve().relative_to(base.resolve()).as_posix()
-    except ValueError:
-        return str(p)
-
-
 def _resolve(path: str | None, base: Path) -> str | None:
     if path is None:
         return None
@@ -105,7 +62,8 @@ def read_manifest(
     """Read a manifest of any supported format; paths come back absolute.
 
     Args:
-        path: ``*.jsonl`` (avssl), ``*.json`` (CAV-MAE), or an id list (``*.txt``/``*.csv``).
+        path: ``*.jsonl`` (avssl), ``*.json`` (CAV-MAE, or a shard index), or an id list
+            (``*.txt``/``*.csv``).
         root: base of relative paths (default: the manifest's folder); for id lists, the
             data root of the SSL-TIE layout.
         layout: for id lists, a key of :data:`SSLTIE_LAYOUTS`.
@@ -168,6 +126,10 @@ def _read_cavmae(path: Path, base: Path) -> list[Record]:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise ManifestError(f"manifest {path}: invalid JSON ({e})") from e
+    if isinstance(data, dict) and str(data.get("format", "")).startswith("avssl-shards/"):
+        from avssl.data.shard_access import shard_records
+
+        return shard_records(path, data)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise ManifestError(f"manifest {path}: expected a CAV-MAE manifest {{'data': [...]}}")
     records = []

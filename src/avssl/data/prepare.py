@@ -40,6 +40,7 @@ import numpy as np
 
 from avssl.atomic import atomic_path, atomic_write_text, remove_stale_tmp
 from avssl.data.manifest import Record, read_manifest, write_manifest
+from avssl.data.shard_access import SHARD_MEMBERS
 
 if TYPE_CHECKING:
     from avssl.data.decode import Clip
@@ -129,7 +130,11 @@ def _collect(input: str | os.PathLike, layout: str | None = None, root: str | os
     if suffix in (".jsonl", ".json"):
         if layout is not None:
             log.warning("--layout %s is ignored for a %s manifest", layout, suffix)
-        return read_manifest(src, root=root), []
+        records = read_manifest(src, root=root)
+        if records and SHARD_MEMBERS in records[0].extra:
+            raise PrepareError(f"{src} is a shard index: its clips are prepared already (train, validate or "
+                               "evaluate from it: data.train_shards, or as a manifest)")
+        return records, []
     if layout is not None or suffix == ".csv":
         return read_manifest(src, root=root, layout=layout), []
     base = root if root is not None else src.parent

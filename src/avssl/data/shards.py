@@ -19,7 +19,8 @@ read from ``frames/`` + ``audio/`` (tested).
 :class:`ShardStream` reads them for training (:func:`avssl.engine.train.fit` with
 ``data.train_shards``): a module docstring of its own says what it yields and what a resume
 reproduces. Tar reading, URL opening (local paths, ``http(s)://``, ``pipe:``) and brace
-expansion are webdataset's.
+expansion are webdataset's. :mod:`avssl.data.shard_access` reads a local index as manifest
+records (random access by byte range: evaluation, validation).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import logging
 import math
 import os
 import random
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -37,13 +39,13 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from avssl.data.decode import CorruptMediaError, MediaError, read_image_bytes, read_wav_bytes
-from avssl.data.manifest import Record
+from avssl.data.record import ManifestError, Record
 from avssl.seeding import mix
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INDEX_NAME", "ShardIndex", "ShardStream", "encode_audio", "encode_jpeg", "expand_shards",
-           "read_index", "sample_key", "shard_name"]
+__all__ = ["INDEX_NAME", "ShardIndex", "ShardStream", "audio_key", "encode_audio", "encode_jpeg", "expand_shards",
+           "frame_keys", "is_url", "read_index", "sample_key", "shard_name"]
 
 INDEX_NAME = "shards.json"
 FORMAT = "avssl-shards/1"
@@ -87,6 +89,15 @@ def encode_audio(wave: np.ndarray, rate: int, fmt: str = "wav") -> bytes:
     return buf.getvalue()
 
 
+def frame_keys(keys) -> list[str]:
+    """A sample's frame extensions (``00.jpg``, ...), in frame order."""
+    return sorted(k for k in keys if k.split(".")[-1] in ("jpg", "jpeg", "png"))
+
+
+def audio_key(keys) -> str | None:
+    return next((k for k in ("wav", "flac") if k in keys), None)
+
+
 # ----------------------------------------------------------------------------- the index
 class ShardIndex:
     """``shards.json``: ``urls`` (absolute paths or URLs), ``clips`` per shard, ``classes``, options."""
@@ -102,27 +113,56 @@ class ShardIndex:
         return sum(self.clips)
 
 
-def read_index(path: str | os.PathLike) -> ShardIndex:
-    """Read a ``shards.json`` (shard paths in it are relative to its folder)."""
-    p = Path(path)
+def is_url(spec: str) -> bool:
+    """A URL webdataset opens (``scheme://`` or ``pipe:``), not a local path."""
+    return "://" in spec or spec.startswith("pipe:")
+
+
+def _fetch_text(where: str) -> str:
+    """The text of a local file or an ``http(s)://`` URL (an index: small)."""
+    if "://" not in where:
+        return Path(where).read_text(encoding="utf-8")
+    from urllib.request import urlopen
+
+    with urlopen(where, timeout=60) as f:  # noqa: S310 (http(s) only: checked by the caller)
+        return f.read().decode("utf-8")
+
+
+def read_index(path: str | os.PathLike, data: dict | None = None) -> ShardIndex:
+    """Read a ``shards.json`` (a local path or an ``http(s)://`` URL; the shard files in it are
+    relative to its folder). ``data``: its JSON, already parsed."""
+    where = str(path)
+    if where.startswith(("http://", "https://")):
+        base = where.rsplit("/", 1)[0] + "/"
+        resolve = lambda f: f if is_url(f) else base + f  # noqa: E731
+    elif is_url(where):
+        raise ValueError(f"{where}: a shard index is read from a local path or an http(s):// URL")
+    else:
+        where = os.path.abspath(where)
+        resolve = lambda f: f if is_url(f) else str(Path(where).parent / f)  # noqa: E731
+    if data is None:
+        try:
+            data = json.loads(_fetch_text(where))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{where}: not a readable shard index ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = data.get("format") if isinstance(data, dict) else None
+        raise ValueError(f"{where}: not an avssl shard index (format {got!r}, expected {FORMAT!r})")
     try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{p}: not a readable shard index ({e})") from e
-    if d.get("format") != FORMAT:
-        raise ValueError(f"{p}: not an avssl shard index (format {d.get('format')!r}, expected {FORMAT!r})")
-    urls = [s["file"] if "://" in s["file"] or s["file"].startswith("pipe:") else str(p.parent / s["file"])
-            for s in d["shards"]]
-    return ShardIndex(urls, [s["clips"] for s in d["shards"]], d.get("classes"), d.get("options"))
+        return ShardIndex([resolve(s["file"]) for s in data["shards"]], [s["clips"] for s in data["shards"]],
+                          data.get("classes"), data.get("options"))
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{where}: a damaged shard index (no {e})") from e
 
 
 def expand_shards(spec: str) -> ShardIndex:
     """``data.train_shards`` -> the shards and their clip counts.
 
-    ``spec``: a ``shards.json`` index, or a brace pattern (``.../shard-{000000..000099}.tar``,
-    local paths or URLs webdataset opens; ``::`` joins several). The clip counts of a pattern's
-    shards come from the index next to them (``../shards.json`` or ``shards.json`` in their
-    folder), which must list every one of them: an epoch's length is fixed by the counts."""
+    ``spec``: a ``shards.json`` index (local or ``http(s)://``), or a brace pattern
+    (``.../shard-{000000..000099}.tar``, local paths or URLs webdataset opens; ``::`` joins
+    several). The clip counts of a pattern's shards come from the index next to them
+    (``../shards.json`` or ``shards.json`` in their folder), which must list every one of them:
+    an epoch's length is fixed by the counts."""
     if spec.endswith(".json"):
         return read_index(spec)
     from webdataset.shardlists import expand_urls
@@ -130,22 +170,59 @@ def expand_shards(spec: str) -> ShardIndex:
     urls = expand_urls(spec)
     if not urls:
         raise ValueError(f"data.train_shards={spec!r} names no shards")
-    first = Path(urls[0])
-    for cand in (first.parent.parent / INDEX_NAME, first.parent / INDEX_NAME):
-        if cand.is_file():
+    remote = urls[0].startswith(("http://", "https://"))
+    if remote:
+        folder = urls[0].rsplit("/", 1)[0]
+        cands = [folder.rsplit("/", 1)[0] + "/" + INDEX_NAME, folder + "/" + INDEX_NAME]
+    elif is_url(urls[0]):
+        raise ValueError(f"data.train_shards={spec!r}: the clip counts of {urls[0].split(':')[0]}: shards "
+                         f"cannot be looked up; give their index (data.train_shards=.../{INDEX_NAME})")
+    else:
+        first = Path(urls[0])
+        cands = [str(c) for c in (first.parent.parent / INDEX_NAME, first.parent / INDEX_NAME) if c.is_file()]
+    index = cand = failed = None
+    for cand in cands:
+        try:
             index = read_index(cand)
             break
-    else:
-        raise ValueError(f"data.train_shards={spec!r}: no {INDEX_NAME} next to {first} (the clip counts); "
+        except ValueError as e:
+            if not remote:
+                raise
+            failed = e
+    if index is None:
+        why = f" ({failed})" if failed is not None else ""
+        raise ValueError(f"data.train_shards={spec!r}: no {INDEX_NAME} next to {urls[0]} (the clip counts){why}; "
                          f"give the index itself, e.g. data.train_shards=OUT/{INDEX_NAME}")
-    counts = {os.path.abspath(u): c for u, c in zip(index.urls, index.clips, strict=True)}
-    missing = [u for u in urls if os.path.abspath(u) not in counts]
+    norm = (lambda u: u) if remote else os.path.abspath
+    counts = {norm(u): c for u, c in zip(index.urls, index.clips, strict=True)}
+    missing = [u for u in urls if norm(u) not in counts]
     if missing:
         raise ValueError(f"data.train_shards: {len(missing)} shards are not in {cand} (e.g. {missing[0]})")
-    return ShardIndex(urls, [counts[os.path.abspath(u)] for u in urls], index.classes, index.options)
+    return ShardIndex(urls, [counts[norm(u)] for u in urls], index.classes, index.options)
 
 
 # ----------------------------------------------------------------------------- the stream
+def _unreadable_shard(urls: set[str]):
+    """webdataset's error handler for a stream over ``urls``: a shard that cannot be opened or
+    read stops training with one line naming it (a skipped shard would silently drop ~1000
+    clips from every epoch)."""
+    def handler(exn: Exception) -> bool:
+        url = next((a for a in exn.args if isinstance(a, str) and a in urls), None)
+        if url is None or isinstance(exn, ManifestError):  # the tar reader's inner call: the
+            raise exn  # caller adds the shard's url and asks again
+        first = str(exn.args[0]) if exn.args else ""
+        curl = re.search(r"'curl'.*exit (\d+)", first)
+        if curl:  # webdataset's Pipe error: the curl command line and its status
+            why = f"curl exited with status {curl.group(1)} (22: an HTTP error such as 404; 7: no connection)"
+        else:
+            detail = exn.strerror if isinstance(exn, OSError) and exn.strerror else first.split(" @ ")[0]
+            why = f"{type(exn).__name__}: {detail if detail else repr(exn)}"
+            if "://" in url and detail == "empty file":
+                why += "; nothing was received: is the URL right (HTTP 404?)"
+        raise ManifestError(f"shard {url}: cannot be read ({why})") from exn
+    return handler
+
+
 class ShardStream(IterableDataset):
     """Training batches read from shards, split over ranks and loader workers.
 
@@ -230,10 +307,10 @@ class ShardStream(IterableDataset):
         from webdataset.tariterators import tarfile_samples
 
         rng = random.Random(mix(self.seed, self.epoch, q, 0xB7))
-        raw = tarfile_samples({"url": u} for u in self._shards(q))
+        raw = tarfile_samples(({"url": u} for u in self._shards(q)), handler=_unreadable_shard(set(self.index.urls)))
         buffer: list[dict] = []
         for s in raw:
-            frames = sorted(k for k in s if k.split(".")[-1] in ("jpg", "jpeg", "png"))
+            frames = frame_keys(s)
             s["__frame__"] = None  # a sample without frames fails in _decode, where failures are counted
             if frames:
                 pick = rng.randrange(len(frames)) if self.random_frames else self._fixed(len(frames))
@@ -254,7 +331,7 @@ class ShardStream(IterableDataset):
 
     def _decode(self, s: dict) -> dict:
         where = f"{s.get('__url__')}:{s.get('__key__')}"
-        audio = next((k for k in ("wav", "flac") if k in s), None)
+        audio = audio_key(s)
         missing = [what for what, ok in (("its JSON record", "json" in s), ("frames", s["__frame__"]),
                                          ("audio (.wav / .flac)", audio)) if not ok]
         if missing:
