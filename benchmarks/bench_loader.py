@@ -146,7 +146,8 @@ def main() -> None:
     from avssl.data.manifest import Record, read_manifest, write_manifest
     from avssl.data.prepare import prepare
     from avssl.data.prepare_shards import prepare_shards
-    from avssl.data.shards import ShardIndex, ShardStream, read_index
+    from avssl.data.shard_index import ShardIndex, read_index
+    from avssl.data.shards import ShardStream
 
     media = Path(args.media).resolve() / f"gop{args.gop}"
     media.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ from avssl.data.datasets import AVFrameAudioDataset, collate
 from avssl.data.manifest import read_manifest
 from avssl.data.prepare import prepare
 from avssl.data.prepare_shards import merge, prepare_shards
-from avssl.data.shards import ShardStream, expand_shards, read_index
+from avssl.data.shard_index import ShardIndex, expand_shards, read_index
+from avssl.data.shards import ShardStream
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -54,6 +55,9 @@ def test_a_shard_sample_equals_the_folder_layouts(tiny_synth, shards, tmp_path):
     index = read_index(shards / "shards.json")
     assert index.total == len(records) == 16 and len(index.urls) == 6  # ceil(16 / 3)
     assert index.clips == [3, 3, 3, 3, 2, 2]
+    assert [sum(c.values()) for c in index.splits] == index.clips  # each shard's clips by split
+    assert [sum(index.clips_of(x)) for x in ("train", "val", "test", None)] == [8, 4, 4, 16]
+    assert ShardIndex(["a.tar"], [5]).clips_of("train") == [5]  # an index without split counts keeps all
     folder = AVFrameAudioDataset(records, image_size=32, seconds=1.0, classes=index.classes)
     by_id = {r.id: i for i, r in enumerate(records)}
     stream = _stream(index, shuffle_buffer=1)  # one stream, one pass: every clip once, in shard order
@@ -181,7 +185,6 @@ def test_a_stream_where_no_clip_decodes_raises_naming_it(tmp_path):
     from webdataset import TarWriter
 
     from avssl.data.decode import MediaError
-    from avssl.data.shards import ShardIndex
 
     tar = tmp_path / "shard-000000.tar"
     with open(tar, "wb") as f:

@@ -11,7 +11,7 @@ Four formats are read as they are:
 * **SSL-TIE / LVS id lists** (a text or CSV file, one id per line, first column): the
   media paths follow one of the :data:`SSLTIE_LAYOUTS` under a data root.
 * **avssl shard index** (``shards.json`` of ``avssl prepare --format shards``): the clips in
-  its local tar shards, read by byte range (:func:`avssl.data.shards.shard_records`).
+  its local tar shards, read by byte range (:func:`avssl.data.shard_access.shard_records`).
 
 :func:`validate` checks that every referenced file exists; a broken entry raises
 :class:`ManifestError` naming it, or, under ``policy="skip"``, is dropped, counted and

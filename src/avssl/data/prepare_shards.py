@@ -40,7 +40,8 @@ from avssl.data.prepare import (
     _video_outputs,
     _write_failures,
 )
-from avssl.data.shards import FORMAT, INDEX_NAME, encode_audio, encode_jpeg, sample_key, shard_name
+from avssl.data.shard_index import FORMAT, INDEX_NAME, sample_key, shard_name
+from avssl.data.shards import encode_audio, encode_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def _write_shard(folder: Path, g: int, results: list[tuple[int, dict | _Result]]
         writer.close()
     metas = [json.loads(s["json"]) for s in samples]
     side = {"shard": shard_name(g), "clips": len(samples), "ids": [m["id"] for m in metas],
-            "labels": [m.get("labels", []) for m in metas],
+            "labels": [m.get("labels", []) for m in metas], "splits": [m.get("split") for m in metas],
             "failures": [[r.id, r.path, r.reason] for r in failed]}
     atomic_write_text(tar.with_suffix(".json"), json.dumps(side) + "\n")
     return side
@@ -194,6 +195,30 @@ def _finished(folder: Path, g: int) -> bool:
     return tar.is_file() and tar.with_suffix(".json").is_file()
 
 
+def _splits_of(side: dict) -> list[str]:
+    """A sidecar's clip splits (``""``: none; sidecars written before splits were kept: all none)."""
+    return ["" if x is None else str(x) for x in side.get("splits", [None] * side["clips"])]
+
+
+def _split_counts(side: dict) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for x in _splits_of(side):
+        counts[x] = counts.get(x, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _labels_by_split(sides: list[dict]) -> dict[str, dict[str, list[str]]]:
+    """Per split, the sorted first labels and every label of its clips (what class lists are made of)."""
+    sets: dict[str, tuple[set, set]] = {}
+    for side in sides:
+        for split, labels in zip(_splits_of(side), side["labels"], strict=True):
+            firsts, every = sets.setdefault(split, (set(), set()))
+            if labels:
+                firsts.add(labels[0])
+                every.update(labels)
+    return {k: {"firsts": sorted(f), "labels": sorted(a)} for k, (f, a) in sorted(sets.items())}
+
+
 def merge(out_dir: str | os.PathLike) -> Path:
     """Check every shard of ``out_dir`` is finished and write ``shards.json`` + ``failures.csv``.
 
@@ -216,8 +241,10 @@ def merge(out_dir: str | os.PathLike) -> Path:
     firsts = {lab[0] for s in sides for lab in s["labels"] if lab}
     index = {"format": FORMAT, "clips": sum(s["clips"] for s in sides),
              "pattern": f"shards/shard-{{{0:06d}..{count - 1:06d}}}.tar",
-             "shards": [{"file": f"shards/{s['shard']}", "clips": s["clips"]} for s in sides],
-             "classes": sorted(firsts), "options": {k: opts.get(k) for k in _SHARD_KEYS}}
+             "shards": [{"file": f"shards/{s['shard']}", "clips": s["clips"], "splits": _split_counts(s)}
+                        for s in sides],
+             "classes": sorted(firsts), "labels": _labels_by_split(sides),
+             "options": {k: opts.get(k) for k in _SHARD_KEYS}}
     failures = [_Result(r[0], False, r[1], r[2]) for s in sides for r in s["failures"]]
     _write_failures(out / "failures.csv", failures)
     path = atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=1) + "\n")

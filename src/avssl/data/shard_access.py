@@ -15,7 +15,7 @@ import tarfile
 
 from avssl.data.decode import CorruptMediaError, MediaError
 from avssl.data.record import ManifestError, Record
-from avssl.data.shards import audio_key, frame_keys, is_url, read_index
+from avssl.data.shard_index import audio_key, frame_keys, is_url, read_index
 
 __all__ = ["SHARD_MEMBERS", "member_bytes", "shard_records"]
 

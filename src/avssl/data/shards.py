@@ -7,8 +7,9 @@
                               sample rate), ``<key>.wav`` (16-bit mono; or ``.flac``) and
                               ``<key>.00.jpg`` ...
     shards/shard-000000.json  the sidecar: clips, ids and failures of that shard, written last
-    shards.json               the index (shards and their clip counts, classes, options, the
-                              brace pattern), written once every shard is there
+    shards.json               the index (shards and their clip counts, also by split; classes;
+                              each split's label sets; options; the brace pattern), written
+                              once every shard is there
     failures.csv              (id, path, reason) of every clip that could not be used
 
 Keys are the clip's place in the input list (9 digits; ids may hold dots, which webdataset's
@@ -19,8 +20,9 @@ read from ``frames/`` + ``audio/`` (tested).
 :class:`ShardStream` reads them for training (:func:`avssl.engine.train.fit` with
 ``data.train_shards``): a module docstring of its own says what it yields and what a resume
 reproduces. Tar reading, URL opening (local paths, ``http(s)://``, ``pipe:``) and brace
-expansion are webdataset's. :mod:`avssl.data.shard_access` reads a local index as manifest
-records (random access by byte range: evaluation, validation).
+expansion are webdataset's. :mod:`avssl.data.shard_index` names the files and reads the index;
+:mod:`avssl.data.shard_access` reads a local index as manifest records (random access by byte
+range: evaluation, validation).
 """
 from __future__ import annotations
 
@@ -28,11 +30,9 @@ import io
 import json
 import logging
 import math
-import os
 import random
 import re
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -40,25 +40,12 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from avssl.data.decode import CorruptMediaError, MediaError, read_image_bytes, read_wav_bytes
 from avssl.data.record import ManifestError, Record
+from avssl.data.shard_index import ShardIndex, audio_key, frame_keys
 from avssl.seeding import mix
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INDEX_NAME", "ShardIndex", "ShardStream", "audio_key", "encode_audio", "encode_jpeg", "expand_shards",
-           "frame_keys", "is_url", "read_index", "sample_key", "shard_name"]
-
-INDEX_NAME = "shards.json"
-FORMAT = "avssl-shards/1"
-
-
-def shard_name(g: int) -> str:
-    """The file name of shard ``g``."""
-    return f"shard-{g:06d}.tar"
-
-
-def sample_key(place: int) -> str:
-    """The tar key of the clip at ``place`` in the input list."""
-    return f"{place:09d}"
+__all__ = ["ShardStream", "encode_audio", "encode_jpeg"]
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -87,118 +74,6 @@ def encode_audio(wave: np.ndarray, rate: int, fmt: str = "wav") -> bytes:
     buf = io.BytesIO()
     sf.write(buf, ints, rate, subtype="PCM_16", format="FLAC")
     return buf.getvalue()
-
-
-def frame_keys(keys) -> list[str]:
-    """A sample's frame extensions (``00.jpg``, ...), in frame order."""
-    return sorted(k for k in keys if k.split(".")[-1] in ("jpg", "jpeg", "png"))
-
-
-def audio_key(keys) -> str | None:
-    return next((k for k in ("wav", "flac") if k in keys), None)
-
-
-# ----------------------------------------------------------------------------- the index
-class ShardIndex:
-    """``shards.json``: ``urls`` (absolute paths or URLs), ``clips`` per shard, ``classes``, options."""
-
-    def __init__(self, urls: Sequence[str], clips: Sequence[int], classes: Sequence[str] | None = None,
-                 options: dict | None = None) -> None:
-        self.urls, self.clips = list(urls), [int(c) for c in clips]
-        self.classes = list(classes) if classes is not None else None
-        self.options = dict(options or {})
-
-    @property
-    def total(self) -> int:
-        return sum(self.clips)
-
-
-def is_url(spec: str) -> bool:
-    """A URL webdataset opens (``scheme://`` or ``pipe:``), not a local path."""
-    return "://" in spec or spec.startswith("pipe:")
-
-
-def _fetch_text(where: str) -> str:
-    """The text of a local file or an ``http(s)://`` URL (an index: small)."""
-    if "://" not in where:
-        return Path(where).read_text(encoding="utf-8")
-    from urllib.request import urlopen
-
-    with urlopen(where, timeout=60) as f:  # noqa: S310 (http(s) only: checked by the caller)
-        return f.read().decode("utf-8")
-
-
-def read_index(path: str | os.PathLike, data: dict | None = None) -> ShardIndex:
-    """Read a ``shards.json`` (a local path or an ``http(s)://`` URL; the shard files in it are
-    relative to its folder). ``data``: its JSON, already parsed."""
-    where = str(path)
-    if where.startswith(("http://", "https://")):
-        base = where.rsplit("/", 1)[0] + "/"
-        resolve = lambda f: f if is_url(f) else base + f  # noqa: E731
-    elif is_url(where):
-        raise ValueError(f"{where}: a shard index is read from a local path or an http(s):// URL")
-    else:
-        where = os.path.abspath(where)
-        resolve = lambda f: f if is_url(f) else str(Path(where).parent / f)  # noqa: E731
-    if data is None:
-        try:
-            data = json.loads(_fetch_text(where))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{where}: not a readable shard index ({e})") from e
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        got = data.get("format") if isinstance(data, dict) else None
-        raise ValueError(f"{where}: not an avssl shard index (format {got!r}, expected {FORMAT!r})")
-    try:
-        return ShardIndex([resolve(s["file"]) for s in data["shards"]], [s["clips"] for s in data["shards"]],
-                          data.get("classes"), data.get("options"))
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{where}: a damaged shard index (no {e})") from e
-
-
-def expand_shards(spec: str) -> ShardIndex:
-    """``data.train_shards`` -> the shards and their clip counts.
-
-    ``spec``: a ``shards.json`` index (local or ``http(s)://``), or a brace pattern
-    (``.../shard-{000000..000099}.tar``, local paths or URLs webdataset opens; ``::`` joins
-    several). The clip counts of a pattern's shards come from the index next to them
-    (``../shards.json`` or ``shards.json`` in their folder), which must list every one of them:
-    an epoch's length is fixed by the counts."""
-    if spec.endswith(".json"):
-        return read_index(spec)
-    from webdataset.shardlists import expand_urls
-
-    urls = expand_urls(spec)
-    if not urls:
-        raise ValueError(f"data.train_shards={spec!r} names no shards")
-    remote = urls[0].startswith(("http://", "https://"))
-    if remote:
-        folder = urls[0].rsplit("/", 1)[0]
-        cands = [folder.rsplit("/", 1)[0] + "/" + INDEX_NAME, folder + "/" + INDEX_NAME]
-    elif is_url(urls[0]):
-        raise ValueError(f"data.train_shards={spec!r}: the clip counts of {urls[0].split(':')[0]}: shards "
-                         f"cannot be looked up; give their index (data.train_shards=.../{INDEX_NAME})")
-    else:
-        first = Path(urls[0])
-        cands = [str(c) for c in (first.parent.parent / INDEX_NAME, first.parent / INDEX_NAME) if c.is_file()]
-    index = cand = failed = None
-    for cand in cands:
-        try:
-            index = read_index(cand)
-            break
-        except ValueError as e:
-            if not remote:
-                raise
-            failed = e
-    if index is None:
-        why = f" ({failed})" if failed is not None else ""
-        raise ValueError(f"data.train_shards={spec!r}: no {INDEX_NAME} next to {urls[0]} (the clip counts){why}; "
-                         f"give the index itself, e.g. data.train_shards=OUT/{INDEX_NAME}")
-    norm = (lambda u: u) if remote else os.path.abspath
-    counts = {norm(u): c for u, c in zip(index.urls, index.clips, strict=True)}
-    missing = [u for u in urls if norm(u) not in counts]
-    if missing:
-        raise ValueError(f"data.train_shards: {len(missing)} shards are not in {cand} (e.g. {missing[0]})")
-    return ShardIndex(urls, [counts[norm(u)] for u in urls], index.classes, index.options)
 
 
 # ----------------------------------------------------------------------------- the stream
@@ -236,8 +111,12 @@ class ShardStream(IterableDataset):
     around its shards when they run out. Samples pass a shuffle buffer of ``shuffle_buffer``
     (seeded from ``(seed, epoch, stream)``; only the frame a sample will use is kept in it).
 
+    ``split``: keep only that split's clips and those without one (``data.train_split``, as the
+    manifest path filters; None: every clip); the others are read and passed over.
+
     Every epoch has exactly ``len(self)`` batches on every rank: ``ceil(clips / global batch)``
-    (``floor`` with ``drop_last``) from the index's clip counts, so DDP ranks stay in step.
+    (``floor`` with ``drop_last``) from the index's clip counts of the kept split, so DDP ranks
+    stay in step.
 
     What a resume reproduces: everything. A batch is a function of ``(seed, epoch, groups,
     workers, batch size, the shard list)`` only, and training checkpoints at epoch ends, so a
@@ -255,7 +134,7 @@ class ShardStream(IterableDataset):
     def __init__(self, index: ShardIndex, maker, collate, batch_size: int, *, seed: int = 0,
                  rank: int = 0, world: int = 1, groups: int | None = None, workers: int = 0,
                  shuffle_buffer: int = 1000, resampled: bool = False, drop_last: bool = False,
-                 random_frames: bool = False) -> None:
+                 random_frames: bool = False, split: str | None = None) -> None:
         groups = world if groups is None else int(groups)
         if groups < 1 or groups % world:
             raise ValueError(f"data.shard_groups={groups} must be a positive multiple of the {world} processes")
@@ -274,10 +153,14 @@ class ShardStream(IterableDataset):
             raise ValueError(f"{len(index.urls)} shards cannot give each of {groups} data groups x "
                              f"{self.workers} loader workers a shard of its own: use fewer workers, "
                              f"data.shard_resampled=true, or smaller shards")
+        self.split, self.kept = split, sum(index.clips_of(split))
+        if not self.kept:
+            raise ValueError(f"the shards hold no clip of split {split!r} (nor clips without a split): "
+                             f"set data.train_split (null: every clip)")
         glob = batch_size * world
-        self.steps = index.total // glob if drop_last else math.ceil(index.total / glob)
+        self.steps = self.kept // glob if drop_last else math.ceil(self.kept / glob)
         if self.steps < 1:
-            raise ValueError(f"{index.total} clips give no batch of {batch_size} x {world} processes (drop_last)")
+            raise ValueError(f"{self.kept} clips give no batch of {batch_size} x {world} processes (drop_last)")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -309,7 +192,22 @@ class ShardStream(IterableDataset):
         rng = random.Random(mix(self.seed, self.epoch, q, 0xB7))
         raw = tarfile_samples(({"url": u} for u in self._shards(q)), handler=_unreadable_shard(set(self.index.urls)))
         buffer: list[dict] = []
+        passed = 0  # samples of other splits in a row
         for s in raw:
+            if self.split is not None:
+                try:
+                    meta = json.loads(s["json"])
+                    s["__meta__"] = meta
+                    theirs = meta.get("split")
+                except (KeyError, ValueError, TypeError, AttributeError):
+                    theirs = None  # fails in _decode, where failures are counted
+                if theirs not in (None, self.split):
+                    passed += 1
+                    if passed > self.index.total:  # round all the stream's shards without a clip to keep
+                        raise ValueError(f"loader stream {q} reads shards with no clip of split {self.split!r}: "
+                                         "use fewer loader workers or data.shard_resampled=true")
+                    continue
+                passed = 0
             frames = frame_keys(s)
             s["__frame__"] = None  # a sample without frames fails in _decode, where failures are counted
             if frames:
@@ -337,7 +235,7 @@ class ShardStream(IterableDataset):
         if missing:
             raise CorruptMediaError(where, f"the sample has no {' and no '.join(missing)}")
         try:
-            meta = json.loads(s["json"])
+            meta = s["__meta__"] if "__meta__" in s else json.loads(s["json"])
             rec = Record(id=meta["id"], labels=meta.get("labels", []), split=meta.get("split"))
         except (ValueError, KeyError, TypeError) as e:
             raise CorruptMediaError(where, f"unreadable JSON record ({e})") from e

@@ -48,6 +48,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -65,7 +66,8 @@ from avssl.checkpoint import (
 )
 from avssl.config import ConfigError, save_config, to_dict
 from avssl.data.manifest import read_manifest
-from avssl.data.shards import ShardStream, expand_shards
+from avssl.data.shard_index import expand_shards
+from avssl.data.shards import ShardStream
 from avssl.engine.evaluate import (
     load_annotations,
     localisation_scores,
@@ -311,16 +313,24 @@ def _validate(model, loader, transform, pipe, cfg: TrainConfig, device, boxes) -
 
 def _shard_stream(cfg: TrainConfig, pipe, rank: int, world: int) -> ShardStream:
     """``data.train_shards`` as this process's :class:`ShardStream` (the method's sample maker)."""
-    if pipe.sample_weights is not None:
-        raise ValueError(f"{cfg.method} draws clips with per-clip weights, which a shard stream cannot: "
-                         "train from data.train_manifest")
-    index = expand_shards(cfg.data.train_shards)
-    maker = pipe.dataset([], cfg, train=True, classes=index.classes)
     d = cfg.data
+    index = expand_shards(d.train_shards)
+    # the class list the pipeline would make from the kept clips' records, from their label sets
+    quiet = replace(cfg, data=replace(d, cache_in_memory=False, on_error="raise"))  # builds only
+    classes = pipe.dataset(index.label_records(d.train_split), quiet, train=True).classes
+    maker = pipe.dataset([], cfg, train=True, classes=classes)
+    if pipe.sample_weights is not None:  # None from an empty data set: no weights configured
+        try:
+            weighted = pipe.sample_weights(maker, cfg) is not None
+        except ValueError:  # configured, for a manifest's clips
+            weighted = True
+        if weighted:
+            raise ValueError(f"{cfg.method} is set to draw clips with per-clip weights (a weights file in "
+                             "manifest order), which a shard stream cannot: train from data.train_manifest")
     return ShardStream(index, maker, pipe.collate, cfg.train.batch_size, seed=cfg.train.seed, rank=rank,
                        world=world, groups=d.shard_groups, workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
                        resampled=d.shard_resampled, drop_last=cfg.train.drop_last,
-                       random_frames=maker.random_frames > 0)
+                       random_frames=maker.random_frames > 0, split=d.train_split)
 
 
 def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
