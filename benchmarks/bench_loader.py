@@ -11,7 +11,9 @@ once as frames/ + audio/ (``avssl prepare``) and as shards (``--format shards``)
 Paths: ``mp4`` (avssl's decoder straight from the videos), ``mp4-v1`` (the reference, measured in
 the same run: the loader as it was before this benchmark existed, reproduced here: a probe, then
 FFmpeg's frame-threaded decode of every frame up to the target, then the audio decoded and
-resampled frame by frame through ``to_ndarray``), ``folder`` (JPEG + wav) and ``shards``.
+resampled frame by frame through ``to_ndarray``), ``folder`` (JPEG + wav), ``shards`` (the
+training stream) and ``shard-index`` (``shards.json`` read as a manifest: evaluation's random
+access by byte range).
 Prints items/s, items/s per worker (each worker keeps one core busy: the per-core rate) and
 the ratio to ``mp4-v1``.
 
@@ -138,7 +140,7 @@ def main() -> None:
     ap.add_argument("--gop", type=int, default=250, help="keyframe interval in frames (libx264 default 250)")
     ap.add_argument("--media", default="runs/bench_loader_media")
     ap.add_argument("--recipes", default="ssltie,equiav")
-    ap.add_argument("--paths", default="mp4-v1,mp4,folder,shards")
+    ap.add_argument("--paths", default="mp4-v1,mp4,folder,shards,shard-index")
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
 
@@ -167,6 +169,7 @@ def main() -> None:
         reps = math.ceil((args.items + args.batch) / len(clips))
         folder = read_manifest(work / "folder" / "manifest.jsonl")
         index = read_index(work / "shards" / "shards.json")
+        in_shards = read_manifest(work / "shards" / "shards.json")
         results = {}
         for recipe in args.recipes.split(","):
             coll = collate if recipe == "ssltie" else collate_mixed_rates
@@ -175,6 +178,8 @@ def main() -> None:
                     ds = Keyed(_dataset(recipe, src * reps, v1=path == "mp4-v1"), recipe == "equiav")
                 elif path == "folder":
                     ds = Keyed(_dataset(recipe, folder * reps), recipe == "equiav")
+                elif path == "shard-index":  # the evaluation path: shards.json as a manifest, by byte range
+                    ds = Keyed(_dataset(recipe, in_shards * reps), recipe == "equiav")
                 else:
                     many = ShardIndex(index.urls * reps, index.clips * reps, index.classes)  # the clips, reps times
                     ds = ShardStream(many, _dataset(recipe, [], classes=index.classes), coll, args.batch,
@@ -186,7 +191,7 @@ def main() -> None:
                 results[(recipe, path)] = rate
                 ref = results.get((recipe, "mp4-v1"))
                 ratio = f"{rate / ref:6.2f}x mp4-v1" if ref else ""
-                print(f"{recipe:7s} {path:7s} {rate:8.1f} items/s  {rate / args.workers:7.1f} per worker  {ratio}",
+                print(f"{recipe:7s} {path:11s} {rate:8.1f} items/s  {rate / args.workers:7.1f} per worker  {ratio}",
                       flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps({
