@@ -259,6 +259,8 @@ def test_damaged_shards_are_named_as_manifests_and_as_samples(shards, tmp_path):
     (copy / "remote.json").write_text(json.dumps(index))
     with pytest.raises(ManifestError, match="is a URL"):
         read_manifest(copy / "remote.json")
+    with pytest.raises(ManifestError, match="a URL, but manifests and shard indexes are read from local files"):
+        read_manifest("http://example.invalid/shards.json")
     with pytest.raises(PrepareError, match="is a shard index"):
         prepare(shards / "shards.json", tmp_path / "again")
 

@@ -69,6 +69,9 @@ def read_manifest(
         layout: for id lists, a key of :data:`SSLTIE_LAYOUTS`.
         split: keep only records of this split (records without a split are kept).
     """
+    if "://" in str(path):
+        raise ManifestError(f"manifest {path}: a URL, but manifests and shard indexes are read from local files "
+                            "(stream shards from URLs with data.train_shards)")
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest {path}: no such file")
