@@ -18,6 +18,7 @@ Prints items/s, items/s per worker (each worker keeps one core busy: the per-cor
 the ratio to ``mp4-v1``.
 
     python benchmarks/bench_loader.py [--clips 6] [--items 96] [--workers 2] [--gop 250]
+    python benchmarks/bench_loader.py --clips 2 --items 4 --seconds 1 --size 64x36   # smoke run (CI)
 """
 from __future__ import annotations
 
@@ -142,7 +143,10 @@ def main() -> None:
     ap.add_argument("--recipes", default="ssltie,equiav")
     ap.add_argument("--paths", default="mp4-v1,mp4,folder,shards,shard-index")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--seconds", type=float, default=10.0, help="clip length (smoke runs: shorter)")
+    ap.add_argument("--size", default="640x360", help="WxH of the clips (smoke runs: smaller)")
     args = ap.parse_args()
+    w, h = (int(x) for x in args.size.lower().split("x"))
 
     from avssl.data.datasets import collate, collate_mixed_rates
     from avssl.data.manifest import Record, read_manifest, write_manifest
@@ -151,13 +155,14 @@ def main() -> None:
     from avssl.data.shard_index import ShardIndex, read_index
     from avssl.data.shards import ShardStream
 
-    media = Path(args.media).resolve() / f"gop{args.gop}"
+    shape = "" if (w, h, args.seconds) == (640, 360, 10.0) else f"_{w}x{h}_{args.seconds:g}s"
+    media = Path(args.media).resolve() / f"gop{args.gop}{shape}"
     media.mkdir(parents=True, exist_ok=True)
     clips = [media / f"clip{i:03d}.mp4" for i in range(args.clips)]
     for i, p in enumerate(clips):
         if not p.is_file():
             print(f"encoding {p} ...", flush=True)
-            make_clip(p, i, args.gop)
+            make_clip(p, i, args.gop, args.seconds, w, h)
     work = Path(tempfile.mkdtemp(prefix="bench_loader_"))
     try:
         src = [Record(id=p.stem, video=str(p), labels=[f"c{i % 3}"]) for i, p in enumerate(clips)]
