@@ -314,3 +314,14 @@ def test_an_unreadable_shard_stops_the_stream_naming_it(shards, tmp_path):
     tar.unlink()
     with pytest.raises(ManifestError, match=r"shard-000002.tar: cannot be read \(FileNotFoundError: No such file"):
         list(_stream(index, shuffle_buffer=1))
+
+
+def test_a_stream_without_a_clip_of_its_split_stops_naming_it(shards):
+    """Split counts that promise clips the stream's shards do not hold: one ManifestError (a user
+    error that crosses loader workers as one line), not an endless pass over the shards."""
+    from avssl.data.manifest import ManifestError
+
+    index = read_index(shards / "shards.json")
+    promised = ShardIndex(index.urls, index.clips, index.classes, splits=[{"nope": c} for c in index.clips])
+    with pytest.raises(ManifestError, match="loader stream 0 reads shards with no clip of split 'nope'"):
+        next(iter(_stream(promised, split="nope")))

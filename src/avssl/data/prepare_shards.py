@@ -201,10 +201,7 @@ def _splits_of(side: dict) -> list[str]:
 
 
 def _split_counts(side: dict) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for x in _splits_of(side):
-        counts[x] = counts.get(x, 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(_splits_of(side)).items()))
 
 
 def _labels_by_split(sides: list[dict]) -> dict[str, dict[str, list[str]]]:
@@ -238,12 +235,12 @@ def merge(out_dir: str | os.PathLike) -> Path:
                            f"to slice g mod N of --shard-of i/N; rerun those slices, then --merge again")
     sides = [json.loads((folder / shard_name(g)).with_suffix(".json").read_text(encoding="utf-8"))
              for g in range(count)]
-    firsts = {lab[0] for s in sides for lab in s["labels"] if lab}
+    labels = _labels_by_split(sides)
     index = {"format": FORMAT, "clips": sum(s["clips"] for s in sides),
              "pattern": f"shards/shard-{{{0:06d}..{count - 1:06d}}}.tar",
              "shards": [{"file": f"shards/{s['shard']}", "clips": s["clips"], "splits": _split_counts(s)}
                         for s in sides],
-             "classes": sorted(firsts), "labels": _labels_by_split(sides),
+             "classes": sorted({f for v in labels.values() for f in v["firsts"]}), "labels": labels,
              "options": {k: opts.get(k) for k in _SHARD_KEYS}}
     failures = [_Result(r[0], False, r[1], r[2]) for s in sides for r in s["failures"]]
     _write_failures(out / "failures.csv", failures)

@@ -204,7 +204,7 @@ class ShardStream(IterableDataset):
                 if theirs not in (None, self.split):
                     passed += 1
                     if passed > self.index.total:  # round all the stream's shards without a clip to keep
-                        raise ValueError(f"loader stream {q} reads shards with no clip of split {self.split!r}: "
+                        raise ManifestError(f"loader stream {q} reads shards with no clip of split {self.split!r}: "
                                          "use fewer loader workers or data.shard_resampled=true")
                     continue
                 passed = 0
