@@ -1,6 +1,9 @@
 """The papers' ablations on a semi-real set (issue 10): arms x seeds x budgets, scored on its test split.
 
-Each arm is the demo preset (``synthetic/ssltie`` or ``synthetic/equiav``) plus its overrides.
+Each arm is the demo preset (``synthetic/ssltie`` or ``synthetic/equiav``; ``--preset`` another one)
+plus its overrides. Every trained model is also scored with the audio controls (each clip's
+recording swapped for another class's, or silence; ``avssl.data.controls``): a score the control
+also reaches is not evidence of listening.
 For every (arm, seed) the budgets are trained in increasing order: with a constant learning rate
 (SSL-TIE's multistep schedule whose first milestone lies beyond the largest budget) a budget
 continues the previous one's run (``--resume`` with more epochs, the same as a fresh run of that
@@ -36,6 +39,9 @@ log = logging.getLogger("semireal_ablations")
 LOC = ("ciou_at_0.5", "auc", "adaptive_ciou_at_0.5", "pointing_accuracy")
 MASK = ("mask_ciou_at_0.5", "mask_adaptive_ciou_at_0.5", "mask_pointing_accuracy")
 RET = ("a2v_instance R1", "a2v_instance R5", "v2a_instance R1", "a2v_class R1", "a2a_class R1")
+# the audio controls (avssl.data.controls): the same model on the same frames, the recording replaced
+CTRL = ("pointing_accuracy", "swap pointing_accuracy", "silent pointing_accuracy", "adaptive_ciou_at_0.5",
+        "swap adaptive_ciou_at_0.5", "swap map_correlation", "swap peak_moved", "a2v_class R1", "swap a2v_class R1")
 
 
 def _arm(text: str) -> tuple[str, list[str]]:
@@ -61,7 +67,7 @@ def _constant_lr(cfg, budget: int) -> bool:
 def _score(cfg, data: Path, run_dir: Path | None, test_records, train_records, datasets: dict) -> dict:
     """Scores of ``run_dir/best.pt`` (None: the untrained model of ``cfg``'s seed) on the test split."""
     from avssl.data.datasets import class_list
-    from avssl.demo import _evaluate, _probe, _row
+    from avssl.demo import CONTROLS, _evaluate, _probe, _row, control_rows
     from avssl.eval.masks import mask_scores_by_id
     from avssl.eval.references import load_masks
     from avssl.registry import build_method, load_method, pipeline_for
@@ -77,8 +83,9 @@ def _score(cfg, data: Path, run_dir: Path | None, test_records, train_records, d
         datasets["test"] = pipe.dataset(test_records, cfg, train=False, classes=classes)
         datasets["train"] = pipe.dataset(train_records, cfg, train=False, classes=classes)
         datasets["masks"] = load_masks(data, test_records)
-    scores, out = _evaluate(model, cfg, data, test_records, datasets["test"])
+    scores, out = _evaluate(model, cfg, data, test_records, datasets["test"], CONTROLS)
     row = _row(scores)
+    row.update({f"{c} {k}": v for c, r in control_rows(scores).items() for k, v in r.items()})
     masks = datasets["masks"]
     m = mask_scores_by_id({k: v for k, v in out.heatmaps.items() if k in masks}, masks)
     row.update({k: m[k] for k in MASK})
@@ -104,7 +111,7 @@ def run_study(args) -> None:
     if args.untrained:  # the same architecture untrained, per seed (budget 0)
         for seed in args.seeds:
             if ("untrained", seed, 0) not in done:
-                cfg = demo_config(data, out / "runs" / "untrained", seed, 1, extra, args.method)
+                cfg = demo_config(data, out / "runs" / "untrained", seed, 1, extra, args.method, args.preset)
                 results["rows"].append({"arm": "untrained", "seed": seed, "budget": 0, "overrides": extra,
                                         **_score(cfg, data, None, test_records, train_records, datasets)})
                 _save(path, results)
@@ -115,10 +122,10 @@ def run_study(args) -> None:
                 if (arm, seed, budget) in done or (budget != args.budgets[0] and args.budgets_seeds is not None
                                                    and seed not in args.budgets_seeds):
                     continue
-                probe_cfg = demo_config(data, out, seed, budget, [*overrides, *extra], args.method)
+                probe_cfg = demo_config(data, out, seed, budget, [*overrides, *extra], args.method, args.preset)
                 chained = _constant_lr(probe_cfg, max(args.budgets))
                 run_dir = out / "runs" / (f"{arm}_seed{seed}" if chained else f"{arm}_seed{seed}_e{budget}")
-                cfg = demo_config(data, run_dir, seed, budget, [*overrides, *extra], args.method)
+                cfg = demo_config(data, run_dir, seed, budget, [*overrides, *extra], args.method, args.preset)
                 t0 = time.perf_counter()
                 resume = (run_dir / "last.pt").is_file()
                 log.info("%s seed %d: training to %d epochs in %s%s", arm, seed, budget, run_dir,
@@ -145,7 +152,7 @@ def report(args) -> None:
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
     refs = json.loads((Path(results["data"]) / "reference_scores.json").read_text())
-    keys = [k for k in (*LOC, *MASK, *RET, "probe accuracy") if k in rows[0]]
+    keys = [k for k in dict.fromkeys((*LOC, *MASK, *RET, "probe accuracy", *CTRL)) if all(k in r for r in rows)]
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     budgets = sorted({r["budget"] for r in rows})
     table = {a: {b: {k: _stats([r[k] for r in rows if r["arm"] == a and r["budget"] == b]) for k in keys}
@@ -154,8 +161,10 @@ def report(args) -> None:
            for name, v in refs.items() if name in ("centre_prior", "random", "perfect", "perfect_mask")}
     _save(out / "study.json", {"table": table, "references": ref, "data": results["data"]})
     lines = []
-    for group in ([k for k in (*LOC, *MASK) if k in keys], [k for k in (*RET, "probe accuracy") if k in keys]):
-        lines += _table(table, ref, group) + [""]
+    for group in ([k for k in (*LOC, *MASK) if k in keys], [k for k in (*RET, "probe accuracy") if k in keys],
+                  [k for k in CTRL if k in keys and (k.startswith(("swap", "silent")) or k in ("pointing_accuracy",))]):
+        if group:
+            lines += _table(table, ref, group) + [""]
     (out / "study.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     # the budget curves: per arm, only the seeds trained at every budget (the same runs continued)
@@ -173,7 +182,10 @@ def report(args) -> None:
 SHORT = {"ciou_at_0.5": "cIoU@0.5", "auc": "AUC", "adaptive_ciou_at_0.5": "adaptive cIoU@0.5",
          "pointing_accuracy": "pointing", "mask_ciou_at_0.5": "mask cIoU@0.5",
          "mask_adaptive_ciou_at_0.5": "mask adaptive cIoU@0.5", "mask_pointing_accuracy": "mask pointing",
-         "probe accuracy": "probe"}
+         "probe accuracy": "probe", "swap pointing_accuracy": "pointing, swapped recording",
+         "silent pointing_accuracy": "pointing, silence", "swap adaptive_ciou_at_0.5": "adaptive cIoU@0.5, swapped",
+         "swap map_correlation": "map corr. own vs swapped", "swap peak_moved": "peaks moved (swap)",
+         "swap a2v_class R1": "a2v_class R1, swapped"}
 
 
 def _table(table: dict, ref: dict, keys) -> list[str]:
@@ -236,6 +248,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="a semi-real set (avssl synth ... --source cutouts:PATH)")
     p.add_argument("--out", required=True)
     p.add_argument("--method", default="ssltie", choices=("ssltie", "equiav"))
+    p.add_argument("--preset", default=None,
+                   help="the preset every arm starts from (default: the method's demo preset, synthetic/<method>)")
     p.add_argument("--arm", action="append", default=[], help="NAME[:key=value,...] (repeatable)")
     p.add_argument("--seeds", type=_ints, default=[0])
     p.add_argument("--budgets", type=_ints, default=[10])

@@ -39,8 +39,8 @@ def _title(method: str) -> str:
 
 
 def demo_config(data: Path, run_dir: Path, seed: int, epochs: int | None = None, overrides=(),
-                method: str = "ssltie"):
-    """The packaged ``synthetic/<method>`` preset pointed at ``data``."""
+                method: str = "ssltie", preset: str | None = None):
+    """The packaged ``synthetic/<method>`` preset (or ``preset``) pointed at ``data``."""
     from avssl.config import load_config
     from avssl.train_config import TrainConfig
 
@@ -50,14 +50,20 @@ def demo_config(data: Path, run_dir: Path, seed: int, epochs: int | None = None,
              f"train.out_dir={run_dir}", f"train.seed={seed}", "train.progress=false"]
     if epochs is not None:
         paths.append(f"train.epochs={epochs}")
-    return load_config(TrainConfig, [_demo_methods()[method]], [*paths, *overrides])
+    return load_config(TrainConfig, [preset or _demo_methods()[method]], [*paths, *overrides])
 
 
-def _evaluate(model, cfg, data: Path, records, dataset) -> tuple[dict, object]:
+#: The audio controls every trained model is scored with (avssl.data.controls).
+CONTROLS = ("swap", "silent")
+CONTROL_TITLES = {"swap": "another clip's recording", "silent": "silence"}
+DEPENDENCE_KEYS = ("map_correlation", "peak_moved")
+
+
+def _evaluate(model, cfg, data: Path, records, dataset, controls=()) -> tuple[dict, object]:
     from avssl.engine.evaluate import evaluate_localisation
 
     return evaluate_localisation(model, records, cfg, data / "annotations" / "vggss.json", "vggss",
-                                 num_workers=0, dataset=dataset)
+                                 num_workers=0, dataset=dataset, audio_controls=controls)
 
 
 def _row(scores: dict) -> dict:
@@ -66,6 +72,15 @@ def _row(scores: dict) -> dict:
         if name in scores.get("retrieval", {}):
             row[f"{name} {k}"] = scores["retrieval"][name][k]
     return row
+
+
+def control_rows(scores: dict) -> dict[str, dict]:
+    """{control: its score row, plus ``map_correlation`` and ``peak_moved``} of scores with audio controls."""
+    rows = {}
+    for name, c in (scores.get("audio_control") or {}).items():
+        dep = scores["audio_dependence"][name]
+        rows[name] = {**_row(c), **{k: dep[k] for k in DEPENDENCE_KEYS}}
+    return rows
 
 
 def _probe(model, cfg, train_ds, test_out) -> float:
@@ -127,7 +142,8 @@ def _train_and_score(method: str, data: Path, out: Path, seeds, epochs, override
     from avssl.engine.train import fit
     from avssl.registry import build_method, load_method, pipeline_for
 
-    res: dict = {"trained": [], "untrained": [], "histories": {}, "cfg": None, "ds": None, "heatmaps": None}
+    res: dict = {"trained": [], "untrained": [], "histories": {}, "cfg": None, "ds": None, "heatmaps": None,
+                 **{f"trained, {c}": [] for c in CONTROLS}}
     train_records = read_manifest(data / "manifest.jsonl", split="train")
     train_ds = None
     for seed in seeds:
@@ -151,12 +167,15 @@ def _train_and_score(method: str, data: Path, out: Path, seeds, epochs, override
         models = {"untrained": build_method(cfg.method, cfg.method_config).eval(),
                   "trained": load_method(run_dir / "best.pt")[0]}
         for kind in ("trained", "untrained"):
-            scores, outputs = _evaluate(models[kind], cfg, data, test_records, res["ds"])
+            scores, outputs = _evaluate(models[kind], cfg, data, test_records, res["ds"],
+                                        CONTROLS if kind == "trained" else ())
             row = _row(scores)
             row["probe accuracy"] = _probe(models[kind], cfg, train_ds, outputs)
             res[kind].append(row)
+            for c, c_row in control_rows(scores).items():
+                res[f"trained, {c}"].append(c_row)
             if kind == "trained" and res["heatmaps"] is None:
-                res["heatmaps"] = outputs.heatmaps
+                res["heatmaps"], res["control_heatmaps"] = outputs.heatmaps, outputs.controls
     return res
 
 
@@ -177,8 +196,10 @@ def _mask_table(data: Path, results: dict, refs: dict, seed: int) -> dict:
     keep = ("mask_ciou_at_0.5", "mask_auc", "mask_adaptive_ciou_at_0.5", "mask_pointing_accuracy", "n_scored")
     rows = {}
     for m, r in results.items():
-        scores = mask_scores_by_id({k: v for k, v in r["heatmaps"].items() if k in masks}, masks)
-        rows[f"{_title(m)} trained (seed {seed})"] = {k: scores[k] for k in keep}
+        maps = {"": r["heatmaps"], **{f", {CONTROL_TITLES[c]}": h for c, h in (r.get("control_heatmaps") or {}).items()}}
+        for suffix, heatmaps in maps.items():
+            scores = mask_scores_by_id({k: v for k, v in heatmaps.items() if k in masks}, masks)
+            rows[f"{_title(m)} trained (seed {seed}){suffix}"] = {k: scores[k] for k in keep}
     rows.update({f"reference: {k.replace('_', ' ')}": {m: v["mask"][m] for m in keep}
                  for k, v in refs.items() if "mask" in v})
     return rows
@@ -224,15 +245,22 @@ def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds
 
     n = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
     results = {m: _train_and_score(m, data, out, seeds, epochs, overrides, test_records, timings) for m in methods}
-    localisation, retrieval, probe, figures, details = {}, {}, {}, {}, {}
+    localisation, retrieval, probe, figures, details, dependence = {}, {}, {}, {}, {}, {}
     for m, r in results.items():
         name = _title(m)
         zs = " (zero-shot)" if m == "equiav" else ""
         localisation[f"{name} trained{zs} ({n})"] = _aggregate(_only(r["trained"], METRICS))
+        for c in CONTROLS:  # the control rows: the same trained models, the recording replaced
+            localisation[f"{name} trained{zs}, {CONTROL_TITLES[c]} ({n})"] = _aggregate(
+                _only(r[f"trained, {c}"], METRICS))
+            dependence[f"{name} trained, {CONTROL_TITLES[c]} ({n})"] = _aggregate(
+                _only(r[f"trained, {c}"], DEPENDENCE_KEYS))
         localisation[f"{name} untrained{zs}"] = _aggregate(_only(r["untrained"], METRICS))
         for kind in ("trained", "untrained"):
             retrieval[f"{name} {kind}"] = _aggregate(_only(r[kind], RETRIEVAL_KEYS))
             probe[f"{name} {kind}"] = _aggregate(_only(r[kind], PROBE_KEYS))
+        for c in CONTROLS:
+            retrieval[f"{name} trained, {CONTROL_TITLES[c]}"] = _aggregate(_only(r[f"trained, {c}"], RETRIEVAL_KEYS))
         c = r["cfg"]
         details[f"{name} epochs"] = c.train.epochs
         details[f"{name} model"] = (f"ResNet-18 width {c.ssltie.width}, {c.ssltie.image_size} px" if m == "ssltie"
@@ -258,12 +286,18 @@ def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds
         "data": {"clips": clips, "frame size": size, "data seed": data_seed, "training seeds": seed_txt,
                  **details, **timings},
         "localisation": localisation,
+        "audio_dependence": dependence,
         **({"localisation_masks": masks_table} if masks_table else {}),
         "retrieval": retrieval,
         "probe": probe,
         "figures": figures,
         "notes": [
             "Each checkpoint is the best epoch on the validation split; every score here is on the test split.",
+            "Audio controls: the rows 'another clip's recording' and 'silence' score the same trained models on the "
+            "same frames with each clip's recording replaced by another clip's (of another class; a fixed "
+            "derangement) or by zeros. A score the control also reaches is visual saliency, not listening. Audio "
+            "dependence: the mean per-clip correlation of the maps with the own and the replaced recording, and "
+            "the share of clips whose peak moves.",
             "cIoU@0.5 uses the released median rule, which caps cIoU at twice the box's share of the image; "
             "adaptive cIoU@0.5 and pointing accuracy have no such cap.",
             "EquiAV's maps are zero-shot: the audio inter-modal embedding against every visual patch token "

@@ -3,7 +3,8 @@
 The report is a plain dict::
 
     {"title": str, "commands": [str], "data": {...},
-     "localisation": {row name: scorer dict}, "retrieval": {row name: {metric: value}},
+     "localisation": {row name: scorer dict}, "audio_dependence": {row name: {measure: value}},
+     "retrieval": {row name: {metric: value}},
      "probe": {row name: {metric: value}}, "figures": {caption: relative PNG path}, "notes": [str]}
 
 Every section but the title is optional; tables list the rows in insertion order.
@@ -58,7 +59,8 @@ def render_html(report: dict) -> str:
     if report.get("localisation"):
         parts.append("<h2>Sound localisation (test split)</h2>"
                      + _table(report["localisation"], LOCALISATION_COLUMNS))
-    for key, title in (("localisation_masks", "Localisation against the exact masks"), ("retrieval", "Retrieval"),
+    for key, title in (("audio_dependence", "Audio dependence: the maps with the own recording vs a replaced one"),
+                       ("localisation_masks", "Localisation against the exact masks"), ("retrieval", "Retrieval"),
                        ("probe", "Linear probe")):
         if report.get(key):
             parts.append(f"<h2>{title}</h2>" + _table(report[key]))

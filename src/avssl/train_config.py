@@ -189,6 +189,11 @@ class LoopConfig:
     dist_timeout_s: under torchrun, the process-group timeout: a collective that waits longer
         (a rank stalled or died) fails with an error naming the rank instead of hanging
         (env ``AVSSL_DIST_TIMEOUT`` overrides it).
+    val_audio_control: also validate with each val clip's recording replaced ("swap": another
+        clip's, of another class; "silent"; "both"; None: off), logging ``val/<control>_<metric>``,
+        ``val/<control>_drop_<metric>`` (own - control), ``val/<control>_map_correlation`` and
+        ``val/<control>_peak_moved``; ``select_on`` may name any of them (an audio-aware choice
+        of ``best.pt``, e.g. ``swap_drop_pointing_accuracy``).
     """
 
     epochs: int = 100
@@ -212,8 +217,12 @@ class LoopConfig:
     tensorboard: bool = True
     progress: bool = True
     dist_timeout_s: float = 1800.0
+    val_audio_control: str | None = None
 
     def __post_init__(self) -> None:
+        from avssl.data.controls import parse_audio_control
+
+        parse_audio_control(self.val_audio_control)  # ValueError naming the bad value
         if self.amp_dtype not in AMP_DTYPES:
             raise ValueError(f"train.amp_dtype must be one of {tuple(AMP_DTYPES)}, got {self.amp_dtype!r}")
         if not self.dist_timeout_s > 0:

@@ -22,6 +22,13 @@ def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
     assert set(trained) == {"ciou_at_0.5", "auc", "mean_ciou", "adaptive_ciou_at_0.5", "pointing_accuracy"}
     assert len(trained["auc"]["runs"]) == 2 and 0.0 <= trained["auc"]["mean"] <= 1.0
     assert loc["reference: perfect"]["ciou_at_0.5"] == 1.0
+    for control in ("another clip's recording", "silence"):  # the audio controls of every trained model
+        for name in ("SSL-TIE trained", "EquiAV trained (zero-shot)"):
+            row = loc[f"{name}, {control} (2 seeds)"]
+            assert len(row["pointing_accuracy"]["runs"]) == 2 and 0 <= row["auc"]["mean"] <= 1
+        dep = report["audio_dependence"][f"SSL-TIE trained, {control} (2 seeds)"]
+        assert -1 <= dep["map_correlation"]["mean"] <= 1 and 0 <= dep["peak_moved"]["mean"] <= 1
+        assert "a2v_class R1" in report["retrieval"][f"EquiAV trained, {control}"]
     assert "a2v_instance R1" in report["retrieval"]["SSL-TIE trained"]
     zero_shot = loc["EquiAV trained (zero-shot) (2 seeds)"]
     assert len(zero_shot["pointing_accuracy"]["runs"]) == 2 and "EquiAV untrained (zero-shot)" in loc
@@ -33,7 +40,7 @@ def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
     for png in ("training_curve.png", "best_worst_ssltie.png", "best_worst_equiav.png"):
         assert (tmp_path / png).stat().st_size > 0
     page = (tmp_path / "report.html").read_text()
-    assert "adaptive cIoU@0.5" in page and "training_curve.png" in page
+    assert "adaptive cIoU@0.5" in page and "training_curve.png" in page and "Audio dependence" in page
     for seed in (0, 1):
         for method in ("ssltie", "equiav"):
             assert (tmp_path / "runs" / f"{method}_seed{seed}" / "best.pt").is_file()
@@ -67,6 +74,7 @@ def test_semireal_demo_reports_the_mask_scores(tmp_path):
     masks = report["localisation_masks"]
     trained = masks["SSL-TIE trained (seed 0)"]
     assert 0.0 <= trained["mask_pointing_accuracy"] <= 1.0 and trained["n_scored"] >= 1
+    assert "SSL-TIE trained (seed 0), another clip's recording" in masks
     assert masks["reference: perfect mask"]["mask_ciou_at_0.5"] == 1.0
     assert "reference: perfect mask" in report["localisation"]
     assert "Localisation against the exact masks" in (out / "report.html").read_text()

@@ -248,12 +248,57 @@ def test_eval_reads_a_shard_index_as_the_folder_layout(synth, tiny_run, tmp_path
     scores, maps = [], []
     for name, data in (("f", tmp_path / "folder" / "manifest.jsonl"), ("s", tmp_path / "shards" / "shards.json")):
         assert main(["eval", str(tiny_run / "last.pt"), "--data", str(data), "--gt", gt, "--out",
-                     str(tmp_path / name), "--workers", "2"]) == 0
+                     str(tmp_path / name), "--workers", "2", "--audio-control", "both"]) == 0
         saved = json.loads((tmp_path / name / "scores.json").read_text())
         assert (tmp_path / name / "best_worst.png").stat().st_size > 0
         scores.append({k: v for k, v in saved.items() if k not in ("data", "contact_sheet")})
-        with np.load(tmp_path / name / "heatmaps.npz") as z:
-            maps.append({k: z[k] for k in z.files})
+        for kind in ("", "_swap", "_silent"):  # the audio controls too: same partners, same maps
+            with np.load(tmp_path / name / f"heatmaps{kind}.npz") as z:
+                maps.append({k: z[k] for k in z.files})
     capsys.readouterr()
     assert scores[0] == scores[1] and scores[0]["n_clips"] == 4
+    assert set(scores[0]["audio_control"]) == {"swap", "silent"}
+    maps = maps[:3], maps[3:]
+    assert all(a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a) for a, b in zip(*maps, strict=True))
+    maps = [maps[0][0], maps[1][0]]
     assert maps[0].keys() == maps[1].keys() and all(np.array_equal(maps[0][k], maps[1][k]) for k in maps[0])
+
+
+def test_eval_audio_control_plays_the_partners_recording(synth, tiny_run, tmp_path, capsys):
+    """--audio-control swap scores each frame with its partner's recording: the same maps as a normal
+    evaluation of a manifest whose audio fields were permuted by hand; silent gives the maps of
+    zeros; scores.json holds both controls and the audio dependence."""
+    from avssl.data.controls import swap_partners
+    from avssl.data.manifest import read_manifest, write_manifest
+    from avssl.data.prepare import prepare
+
+    prepare(synth / "manifest.jsonl", tmp_path / "folder", workers=2)
+    gt = str(synth / "annotations" / "vggss.json")
+    m = tmp_path / "folder" / "manifest.jsonl"
+    assert main(["eval", str(tiny_run / "last.pt"), "--data", str(m), "--gt", gt, "--out", str(tmp_path / "c"),
+                 "--workers", "0", "--audio-control", "both"]) == 0
+    capsys.readouterr()
+    saved = json.loads((tmp_path / "c" / "scores.json").read_text())
+    swap, dep = saved["audio_control"]["swap"], saved["audio_dependence"]
+    assert swap["control"] == "swap" and "pointing_accuracy" in swap
+    assert "a2v_class" in swap["retrieval"] and saved["audio_control"]["silent"]["control"] == "silent"
+    for name in ("swap", "silent"):
+        assert -1 <= dep[name]["map_correlation"] <= 1 and 0 <= dep[name]["peak_moved"] <= 1
+        assert dep[name]["drop"]["pointing_accuracy"] == pytest.approx(
+            saved["pointing_accuracy"] - saved["audio_control"][name]["pointing_accuracy"])
+
+    test = read_manifest(m, split="test")
+    partners = swap_partners([r.labels[0] for r in test])
+    same = sum(test[j].labels[0] == r.labels[0] for r, j in zip(test, partners, strict=True))
+    assert swap["same_class_pairs"] == same < len(test)  # 4 test clips, a class holds more than half
+    audio = [r.audio for r in test]
+    for r, j in zip(test, partners.tolist(), strict=True):
+        r.audio = audio[j]
+    write_manifest(tmp_path / "permuted.jsonl", test)
+    assert main(["eval", str(tiny_run / "last.pt"), "--data", str(tmp_path / "permuted.jsonl"), "--gt", gt,
+                 "--out", str(tmp_path / "p"), "--workers", "0", "--no-retrieval"]) == 0
+    capsys.readouterr()
+    with np.load(tmp_path / "c" / "heatmaps_swap.npz") as a, np.load(tmp_path / "p" / "heatmaps.npz") as b:
+        assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    with np.load(tmp_path / "c" / "heatmaps.npz") as own, np.load(tmp_path / "c" / "heatmaps_silent.npz") as sil:
+        assert not all(np.array_equal(own[k], sil[k]) for k in own.files)

@@ -226,3 +226,37 @@ def test_config_rejects_sizes_whose_half_scale_maps_disagree():
     SSLTIEConfig(image_size=112, heatmap_size=7, equivariance=False)
     SSLTIEConfig(image_size=112, heatmap_size=7, scales=(1.0,))
     SSLTIEConfig(image_size=128, heatmap_size=8)
+
+
+def test_init_checkpoint_warm_starts_both_encoders(tmp_path):
+    from avssl.checkpoint import CheckpointError, save_checkpoint
+
+    torch.manual_seed(1)
+    trained = SSLTIE(SSLTIEConfig(width=8, image_size=64, heatmap_size=4))
+    path = tmp_path / "warm.pt"
+    save_checkpoint(path, model=trained.state_dict(), epoch=1, step=1, config={"method": "ssltie"})
+    torch.manual_seed(2)
+    warm = SSLTIE(SSLTIEConfig(width=8, image_size=64, heatmap_size=4, init_checkpoint=str(path)))
+    for (name, a), b in zip(trained.state_dict().items(), warm.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(CheckpointError, match="another width"):
+        SSLTIE(SSLTIEConfig(width=16, image_size=64, heatmap_size=4, init_checkpoint=str(path)))
+
+
+def test_audio_roll_shifts_each_training_waveform_and_nothing_else():
+    from avssl.augment.audio import random_wave_roll
+    from avssl.methods.ssltie.pipeline import SSLTIEBatchTransform
+
+    wave = torch.arange(2 * 8, dtype=torch.float32).reshape(2, 8)
+    rolled = random_wave_roll(wave, torch.Generator().manual_seed(0))
+    for row, out in zip(wave, rolled, strict=True):  # a circular shift of its own row
+        assert any(torch.equal(torch.roll(row, -k), out) for k in range(8))
+    assert torch.equal(rolled, random_wave_roll(wave, torch.Generator().manual_seed(0)))
+
+    batch = {"image": torch.zeros(2, 3, 64, 64, dtype=torch.uint8), "wave": torch.randn(2, 16000),
+             "sample_rate": 16000, "id": ["a", "b"]}
+    plain = SSLTIEBatchTransform(64, 1.0, invariance=False)
+    roll = SSLTIEBatchTransform(64, 1.0, invariance=False, audio_roll=True)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert not torch.equal(plain(batch, g(), train=True)["spec"], roll(batch, g(), train=True)["spec"])
+    assert torch.equal(plain(batch, None)["spec"], roll(batch, None)["spec"])  # evaluation hears the clip as it is

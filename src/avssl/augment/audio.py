@@ -3,7 +3,9 @@
 * :func:`spec_augment`: SSL-TIE's SpecAugment (one time and one frequency mask, drawn per map,
   torchaudio's ``mask_along_axis`` widths) on a power spectrogram;
 * :func:`spec_masks` and :func:`time_roll`: EquiAV's mask and circular time shift as decoded
-  from its parameter vectors (applied by :func:`avssl.augment.apply.apply_audio`).
+  from its parameter vectors (applied by :func:`avssl.augment.apply.apply_audio`);
+* :func:`random_wave_roll`: a uniform random circular shift of each waveform (an avssl option
+  for SSL-TIE, ``ssltie.audio_roll``: no clip is heard from the same start twice).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from torch import Tensor
 
 from avssl.augment.params import AudioSlot
 
-__all__ = ["SpecAugmentParams", "spec_augment", "spec_masks", "time_roll"]
+__all__ = ["SpecAugmentParams", "spec_augment", "spec_masks", "time_roll", "random_wave_roll"]
 
 
 class SpecAugmentParams(NamedTuple):
@@ -93,3 +95,12 @@ def time_roll(fbank: Tensor, shift: Tensor, enabled: Tensor) -> Tensor:
     src = torch.where(enabled.to(fbank.device)[:, None], src, fr[None])
     idx = src[:, None, :, None].expand(-1, fbank.shape[1], -1, fbank.shape[-1])
     return fbank.gather(2, idx)
+
+
+def random_wave_roll(wave: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Roll each waveform of ``wave`` (B, N) circularly by its own uniform random shift in [0, N)."""
+    b, n = wave.shape
+    rand_device = generator.device if generator is not None else wave.device
+    shift = torch.randint(n, (b,), generator=generator, device=rand_device).to(wave.device)
+    idx = (torch.arange(n, device=wave.device)[None] + shift[:, None]) % n
+    return wave.gather(1, idx)

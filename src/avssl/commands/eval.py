@@ -8,6 +8,12 @@ of the best and worst clips by cIoU, boxes in green; with --gt) and scores.json 
 measures under the standard protocol, plus recall@1/5/10: audio->audio by class,
 audio<->visual by class and by instance) into --out, and prints the scores as JSON.
 
+``--audio-control swap|silent|both`` scores the same frames again with each clip's recording
+replaced (another clip's, of another class; or silence): the control's scores sit beside the
+normal ones in scores.json (``audio_control``), with ``audio_dependence`` (map correlation own vs
+control, share of clips whose peak moved, the drop of every score) and heatmaps_<control>.npz. A
+localisation score the control also reaches is not evidence that the model listens.
+
 A fine-tuned classifier (method equiav_ft) is scored by its pipeline's own evaluation instead:
 mAP, mAUC, d-prime and top-1 accuracy over the whole set, written to scores.json.
 
@@ -15,6 +21,8 @@ Examples:
     avssl eval runs/synth_ft/best.pt --data data/synth/manifest.jsonl
     avssl eval runs/synth/best.pt --data data/synth/manifest.jsonl --gt data/synth/annotations/vggss.json
     avssl eval runs/flickr/best.pt --data flickr_test.jsonl --gt Annotations/ --format flickr --split all
+    avssl eval runs/synth/best.pt --data data/synth/manifest.jsonl --gt data/synth/annotations/vggss.json \
+        --audio-control both
 """
 from __future__ import annotations
 
@@ -66,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retrieval-fp16", action="store_true",
                         help="instance retrieval in the released EquiAV script's float16 arithmetic (its ties "
                              "raise the recalls; default fp32), to compare with numbers that script printed")
+    parser.add_argument("--audio-control", choices=("off", "swap", "silent", "both"), default="off",
+                        help="also score every clip with its recording replaced: 'swap' gives it another clip's "
+                             "(of another class where labels exist; a fixed derangement), 'silent' zeros of the "
+                             "same length; scores.json then holds the control's scores (audio_control) and how "
+                             "much the maps and scores depend on the recording (audio_dependence: map "
+                             "correlation own vs control, share of peaks moved, drop of every score)")
     parser.add_argument("--per-class", type=positive_int, default=None, metavar="N",
                         help="keep only the first N clips of each class (manifest order), e.g. 5 as EquiAV's "
                              "retrieval subset; clips without a label are dropped")
@@ -87,10 +101,21 @@ def per_class_subset(records, n: int) -> list:
 def _classification(args, model, cfg, pipe, dataset, device) -> int:
     from torch.utils.data import DataLoader
 
+    from avssl.data.controls import AudioControlDataset, parse_audio_control
+    from avssl.eval.controls import score_drops
+
     loader = DataLoader(dataset, batch_size=args.batch_size or cfg.train.eval_batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers if args.workers is None else args.workers,
                         collate_fn=pipe.collate)
-    scores = pipe.evaluate(model.to(device), loader, pipe.batch_transform(cfg, device), device, cfg)
+    model = model.to(device)
+    scores = pipe.evaluate(model, loader, pipe.batch_transform(cfg, device), device, cfg)
+    for name in parse_audio_control(args.audio_control):  # the classifier on the frames with other audio
+        control = AudioControlDataset(dataset, name)
+        loader = DataLoader(control, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
+                            collate_fn=pipe.collate)
+        c_scores = pipe.evaluate(model, loader, pipe.batch_transform(cfg, device), device, cfg)
+        scores.setdefault("audio_control", {})[name] = {**control.describe(), **c_scores}
+        scores.setdefault("audio_dependence", {})[name] = {"drop": score_drops(scores, c_scores)}
     return _write_scores(args, _out_dir(args), scores)
 
 
@@ -113,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from avssl.checkpoint import CheckpointError
     from avssl.config import ConfigError, from_dict
     from avssl.data.annotations import AnnotationError
+    from avssl.data.controls import parse_audio_control
     from avssl.data.decode import MediaError
     from avssl.data.manifest import ManifestError, read_manifest
     from avssl.engine.evaluate import (
@@ -142,12 +168,14 @@ def run(args: argparse.Namespace) -> int:
         scores, out = evaluate_localisation(
             model, records, cfg, args.gt, fmt, device=resolve_device(args.device), batch_size=args.batch_size,
             with_retrieval=not args.no_retrieval, classes=classes, num_workers=args.workers, dataset=dataset,
-            retrieval_fp16=args.retrieval_fp16)
+            retrieval_fp16=args.retrieval_fp16, audio_controls=parse_audio_control(args.audio_control))
     except (CheckpointError, ConfigError, ManifestError, MediaError, AnnotationError, ValueError) as e:
         print(f"avssl eval: error: {error_text(e)}", file=sys.stderr)
         return 2
     out_dir = _out_dir(args)
     save_heatmaps(out_dir / "heatmaps.npz", out.heatmaps)
+    for name, maps in (out.controls or {}).items():
+        save_heatmaps(out_dir / f"heatmaps_{name}.npz", maps)
     if args.gt:
         sheet = best_worst_sheet(dataset, out.heatmaps, load_annotations(args.gt, fmt), fmt, out_dir / "best_worst.png")
         scores["contact_sheet"] = str(sheet) if sheet else None

@@ -294,6 +294,16 @@ class AVFrameAudioDataset(Dataset):
         """The sample of record ``r`` from its decoded ORIGINAL frame uint8 ``(H, W, 3)`` and
         mono waveform at rate ``sr`` (also what :class:`avssl.data.shards.ShardStream` calls)."""
         image = resize_crop(frame, self.image_size, self.frame_resize)
+        out = {"id": r.id, "image": image, **self.audio_fields(wave, sr),
+               "label": self.label_of(r), "target": self.target_of(r)}
+        if self.full_frame:
+            out["full"] = torch.tensor(frame, dtype=torch.uint8).permute(2, 0, 1).contiguous()
+        return out
+
+
+    def audio_fields(self, wave: np.ndarray, sr: int) -> dict:
+        """A sample's audio keys from a decoded mono waveform at rate ``sr``: ``wave`` (tiled or
+        cut/zero-padded to ``seconds``), ``num_samples``, ``sample_rate``."""
         wave_t = torch.from_numpy(wave)
         if self.audio_pad == "tile":
             wave_t = tile_to_duration(wave_t, sr, self.seconds, self.keep_seconds)
@@ -304,11 +314,16 @@ class AVFrameAudioDataset(Dataset):
             target = int(self.seconds * sr)
             n = min(target, wave_t.shape[-1])
             wave_t = F.pad(wave_t[:target], (0, target - n))
-        out = {"id": r.id, "image": image, "wave": wave_t.contiguous(), "num_samples": int(n),
-               "label": self.label_of(r), "target": self.target_of(r), "sample_rate": int(sr)}
-        if self.full_frame:
-            out["full"] = torch.tensor(frame, dtype=torch.uint8).permute(2, 0, 1).contiguous()
-        return out
+        return {"wave": wave_t.contiguous(), "num_samples": int(n), "sample_rate": int(sr)}
+
+    def audio_of(self, index: int) -> dict:
+        """The audio keys of record ``index``'s sample (``wave``, ``num_samples``, ``sample_rate``)
+        without decoding its frame (from the cache when there is one): what the swap control
+        (:class:`avssl.data.controls.AudioControlDataset`) gives another clip."""
+        if self._cache is not None:
+            s = self._cache[index]
+            return {k: s[k] for k in ("wave", "num_samples", "sample_rate")}
+        return self.audio_fields(*self._wave(self.records[index]))
 
 
 def collate(samples: Sequence[dict], mixed_rates: bool = False) -> dict:

@@ -42,6 +42,7 @@ class InferenceOutput:
     labels: torch.Tensor
     audio: torch.Tensor
     visual: torch.Tensor
+    controls: dict[str, dict[str, np.ndarray]] | None = None  # audio control -> {id: map} (evaluate_localisation)
 
 
 def run_inference(model: nn.Module, loader, batch_transform: Callable, infer: Callable,
@@ -114,36 +115,78 @@ def retrieval_scores(out: InferenceOutput, k: tuple[int, ...] = (1, 5, 10),
         s = retrieval.cosine_similarity(a, v)
         res["a2v_class"] = retrieval.class_recall_at_k(s, y, y, k)
         res["v2a_class"] = retrieval.class_recall_at_k(s.t().contiguous(), y, y, k)
+        res["chance_R1"] = _chance_r1(y)
     return res
+
+
+def _chance_r1(labels: torch.Tensor) -> dict[str, float]:
+    """The class recall@1 of a random ranking: the mean share of same-class keys per query (a2a
+    without the query itself)."""
+    same = (labels[:, None] == labels[None, :]).double()
+    n = labels.numel()
+    a2v = float(same.mean())
+    return {"a2v_class": a2v, "v2a_class": a2v, "a2a_class": float((same.sum(1) - 1).mean() / (n - 1))}
+
+
+def _scores_of(out: InferenceOutput, boxes, fmt: str, with_retrieval: bool, retrieval_fp16: bool) -> dict:
+    """The localisation summary (with ``boxes``) and the retrieval recalls of one inference pass."""
+    scores: dict = {}
+    if boxes is not None:
+        scores.update(localisation_scores(out.heatmaps, boxes, fmt))
+    if with_retrieval:
+        scores["retrieval"] = retrieval_scores(out, official_fp16=retrieval_fp16)
+    return scores
 
 
 def evaluate_localisation(model: nn.Module, records, cfg, annotations: str | os.PathLike | None,
                           fmt: str = "vggss", device: torch.device | str = "cpu",
                           batch_size: int | None = None, with_retrieval: bool = True,
                           classes=None, num_workers: int | None = None, dataset=None,
-                          retrieval_fp16: bool = False) -> tuple[dict, InferenceOutput]:
+                          retrieval_fp16: bool = False, audio_controls=()) -> tuple[dict, InferenceOutput]:
     """Score ``model`` (an instance of ``cfg.method``) on ``records`` with the data settings of the
     :class:`~avssl.train_config.TrainConfig` ``cfg``. Returns ``(scores, outputs)``: ``scores``
     holds the scorer's summary (when ``annotations`` is given) and ``retrieval``. ``dataset``: an
     already built evaluation data set of ``records`` to reuse (e.g. for :func:`best_worst_sheet`).
-    ``retrieval_fp16``: :func:`retrieval_scores`'s ``official_fp16``."""
+    ``retrieval_fp16``: :func:`retrieval_scores`'s ``official_fp16``.
+
+    ``audio_controls`` (names of :data:`avssl.data.controls.AUDIO_CONTROLS`): each is a second pass
+    with every clip's recording replaced (:class:`avssl.data.controls.AudioControlDataset`), scored
+    the same way: ``scores["audio_control"][name]`` holds its scores and what it played,
+    ``scores["audio_dependence"][name]`` :func:`avssl.eval.controls.audio_dependence` (map
+    correlation own vs control, peaks moved, the drop of every score); the control's maps are in
+    ``outputs.controls[name]``."""
     from torch.utils.data import DataLoader
 
+    from avssl.data.controls import AudioControlDataset
+    from avssl.eval.controls import audio_dependence
     from avssl.registry import pipeline_for
 
     pipe = pipeline_for(cfg.method)
     ds = dataset if dataset is not None else pipe.dataset(records, cfg, train=False, classes=classes)
-    loader = DataLoader(ds, batch_size=batch_size or cfg.train.eval_batch_size, shuffle=False,
-                        num_workers=cfg.data.num_workers if num_workers is None else num_workers,
-                        collate_fn=pipe.collate)
+    transform = pipe.batch_transform(cfg, device)
     model = model.to(device)
-    out = run_inference(model, loader, pipe.batch_transform(cfg, device), pipe.infer, device)
+
+    def infer(d) -> InferenceOutput:
+        loader = DataLoader(d, batch_size=batch_size or cfg.train.eval_batch_size, shuffle=False,
+                            num_workers=cfg.data.num_workers if num_workers is None else num_workers,
+                            collate_fn=pipe.collate)
+        return run_inference(model, loader, transform, pipe.infer, device)
+
+    out = infer(ds)
+    boxes = load_annotations(annotations, fmt) if annotations is not None else None
     scores: dict = {"n_clips": len(out.ids), "skipped": [list(s) for s in getattr(ds, "skipped", [])]}
-    if annotations is not None:
-        scores.update(localisation_scores(out.heatmaps, load_annotations(annotations, fmt), fmt))
+    scores.update(_scores_of(out, boxes, fmt, with_retrieval, retrieval_fp16))
     if with_retrieval:
-        scores["retrieval"] = retrieval_scores(out, official_fp16=retrieval_fp16)
         scores["retrieval_arithmetic"] = "fp16 (released EquiAV script)" if retrieval_fp16 else "fp32"
+    out.controls = {}
+    for name in audio_controls:
+        control = AudioControlDataset(ds, name)
+        c_out = infer(control)
+        c_scores = _scores_of(c_out, boxes, fmt, with_retrieval, retrieval_fp16)
+        scores.setdefault("audio_control", {})[name] = {**control.describe(), **c_scores}
+        scores.setdefault("audio_dependence", {})[name] = audio_dependence(out.heatmaps, c_out.heatmaps, scores,
+                                                                           c_scores)
+        out.controls[name] = c_out.heatmaps
     return scores, out
 
 

@@ -65,6 +65,7 @@ from avssl.checkpoint import (
     strip_prefixes,
 )
 from avssl.config import ConfigError, save_config, to_dict
+from avssl.data.controls import AudioControlDataset, parse_audio_control
 from avssl.data.manifest import read_manifest
 from avssl.data.shard_index import expand_shards
 from avssl.data.shards import ShardStream
@@ -185,18 +186,26 @@ RETRIEVAL_METRICS = tuple(f"{d}_{k}" for d in ("a2v_instance", "v2a_instance", "
 EVALUATE_METRICS = {"equiav_ft": ("mAP", "mAUC", "d_prime", "accuracy")}
 
 
-def selectable_metrics(method: str, pipe=None) -> tuple[str, ...] | None:
+def selectable_metrics(method: str, pipe=None, controls: tuple[str, ...] = ()) -> tuple[str, ...] | None:
     """The val metric names ``train.select_on`` may take for ``method`` (None: not known statically,
-    a pipeline with its own evaluation that is not listed in :data:`EVALUATE_METRICS`)."""
+    a pipeline with its own evaluation that is not listed in :data:`EVALUATE_METRICS`). With the
+    val audio ``controls`` (``train.val_audio_control``) also each control's metrics, their drops,
+    ``<control>_map_correlation`` and ``<control>_peak_moved``."""
     pipe = pipeline_for(method) if pipe is None else pipe
-    if pipe.evaluate is None:
-        return LOCALISATION_METRICS + RETRIEVAL_METRICS
-    return EVALUATE_METRICS.get(method)
+    base = LOCALISATION_METRICS + RETRIEVAL_METRICS if pipe.evaluate is None else EVALUATE_METRICS.get(method)
+    if base is None:
+        return None
+    extra = []
+    for c in controls:
+        extra += [f"{c}_{m}" for m in base]
+        if pipe.evaluate is None:
+            extra += [f"{c}_drop_{m}" for m in base] + [f"{c}_map_correlation", f"{c}_peak_moved"]
+    return base + tuple(extra)
 
 
 def check_select_on(cfg: TrainConfig, pipe=None) -> None:
     """Raise :class:`avssl.config.ConfigError` when ``train.select_on`` is not a val metric of the method."""
-    names = selectable_metrics(cfg.method, pipe)
+    names = selectable_metrics(cfg.method, pipe, parse_audio_control(cfg.train.val_audio_control))
     if names is not None and cfg.train.select_on not in names:
         raise ConfigError(f"train.select_on={cfg.train.select_on!r} is not a val metric of method "
                           f"{cfg.method!r}; choose one of: {', '.join(names)}")
@@ -297,17 +306,43 @@ def _mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(keys, stacked.tolist(), strict=True))
 
 
-def _validate(model, loader, transform, pipe, cfg: TrainConfig, device, boxes) -> dict:
-    """Val metrics over the whole val set, the same on every rank (each rank runs its shard)."""
-    if pipe.evaluate is not None:
-        return pipe.evaluate(model, loader, transform, device, cfg)
-    local = run_inference(model, loader, transform, pipe.infer, device) if len(loader.dataset) else None
-    out = dist_utils.gather_inference(local)
+def _val_metrics(out, cfg: TrainConfig, boxes) -> dict:
     metrics: dict = {}
     if boxes is not None:
         summary = localisation_scores(out.heatmaps, boxes, cfg.data.annotation_format)
         metrics.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     metrics.update({f"{p}_{k}": v for p, d in retrieval_scores(out).items() for k, v in d.items()})
+    return metrics
+
+
+def _validate(model, loader, transform, pipe, cfg: TrainConfig, device, boxes, controls=None) -> dict:
+    """Val metrics over the whole val set, the same on every rank (each rank runs its shard).
+
+    ``controls``: {audio control: its loader} (``train.val_audio_control``): each control's
+    metrics as ``<control>_<metric>``, with ``<control>_drop_<metric>`` (own - control),
+    ``<control>_map_correlation`` and ``<control>_peak_moved`` (:func:`avssl.eval.controls.audio_dependence`)."""
+    from avssl.eval.controls import audio_dependence
+
+    if pipe.evaluate is not None:
+        metrics = pipe.evaluate(model, loader, transform, device, cfg)
+        for name, c_loader in (controls or {}).items():
+            c = pipe.evaluate(model, c_loader, transform, device, cfg)
+            metrics.update({f"{name}_{k}": v for k, v in c.items()})
+        return metrics
+
+    def gathered(ld):
+        return dist_utils.gather_inference(run_inference(model, ld, transform, pipe.infer, device)
+                                           if len(ld.dataset) else None)
+
+    out = gathered(loader)
+    metrics = _val_metrics(out, cfg, boxes)
+    for name, c_loader in (controls or {}).items():
+        c_out = gathered(c_loader)
+        c = _val_metrics(c_out, cfg, boxes)
+        dep = audio_dependence(out.heatmaps, c_out.heatmaps, metrics, c)
+        metrics.update({f"{name}_{k}": v for k, v in c.items()})
+        metrics.update({f"{name}_drop_{k}": v for k, v in dep["drop"].items()})
+        metrics.update({f"{name}_map_correlation": dep["map_correlation"], f"{name}_peak_moved": dep["peak_moved"]})
     return metrics
 
 
@@ -441,11 +476,17 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
     if cfg.train.compile:
         net = torch.compile(net)
     writer = _Writer(run_dir, main, cfg.train.tensorboard)
-    val_loader = None
+    val_loader, val_controls = None, {}
     if val_ds is not None:  # each rank evaluates a contiguous shard; the results are gathered
         shard = dist_utils.shard_indices(len(val_ds))
-        val_loader = DataLoader(torch.utils.data.Subset(val_ds, shard), batch_size=cfg.train.eval_batch_size,
-                                shuffle=False, num_workers=cfg.data.num_workers, collate_fn=pipe.collate)
+
+        def val_loader_of(d):
+            return DataLoader(torch.utils.data.Subset(d, shard), batch_size=cfg.train.eval_batch_size,
+                              shuffle=False, num_workers=cfg.data.num_workers, collate_fn=pipe.collate)
+
+        val_loader = val_loader_of(val_ds)
+        val_controls = {name: val_loader_of(AudioControlDataset(val_ds, name))
+                        for name in parse_audio_control(cfg.train.val_audio_control)}
 
     def checkpoint(path: Path, epoch: int) -> None:
         try:
@@ -511,7 +552,7 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
                 record.update({f"train/{k}": v for k, v in extra.items()})
             if val_loader is not None and cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0:
                 record.update({f"val/{k}": v for k, v in _validate(model, val_loader, transform, pipe, cfg,
-                                                                   device, boxes).items()})
+                                                                   device, boxes, val_controls).items()})
                 value = record.get(f"val/{cfg.train.select_on}")
                 if value is not None and (best["value"] is None or value > best["value"]):
                     best = {"value": value, "epoch": epoch + 1, "metric": cfg.train.select_on}

@@ -48,6 +48,13 @@ class SSLTIEConfig:
     init: "ssltie" (BN weight N(1, 0.02)) or "torchvision" (BN weight 1).
     imagenet_init: optional path of a local torchvision resnet18 state dict loaded into the
         visual encoder after init (the paper trains from scratch: None).
+    init_checkpoint: optional path of an avssl SSL-TIE checkpoint whose weights (both encoders)
+        replace the initialisation: a warm start, e.g. from a model trained on the synthetic
+        benchmark (a curriculum; not in the released recipe). Its width must match.
+    audio_roll: an avssl option, not in the released recipe (read by the data pipeline): each
+        training waveform is rolled circularly by a uniform random shift every step, before the
+        spectrogram, so a clip is never heard from the same start twice (it takes away the
+        recording's position as a cue a small training set can be memorised by).
     audmix: the Audmix variant (docs/methods.md §1.4, :mod:`avssl.methods.ssltie.audmix`; read by the data
         pipeline): after each epoch each training clip gets its nearest audio among a random
         queue of ``audmix_queue`` clips; next epoch, with probability
@@ -74,6 +81,8 @@ class SSLTIEConfig:
     share_audio_pass: bool = True
     init: str = "ssltie"
     imagenet_init: str | None = None
+    init_checkpoint: str | None = None
+    audio_roll: bool = False
     audmix: bool = False
     audmix_queue: int = 4000
     audmix_p0: float = 0.1
@@ -130,6 +139,20 @@ class SSLTIE(nn.Module):
         self.audio = audio_resnet18(self.config.width, self.config.init)
         if self.config.imagenet_init is not None:
             load_imagenet_visual(self.visual, self.config.imagenet_init)
+        if self.config.init_checkpoint is not None:
+            self._load_init(self.config.init_checkpoint)
+
+    def _load_init(self, path: str) -> None:
+        from avssl.checkpoint import CheckpointError, load_checkpoint, strip_prefixes
+
+        state = strip_prefixes(load_checkpoint(path)["model"])
+        try:
+            self.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise CheckpointError(f"ssltie.init_checkpoint {path}: does not fit this model (another width?): "
+                                  f"{first}") from e
+        logger.info("ssltie: initialised from %s", path)
 
     # -- encoders and maps ------------------------------------------------------------------
     def encode_image(self, image: Tensor) -> Tensor:

@@ -9,7 +9,8 @@ device, batched (docs/methods.md §1.1):
   returns them: ``data.train_crop="original"``), else the evaluation transform (Resize +
   CenterCrop + ImageNet normalisation);
 * audio: :func:`avssl.data.audio.ssltie_spectrogram` (mel dB, SpecAugment when training), after
-  Audmix's waveform mixing when ``ssltie.audmix`` is on (:mod:`avssl.methods.ssltie.audmix`).
+  Audmix's waveform mixing when ``ssltie.audmix`` is on (:mod:`avssl.methods.ssltie.audmix`) and
+  a random circular shift of each waveform when ``ssltie.audio_roll`` is on (an avssl option).
 
 All random draws come from the ``generator`` argument (CPU), so a step is reproducible from it.
 
@@ -25,6 +26,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from avssl.augment.audio import random_wave_roll
 from avssl.data.audio import ssltie_spectrogram
 from avssl.data.datasets import AVFrameAudioDataset
 from avssl.data.manifest import Record
@@ -64,10 +66,11 @@ class SSLTIEBatchTransform:
     """
 
     def __init__(self, image_size: int = 224, seconds: float = 10.0, invariance: bool = True,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", audio_roll: bool = False) -> None:
         from avssl.augment.recipes import EvalTransform, MoCoV2Transform
 
         self.image_size, self.seconds, self.invariance = image_size, seconds, invariance
+        self.audio_roll = audio_roll
         self.device = torch.device(device)
         self.train_image = MoCoV2Transform(size=image_size)
         self.train_image_original = MoCoV2Transform(size=image_size, antialias=True)
@@ -76,7 +79,7 @@ class SSLTIEBatchTransform:
 
     @classmethod
     def from_config(cls, cfg, device: torch.device | str) -> SSLTIEBatchTransform:
-        return cls(cfg.ssltie.image_size, cfg.data.seconds, cfg.ssltie.invariance, device)
+        return cls(cfg.ssltie.image_size, cfg.data.seconds, cfg.ssltie.invariance, device, cfg.ssltie.audio_roll)
 
     def __call__(self, batch: Mapping, generator: torch.Generator | None = None,
                  train: bool = False, shard: tuple[int, int] = (0, 1)) -> dict[str, Tensor]:
@@ -93,6 +96,8 @@ class SSLTIEBatchTransform:
         wave = batch["wave"].to(self.device, non_blocking=True)
         if train and self.audmix is not None:
             wave = mix_waves(wave, batch["id"], self.audmix, generator)
+        if train and self.audio_roll:
+            wave = random_wave_roll(wave, generator)
         augment = train and self.invariance
         if augment and "full" in batch:
             image = self.train_image_original(batch["full"].to(self.device, non_blocking=True), generator,
