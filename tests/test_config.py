@@ -109,3 +109,18 @@ def test_train_frame_is_validated():
         load_config(TrainConfig, [], ["data.train_frame=middle"])
     with pytest.raises(ValueError, match="train_frame_count must be >= 1"):
         load_config(TrainConfig, [], ["data.train_frame_count=0"])
+
+
+def test_a_preset_on_a_base_holds_only_its_differences(tmp_path):
+    from avssl.train_config import TrainConfig
+
+    base, semireal = load_config(TrainConfig, ["synthetic/equiav"]), load_config(TrainConfig, ["semireal/equiav"])
+    assert (semireal.train.epochs, semireal.train.val_audio_control) == (40, "swap")
+    assert semireal.equiav == base.equiav and semireal.optim == base.optim and semireal.data == base.data
+    (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\ntrain:\n  epochs: 3\n")
+    (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(TrainConfig, [tmp_path / "a.yaml"])
+    (tmp_path / "c.yaml").write_text("base: [x, y]\n")
+    with pytest.raises(ConfigError, match="base must name one preset"):
+        load_config(TrainConfig, [tmp_path / "c.yaml"])

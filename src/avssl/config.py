@@ -177,11 +177,26 @@ def preset_path(name: str | os.PathLike) -> Path:
     raise ConfigError(f"config {name}: no such file, and no packaged preset of that name (packaged: {known})")
 
 
+def load_preset(name: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
+    """A preset's overrides, on top of its ``base:`` preset's when it names one (a preset that
+    differs from another holds only its differences: ``base: synthetic/equiav``)."""
+    path = preset_path(name).resolve()
+    if path in _seen:
+        raise ConfigError(f"config {name}: its base presets form a cycle ({' -> '.join(map(str, _seen))})")
+    data = load_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"config {path}: base must name one preset, got {base!r}")
+    return merge(load_preset(base, (*_seen, path)), data)
+
+
 def load_config(cls: type[T], presets: Iterable[str | os.PathLike] = (), overrides: Iterable[str] = ()) -> T:
-    """Defaults <- each YAML preset <- ``key=value`` overrides; validated."""
+    """Defaults <- each YAML preset (after its ``base:``) <- ``key=value`` overrides; validated."""
     data: dict = {}
     for p in presets:
-        data = merge(data, load_yaml(preset_path(p)))
+        data = merge(data, load_preset(p))
     data = merge(data, parse_dotlist(overrides))
     return from_dict(cls, data)
 

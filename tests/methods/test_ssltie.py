@@ -260,3 +260,21 @@ def test_audio_roll_shifts_each_training_waveform_and_nothing_else():
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     assert not torch.equal(plain(batch, g(), train=True)["spec"], roll(batch, g(), train=True)["spec"])
     assert torch.equal(plain(batch, None)["spec"], roll(batch, None)["spec"])  # evaluation hears the clip as it is
+
+
+def test_centred_embeddings_spread_the_audio_and_train():
+    torch.manual_seed(0)
+    cfg = dict(width=8, image_size=64, heatmap_size=4)
+    plain, centred = SSLTIE(SSLTIEConfig(**cfg)), SSLTIE(SSLTIEConfig(**cfg, center_embeddings=True,
+                                                                      exclude_own_pair=True))
+    assert set(centred.state_dict()) - set(plain.state_dict()) == {
+        f"{m}_center.{b}" for m in ("visual", "audio") for b in ("running_mean", "running_var", "num_batches_tracked")}
+    image, spec = torch.randn(6, 3, 64, 64), torch.randn(6, 1, 257, 40)
+    centred.train()
+    out = centred.loss(image, spec, torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and centred.audio.conv1.weight.grad.abs().sum() > 0
+    cos = lambda m: (lambda a: (a @ a.t())[~torch.eye(6, dtype=torch.bool)].mean())(m.encode_audio(spec))  # noqa: E731
+    plain.train()
+    with torch.no_grad():
+        assert cos(centred) < 0.5 < cos(plain)  # the released encoders' embeddings share one direction

@@ -111,3 +111,18 @@ def test_golden_te_loss_terms(golden, tag):
     assert _rel(cl_ts, eq[f"{tag}_loss_cl_ts"]) < 1e-5
     assert _rel(mse, eq[f"{tag}_loss_ts"]) < 1e-5
     assert _rel(0.5 * (cl + cl_ts) + mse, eq[f"{tag}_loss"]) < 1e-5
+
+
+def test_excluding_the_own_pair_leaves_every_other_logit():
+    g = torch.Generator().manual_seed(0)
+    A0 = torch.rand(4, 4, 3, 3, generator=g) * 0.5 - 0.8  # centred embeddings: negative cosines
+    A = torch.diagonal(A0, dim1=0, dim2=1).permute(2, 0, 1).unsqueeze(1)
+    quirk = lvs_trimap_logits(A, A0).logits
+    clean = lvs_trimap_logits(A, A0, exclude_own_pair=True).logits
+    own = torch.eye(4, dtype=torch.bool)
+    easy_q, easy_c = quirk[:, 1:5], clean[:, 1:5]
+    assert torch.isneginf(easy_c[own]).all() and torch.equal(easy_c[~own], easy_q[~own])
+    assert torch.equal(clean[:, [0, 5]], quirk[:, [0, 5]])
+    neg = quirk[:, 0] < 0  # every s_pos < 0 here: a negative s_pos makes the quirk's "excluded" own pair the largest logit
+    assert neg.any() and (easy_q[own][neg] > quirk[neg, 0]).all()
+    assert torch.isfinite(lvs_loss(clean))

@@ -40,6 +40,7 @@ def lvs_trimap_logits(
     hard_negatives: bool = True,
     temperature: float = 0.07,
     diagonal_factor: float = 100.0,
+    exclude_own_pair: bool = False,
 ) -> LVSLogits:
     """Localisation logits of LVS / SSL-TIE (docs/methods.md §1.3), exactly as the authors' AVENet.
 
@@ -52,6 +53,9 @@ def lvs_trimap_logits(
         temperature: logit divisor (0.07, hard-coded in the authors' code).
         diagonal_factor: easy negatives are multiplied by ``1 - diagonal_factor * I``: the
             positive pair stays among the negatives at ``-99x`` its value (the authors' quirk).
+        exclude_own_pair: drop the own pair from the easy negatives instead (its logit -inf; an
+            avssl option): the quirk assumes a non-negative ``s_pos``, and a negative one makes
+            the "excluded" pair the largest logit.
     Returns:
         :class:`LVSLogits`: ``logits`` (B, 1+B[+1]) = ``[s_pos, s_en (B), s_hn] / temperature``,
         target class 0; ``pos`` = P and ``neg`` = N masks (B, 1, h, w).
@@ -66,8 +70,12 @@ def lvs_trimap_logits(
     neg = torch.sigmoid(-(A - (eps_n if tri_map else eps_p)) / tau)
     s_pos = _masked_mean(pos, A)  # (B, 1)
     pos_all = torch.sigmoid((A0 - eps_p) / tau)
-    mask = 1.0 - diagonal_factor * torch.eye(batch, dtype=A0.dtype, device=A0.device)
-    s_en = _masked_mean(pos_all, A0) * mask  # (B, B)
+    eye = torch.eye(batch, dtype=A0.dtype, device=A0.device)
+    s_en = _masked_mean(pos_all, A0)  # (B, B)
+    if exclude_own_pair:
+        s_en = s_en.masked_fill(eye.bool(), float("-inf"))
+    else:
+        s_en = s_en * (1.0 - diagonal_factor * eye)
     columns = [s_pos, s_en]
     if hard_negatives:
         columns.append(_masked_mean(neg, A))  # (B, 1)

@@ -55,6 +55,16 @@ class SSLTIEConfig:
         training waveform is rolled circularly by a uniform random shift every step, before the
         spectrogram, so a clip is never heard from the same start twice (it takes away the
         recording's position as a cue a small training set can be memorised by).
+    center_embeddings: an avssl option, not in the released recipe: both encoders' outputs pass an
+        affine-free BatchNorm (batch statistics in training, running ones in evaluation) before the
+        L2 normalisation, so the embeddings are centred. The released encoders end in ReLU (+ max
+        pooling for audio): every embedding lies in the positive orthant and an untrained model's
+        audio embeddings of different clips have cosine ~0.97-0.998, so the maps start out (and on
+        small sets stay) the same whatever is heard.
+    exclude_own_pair: drop the own pair from the easy negatives (logit -inf) instead of the
+        authors' ``1 - 100 I`` factor, which leaves it there at -99x its value (an avssl option;
+        needed with ``center_embeddings``, where ``s_pos`` can be negative and the factor then
+        makes the own pair the largest logit).
     audmix: the Audmix variant (docs/methods.md §1.4, :mod:`avssl.methods.ssltie.audmix`; read by the data
         pipeline): after each epoch each training clip gets its nearest audio among a random
         queue of ``audmix_queue`` clips; next epoch, with probability
@@ -83,6 +93,8 @@ class SSLTIEConfig:
     imagenet_init: str | None = None
     init_checkpoint: str | None = None
     audio_roll: bool = False
+    center_embeddings: bool = False
+    exclude_own_pair: bool = False
     audmix: bool = False
     audmix_queue: int = 4000
     audmix_p0: float = 0.1
@@ -137,6 +149,10 @@ class SSLTIE(nn.Module):
         self.config = config or SSLTIEConfig()
         self.visual = visual_resnet18(self.config.width, self.config.init)
         self.audio = audio_resnet18(self.config.width, self.config.init)
+        if self.config.center_embeddings:
+            channels = 8 * self.config.width
+            self.visual_center = nn.BatchNorm2d(channels, affine=False)
+            self.audio_center = nn.BatchNorm1d(channels, affine=False)
         if self.config.imagenet_init is not None:
             load_imagenet_visual(self.visual, self.config.imagenet_init)
         if self.config.init_checkpoint is not None:
@@ -157,11 +173,17 @@ class SSLTIE(nn.Module):
     # -- encoders and maps ------------------------------------------------------------------
     def encode_image(self, image: Tensor) -> Tensor:
         """(B, 3, H, W) -> L2-normalised (along channels) feature map (B, 8w, H/16, W/16)."""
-        return F.normalize(self.visual(image), dim=1)
+        x = self.visual(image)
+        if self.config.center_embeddings:
+            x = self.visual_center(x)
+        return F.normalize(x, dim=1)
 
     def encode_audio(self, spec: Tensor) -> Tensor:
         """(B, 1, F, T) -> L2-normalised max-pooled embedding (B, 8w)."""
-        return F.normalize(self.audio(spec), dim=1)
+        x = self.audio(spec)
+        if self.config.center_embeddings:
+            x = self.audio_center(x)
+        return F.normalize(x, dim=1)
 
     @staticmethod
     def maps(img_feat: Tensor, aud_feat: Tensor) -> tuple[Tensor, Tensor]:
@@ -185,7 +207,8 @@ class SSLTIE(nn.Module):
         """LVS logits (B, B+2) with the configured switches; see :func:`avssl.methods.ssltie.losses.lvs_trimap_logits`."""
         c = self.config
         return losses.lvs_trimap_logits(A, A0, tau=c.tau, eps_p=c.eps_p, eps_n=c.eps_n, tri_map=c.tri_map,
-                                        hard_negatives=c.hard_negatives, temperature=c.logit_temperature)
+                                        hard_negatives=c.hard_negatives, temperature=c.logit_temperature,
+                                        exclude_own_pair=c.exclude_own_pair)
 
     # -- training objective -----------------------------------------------------------------
     def step_outputs(self, image: Tensor, spec: Tensor, generator: torch.Generator | None = None,
