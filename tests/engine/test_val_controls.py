@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
-from train_utils import tiny_cfg
 
 from avssl.config import ConfigError
 from avssl.engine.train import fit
+from train_utils import tiny_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
