@@ -163,3 +163,34 @@ def test_the_page_in_a_real_browser(media, tmp_path):
         loc.close()
         tmp.cleanup()
     assert not Path(tmp.name).exists()  # uploads and results removed with it
+
+
+def test_sigterm_stops_a_blocking_server_and_removes_its_folder(media, monkeypatch):
+    """issue 22 item 14: kill / systemd / docker stop send SIGTERM; it stops the page as Ctrl-C
+    does (Gradio's blocking launch returns on KeyboardInterrupt) and the temporary folder goes."""
+    import os
+    import signal
+
+    import avssl.app as app_module
+    from avssl.commands import app as app_command
+
+    seen = {}
+
+    class FakePage:  # what Gradio's launch(prevent_thread_lock=False) does with a KeyboardInterrupt
+        def launch(self, **kw):
+            seen["folder"] = Path(kw["allowed_paths"][0])
+            assert seen["folder"].is_dir()
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+                seen["interrupted"] = False
+            except KeyboardInterrupt:
+                seen["interrupted"] = True
+
+    monkeypatch.setattr(app_module, "build_page", lambda localiser, examples: FakePage())
+    before = signal.getsignal(signal.SIGTERM)
+    args = argparse.Namespace(checkpoint=str(media["ckpt"]), host="127.0.0.1", port=0, max_mb=5.0, max_seconds=30.0,
+                              frames=2, device="cpu", no_examples=True)
+    app_command.serve(args, block=True)
+    assert seen["interrupted"] and not seen["folder"].exists()
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back

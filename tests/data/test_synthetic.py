@@ -217,3 +217,17 @@ def test_cli(tmp_path):
     assert len(recs) == 3 and sum(r.extra["offscreen"] for r in recs) == 1
     assert len(json.loads((out / "classes.json").read_text())) == 3
     assert read_frames(recs[0].video, [0.25]).shape == (1, 32, 32, 3)
+
+
+@pytest.mark.parametrize("opt,value", [("--clips", "-3"), ("--clips", "0"), ("--workers", "0"), ("--clips", "x")])
+def test_synth_refuses_bad_counts_in_one_line(opt, value, tmp_path, capsys):
+    """issue 22 item 9: a negative clip count was a traceback on the procedural path."""
+    from avssl.cli import main
+
+    args = ["synth", str(tmp_path / "o"), "--clips", "2", opt, value]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert opt in err[-1] and value in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "o").exists()

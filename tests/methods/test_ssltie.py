@@ -265,8 +265,13 @@ def test_audio_roll_shifts_each_training_waveform_and_nothing_else():
 def test_centred_embeddings_spread_the_audio_and_train():
     torch.manual_seed(0)
     cfg = dict(width=8, image_size=64, heatmap_size=4)
-    plain, centred = SSLTIE(SSLTIEConfig(**cfg)), SSLTIE(SSLTIEConfig(**cfg, center_embeddings=True,
+    plain, centred = SSLTIE(SSLTIEConfig(**cfg)), SSLTIE(SSLTIEConfig(**cfg, center_embeddings="both",
                                                                       exclude_own_pair=True))
+    audio_only = SSLTIE(SSLTIEConfig(**cfg, center_embeddings="audio"))
+    assert set(audio_only.state_dict()) - set(plain.state_dict()) == {
+        f"audio_center.{b}" for b in ("running_mean", "running_var", "num_batches_tracked")}
+    with pytest.raises(ValueError, match="center_embeddings"):
+        SSLTIEConfig(center_embeddings="visual")
     assert set(centred.state_dict()) - set(plain.state_dict()) == {
         f"{m}_center.{b}" for m in ("visual", "audio") for b in ("running_mean", "running_var", "num_batches_tracked")}
     image, spec = torch.randn(6, 3, 64, 64), torch.randn(6, 1, 257, 40)

@@ -1,10 +1,11 @@
 """avssl.commands: one module per subcommand (``add_arguments`` and ``run``), and the user-error
-helpers they and :mod:`avssl.cli` share."""
+helpers they and :mod:`avssl.cli` share, and the argparse count types."""
 from __future__ import annotations
 
+import argparse
 import re
 
-__all__ = ["error_text", "loader_worker_error", "user_error_classes"]
+__all__ = ["error_text", "loader_worker_error", "user_error_classes", "positive_int", "non_negative_int"]
 
 
 def user_error_classes() -> tuple[type[BaseException], ...]:
@@ -46,3 +47,20 @@ def error_text(e: BaseException) -> str:
     """What a command prints for the user error ``e``: its text, or, for one a DataLoader worker
     raised, the original error's message instead of the worker's traceback."""
     return loader_worker_error(e) or str(e)
+
+
+def _int_at_least(low: int, what: str):
+    """argparse type: an integer >= ``low`` (a count of 0 must not silently mean "default")."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+    return parse
+
+
+positive_int = _int_at_least(1, "a positive integer (>= 1)")
+non_negative_int = _int_at_least(0, "an integer >= 0")  # data loader workers: 0 loads in the main process

@@ -5,7 +5,7 @@ sound at evenly spaced frames with the checkpoint's method (SSL-TIE maps, or Equ
 maps) and shows the overlay video with its original audio, a time slider with the heatmap of the
 frame under it, an opacity control and the peak location. Files above --max-mb or longer than
 --max-seconds are refused with a message; requests queue one at a time; uploads and outputs live
-in a temporary folder removed when the server stops. Only 127.0.0.1 by default.
+in a temporary folder removed when the server stops (Ctrl-C or SIGTERM). Only 127.0.0.1 by default.
 
 Example:
     avssl app --checkpoint runs/demo/runs/ssltie_seed0/best.pt --port 7860
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import tempfile
 
@@ -44,13 +45,20 @@ def serve(args: argparse.Namespace, block: bool = True):
                           workdir=os.path.join(tmp.name, "results"))
     examples = [] if args.no_examples else make_examples(os.path.join(tmp.name, "examples"))
     page = build_page(localiser, examples)
+    # SIGTERM (kill, systemd, docker stop) stops the server as Ctrl-C does, so the folder goes too
+    previous = signal.signal(signal.SIGTERM, _interrupt) if block else None
     try:
         page.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=not block, show_error=True,
                     allowed_paths=[tmp.name], max_file_size=f"{int(args.max_mb)}mb")
     finally:
-        if block:  # the server has stopped (Ctrl-C included): uploads and results go with it
+        if block:  # the server has stopped (Ctrl-C or SIGTERM included): uploads and results go with it
+            signal.signal(signal.SIGTERM, previous)
             tmp.cleanup()
     return page, localiser, tmp
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,28 +33,13 @@ import sys
 from pathlib import Path
 
 from avssl.atomic import atomic_write_text, remove_stale_tmp
-from avssl.commands import error_text
+from avssl.commands import error_text, non_negative_int, positive_int
 
 HELP = "evaluate a checkpoint on a test set: heatmaps.npz, scores.json (cIoU, AUC, retrieval; mAP/accuracy)"
 
 log = logging.getLogger(__name__)
 
 
-def _int_at_least(low: int, what: str):
-    """argparse type: an integer >= ``low`` (a count of 0 must not silently mean "default")."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
-        return value
-    return parse
-
-
-positive_int = _int_at_least(1, "a positive integer (>= 1)")
-non_negative_int = _int_at_least(0, "an integer >= 0")  # data loader workers: 0 loads in the main process
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from avssl.commands import positive_int
+
 HELP = "write the synthetic audio-visual benchmark (mp4 clips, manifest, box annotations)"
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     d, sr = SynthConfig(), SemiRealConfig()
     parser.add_argument("out", metavar="OUT", help="output folder")
-    parser.add_argument("--clips", type=int, required=True, help="number of clips")
+    parser.add_argument("--clips", type=positive_int, required=True, help="number of clips")
     parser.add_argument("--seed", type=int, default=0, help="data-set seed (default 0)")
     parser.add_argument("--classes", type=int, default=None, help=f"number of classes (default {d.classes}; "
                         "not with --source, whose pairs are the classes)")
@@ -95,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=d.size, help=f"frame size in pixels, even (default {d.size})")
     parser.add_argument("--fps", type=float, default=d.fps, help=f"frame rate (default {d.fps:g})")
     parser.add_argument("--sample-rate", type=int, default=d.sample_rate, help=f"audio rate in Hz (default {d.sample_rate})")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all CPUs)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: all CPUs)")
     parser.add_argument("--two-source-frac", type=float, default=d.two_source_frac,
                         help="fraction of clips with two visible sounding objects (default 0)")
     parser.add_argument("--offscreen-frac", type=float, default=d.offscreen_frac,

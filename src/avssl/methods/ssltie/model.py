@@ -28,6 +28,9 @@ from avssl.models.resnet import INIT_MODES, audio_resnet18, load_imagenet_visual
 logger = logging.getLogger(__name__)
 
 
+CENTER_MODES = ("none", "audio", "both")  # SSLTIEConfig.center_embeddings
+
+
 @dataclass(frozen=True)
 class SSLTIEConfig:
     """SSL-TIE options; the defaults are the released training scripts' (docs/methods.md §1.2-1.4).
@@ -55,10 +58,11 @@ class SSLTIEConfig:
         training waveform is rolled circularly by a uniform random shift every step, before the
         spectrogram, so a clip is never heard from the same start twice (it takes away the
         recording's position as a cue a small training set can be memorised by).
-    center_embeddings: an avssl option, not in the released recipe: both encoders' outputs pass an
-        affine-free BatchNorm (batch statistics in training, running ones in evaluation) before the
-        L2 normalisation, so the embeddings are centred. The released encoders end in ReLU (+ max
-        pooling for audio): every embedding lies in the positive orthant and an untrained model's
+    center_embeddings: an avssl option, not in the released recipe: "audio" passes the audio
+        encoder's output, "both" both encoders' outputs, through an affine-free BatchNorm (batch
+        statistics in training, running ones in evaluation) before the L2 normalisation, so the
+        embeddings are centred; "none" (default) is the released model. The released encoders end
+        in ReLU (+ max pooling for audio): every embedding lies in the positive orthant and an untrained model's
         audio embeddings of different clips have cosine ~0.97-0.998, so the maps start out (and on
         small sets stay) the same whatever is heard.
     exclude_own_pair: drop the own pair from the easy negatives (logit -inf) instead of the
@@ -93,7 +97,7 @@ class SSLTIEConfig:
     imagenet_init: str | None = None
     init_checkpoint: str | None = None
     audio_roll: bool = False
-    center_embeddings: bool = False
+    center_embeddings: str = "none"
     exclude_own_pair: bool = False
     audmix: bool = False
     audmix_queue: int = 4000
@@ -123,6 +127,8 @@ class SSLTIEConfig:
                 or not 0 <= self.audmix_alpha_step <= 1:
             raise ValueError(f"bad Audmix options: queue={self.audmix_queue}, p0={self.audmix_p0}, "
                              f"p_step={self.audmix_p_step}, alpha_step={self.audmix_alpha_step}")
+        if self.center_embeddings not in CENTER_MODES:
+            raise ValueError(f"center_embeddings must be one of {CENTER_MODES}, got {self.center_embeddings!r}")
         if self.init not in INIT_MODES:
             raise ValueError(f"init must be one of {INIT_MODES}, got {self.init!r}")
 
@@ -149,9 +155,10 @@ class SSLTIE(nn.Module):
         self.config = config or SSLTIEConfig()
         self.visual = visual_resnet18(self.config.width, self.config.init)
         self.audio = audio_resnet18(self.config.width, self.config.init)
-        if self.config.center_embeddings:
-            channels = 8 * self.config.width
+        channels = 8 * self.config.width
+        if self.config.center_embeddings == "both":
             self.visual_center = nn.BatchNorm2d(channels, affine=False)
+        if self.config.center_embeddings in ("audio", "both"):
             self.audio_center = nn.BatchNorm1d(channels, affine=False)
         if self.config.imagenet_init is not None:
             load_imagenet_visual(self.visual, self.config.imagenet_init)
@@ -174,14 +181,14 @@ class SSLTIE(nn.Module):
     def encode_image(self, image: Tensor) -> Tensor:
         """(B, 3, H, W) -> L2-normalised (along channels) feature map (B, 8w, H/16, W/16)."""
         x = self.visual(image)
-        if self.config.center_embeddings:
+        if self.config.center_embeddings == "both":
             x = self.visual_center(x)
         return F.normalize(x, dim=1)
 
     def encode_audio(self, spec: Tensor) -> Tensor:
         """(B, 1, F, T) -> L2-normalised max-pooled embedding (B, 8w)."""
         x = self.audio(spec)
-        if self.config.center_embeddings:
+        if self.config.center_embeddings != "none":
             x = self.audio_center(x)
         return F.normalize(x, dim=1)
 
@@ -223,7 +230,7 @@ class SSLTIE(nn.Module):
         out: dict = {}
         share = c.equivariance and c.share_audio_pass
         if share and self.training:
-            with _doubled_bn_momentum(self.audio):
+            with _doubled_bn_momentum(self):  # only the audio path runs inside (its centring too)
                 aud_feat = self.encode_audio(spec)
         else:
             aud_feat = self.encode_audio(spec)
