@@ -560,3 +560,32 @@ def test_audio_downmix_before_resampling_matches_per_channel(media):
     stereo, sr2 = D.read_audio(path, 16000, mono=False)
     assert sr == sr2 == 16000 and stereo.shape == (2, mono.shape[0])
     np.testing.assert_allclose(stereo.mean(axis=0), mono, atol=1e-6)
+
+
+def test_a_forked_loader_worker_scales_frames_after_the_parent_did(tmp_path):
+    """A DataLoader worker forked after the main process scaled frames (libswscale slice threads)
+    hung for ever inside the inherited scaler, using or freeing it (seen in the suite). The worker
+    must decode; DataLoader's timeout turns a hang into a failure."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    path = tmp_path / "v.mp4"
+    with av.open(str(path), "w") as c:  # frames large enough for libswscale to use slice threads
+        vs = c.add_stream("libx264", rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = 640, 360, "yuv420p"
+        for k in range(6):
+            for p in vs.encode(av.VideoFrame.from_ndarray(np.full((360, 640, 3), 30 * k, np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in vs.encode():
+            c.mux(p)
+    D.read_frames(str(path), [0.1, 0.2], threads=0)  # the parent scales first
+
+    class Frames(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return torch.from_numpy(D.read_frames(str(path), [0.1 * (i + 1)], threads=1)[0].copy())
+
+    got = list(DataLoader(Frames(), batch_size=1, num_workers=1, timeout=60, multiprocessing_context="fork"))
+    assert len(got) == 2 and got[0].ndim == 4

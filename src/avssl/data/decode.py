@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import struct
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +180,27 @@ def read_frames(path: PathLike, times: Sequence[float] | Callable[[float], Seque
         return _decode_frames(c, vs, p, t, size, seek_threshold, threads)
 
 
+#: PyAV >= 17 scales frames with libswscale's slice threads (``threads=0``: one per CPU) unless told otherwise.
+_THREADED_REFORMAT = int(av.__version__.split(".")[0]) >= 17
+_SCALERS = threading.local()  # .pid, .reformatter: this thread's frame scaler, made in this process
+_INHERITED: list = []  # scalers a forked process inherited: freeing one waits for its missing threads
+
+
+def _reformatter():
+    """This thread's frame scaler, made in this process. PyAV keeps one per thread, and a DataLoader
+    worker forked from a process that had scaled frames inherits the parent's, with a libswscale
+    context whose slice threads do not exist in the child: scaling then waits for them for ever
+    (seen in the test suite), and so does freeing it. A scaler made after the fork cannot be such a
+    copy; the inherited one is kept, unused, for the life of the process."""
+    if getattr(_SCALERS, "pid", None) != os.getpid():
+        from av.video.reformatter import VideoReformatter
+
+        if getattr(_SCALERS, "reformatter", None) is not None:
+            _INHERITED.append(_SCALERS.reformatter)
+        _SCALERS.pid, _SCALERS.reformatter = os.getpid(), VideoReformatter()
+    return _SCALERS.reformatter
+
+
 #: Seconds (at least; and at least 4 frame intervals) before the next requested time from which
 #: every frame is decoded again; earlier non-reference frames are skipped.
 SKIP_MARGIN = 0.5
@@ -203,10 +225,12 @@ def _decode_frames(c: av.container.InputContainer, vs: av.video.stream.VideoStre
     margin = max(SKIP_MARGIN, 4 * step)
     out: np.ndarray | None = None
     reformat: dict = {"format": "rgb24"} | ({"width": size[0], "height": size[1]} if size else {})
+    if threads == 1 and _THREADED_REFORMAT:  # libswscale's slice threads too (a forked loader worker hung in them)
+        reformat["threads"] = 1
 
     def convert(frame: av.VideoFrame) -> np.ndarray:
         nonlocal out
-        arr = frame.to_ndarray(**reformat)
+        arr = _reformatter().reformat(frame, **reformat).to_ndarray()  # rgb24 already: no second scaling
         if out is None:  # later frames are scaled to the first one's size should it change
             out = np.empty((len(targets), *arr.shape), np.uint8)
             reformat.update(width=arr.shape[1], height=arr.shape[0])
