@@ -43,7 +43,7 @@ def checked(monkeypatch):
 
 def _overrides(method: str, manifest: Path, out: Path, *extra: str) -> list[str]:
     base = [f"method={method}", *METHODS[method].tiny, f"data.train_manifest={manifest}",
-            f"data.val_manifest={manifest}", "data.seconds=1", "data.num_workers=0", "train.batch_size=4",
+            f"data.val_manifest={manifest}", "data.annotations=null", "data.seconds=1", "data.num_workers=0", "train.batch_size=4",
             "train.epochs=1", "train.eval_every=0", f"train.out_dir={out}", "train.progress=false",
             "train.tensorboard=false", "optim.warmup_epochs=0"]
     if method == "ssltie":
