@@ -66,8 +66,9 @@ def _constant_lr(cfg, budget: int) -> bool:
 
 def _score(cfg, data: Path, run_dir: Path | None, test_records, train_records, datasets: dict) -> dict:
     """Scores of ``run_dir/best.pt`` (None: the untrained model of ``cfg``'s seed) on the test split."""
+    from avssl.data.controls import AUDIO_CONTROLS
     from avssl.data.datasets import class_list
-    from avssl.demo import CONTROLS, _evaluate, _probe, _row, control_rows
+    from avssl.demo import _evaluate, _probe, _row, control_rows
     from avssl.eval.masks import mask_scores_by_id
     from avssl.eval.references import load_masks
     from avssl.registry import build_method, load_method, pipeline_for
@@ -83,7 +84,7 @@ def _score(cfg, data: Path, run_dir: Path | None, test_records, train_records, d
         datasets["test"] = pipe.dataset(test_records, cfg, train=False, classes=classes)
         datasets["train"] = pipe.dataset(train_records, cfg, train=False, classes=classes)
         datasets["masks"] = load_masks(data, test_records)
-    scores, out = _evaluate(model, cfg, data, test_records, datasets["test"], CONTROLS)
+    scores, out = _evaluate(model, cfg, data, test_records, datasets["test"], AUDIO_CONTROLS)
     row = _row(scores)
     row.update({f"{c} {k}": v for c, r in control_rows(scores).items() for k, v in r.items()})
     masks = datasets["masks"]

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avssl.data.controls import AUDIO_CONTROLS
+
 log = logging.getLogger(__name__)
 
 METRICS = ("ciou_at_0.5", "auc", "mean_ciou", "adaptive_ciou_at_0.5", "pointing_accuracy")
@@ -53,8 +55,7 @@ def demo_config(data: Path, run_dir: Path, seed: int, epochs: int | None = None,
     return load_config(TrainConfig, [preset or _demo_methods()[method]], [*paths, *overrides])
 
 
-#: The audio controls every trained model is scored with (avssl.data.controls).
-CONTROLS = ("swap", "silent")
+#: The audio controls (every trained model is scored with all of them): how the report names them.
 CONTROL_TITLES = {"swap": "another clip's recording", "silent": "silence"}
 DEPENDENCE_KEYS = ("map_correlation", "peak_moved")
 
@@ -143,7 +144,7 @@ def _train_and_score(method: str, data: Path, out: Path, seeds, epochs, override
     from avssl.registry import build_method, load_method, pipeline_for
 
     res: dict = {"trained": [], "untrained": [], "histories": {}, "cfg": None, "ds": None, "heatmaps": None,
-                 **{f"trained, {c}": [] for c in CONTROLS}}
+                 **{f"trained, {c}": [] for c in AUDIO_CONTROLS}}
     train_records = read_manifest(data / "manifest.jsonl", split="train")
     train_ds = None
     for seed in seeds:
@@ -168,7 +169,7 @@ def _train_and_score(method: str, data: Path, out: Path, seeds, epochs, override
                   "trained": load_method(run_dir / "best.pt")[0]}
         for kind in ("trained", "untrained"):
             scores, outputs = _evaluate(models[kind], cfg, data, test_records, res["ds"],
-                                        CONTROLS if kind == "trained" else ())
+                                        AUDIO_CONTROLS if kind == "trained" else ())
             row = _row(scores)
             row["probe accuracy"] = _probe(models[kind], cfg, train_ds, outputs)
             res[kind].append(row)
@@ -250,7 +251,7 @@ def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds
         name = _title(m)
         zs = " (zero-shot)" if m == "equiav" else ""
         localisation[f"{name} trained{zs} ({n})"] = _aggregate(_only(r["trained"], METRICS))
-        for c in CONTROLS:  # the control rows: the same trained models, the recording replaced
+        for c in AUDIO_CONTROLS:  # the control rows: the same trained models, the recording replaced
             localisation[f"{name} trained{zs}, {CONTROL_TITLES[c]} ({n})"] = _aggregate(
                 _only(r[f"trained, {c}"], METRICS))
             dependence[f"{name} trained, {CONTROL_TITLES[c]} ({n})"] = _aggregate(
@@ -259,7 +260,7 @@ def run_demo(out: str | os.PathLike, clips: int = 600, data_seed: int = 0, seeds
         for kind in ("trained", "untrained"):
             retrieval[f"{name} {kind}"] = _aggregate(_only(r[kind], RETRIEVAL_KEYS))
             probe[f"{name} {kind}"] = _aggregate(_only(r[kind], PROBE_KEYS))
-        for c in CONTROLS:
+        for c in AUDIO_CONTROLS:
             retrieval[f"{name} trained, {CONTROL_TITLES[c]}"] = _aggregate(_only(r[f"trained, {c}"], RETRIEVAL_KEYS))
         c = r["cfg"]
         details[f"{name} epochs"] = c.train.epochs

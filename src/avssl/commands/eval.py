@@ -40,8 +40,6 @@ HELP = "evaluate a checkpoint on a test set: heatmaps.npz, scores.json (cIoU, AU
 log = logging.getLogger(__name__)
 
 
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="an avssl checkpoint (best.pt / last.pt)")
     parser.add_argument("--data", required=True, metavar="MANIFEST",
@@ -92,13 +90,13 @@ def _classification(args, model, cfg, pipe, dataset, device) -> int:
     loader = DataLoader(dataset, batch_size=args.batch_size or cfg.train.eval_batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers if args.workers is None else args.workers,
                         collate_fn=pipe.collate)
-    model = model.to(device)
-    scores = pipe.evaluate(model, loader, pipe.batch_transform(cfg, device), device, cfg)
+    model, transform = model.to(device), pipe.batch_transform(cfg, device)
+    scores = pipe.evaluate(model, loader, transform, device, cfg)
     for name in parse_audio_control(args.audio_control):  # the classifier on the frames with other audio
         control = AudioControlDataset(dataset, name)
         loader = DataLoader(control, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
                             collate_fn=pipe.collate)
-        c_scores = pipe.evaluate(model, loader, pipe.batch_transform(cfg, device), device, cfg)
+        c_scores = pipe.evaluate(model, loader, transform, device, cfg)
         scores.setdefault("audio_control", {})[name] = {**control.describe(), **c_scores}
         scores.setdefault("audio_dependence", {})[name] = {"drop": score_drops(scores, c_scores)}
     return _write_scores(args, _out_dir(args), scores)

@@ -70,8 +70,6 @@ def swap_partners(groups: Sequence[object | None], seed: int = 0) -> np.ndarray:
     return partners
 
 
-
-
 class AudioControlDataset(Dataset):
     """``dataset`` with each clip's recording replaced by the control ``mode`` ("swap" or "silent").
 

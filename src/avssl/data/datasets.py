@@ -300,7 +300,6 @@ class AVFrameAudioDataset(Dataset):
             out["full"] = torch.tensor(frame, dtype=torch.uint8).permute(2, 0, 1).contiguous()
         return out
 
-
     def audio_fields(self, wave: np.ndarray, sr: int) -> dict:
         """A sample's audio keys from a decoded mono waveform at rate ``sr``: ``wave`` (tiled or
         cut/zero-padded to ``seconds``), ``num_samples``, ``sample_rate``."""

@@ -225,7 +225,7 @@ def _decode_frames(c: av.container.InputContainer, vs: av.video.stream.VideoStre
     margin = max(SKIP_MARGIN, 4 * step)
     out: np.ndarray | None = None
     reformat: dict = {"format": "rgb24"} | ({"width": size[0], "height": size[1]} if size else {})
-    if threads == 1 and _THREADED_REFORMAT:  # libswscale's slice threads too (a forked loader worker hung in them)
+    if threads == 1 and _THREADED_REFORMAT:  # one scaling thread too where the decoder has one (loader workers)
         reformat["threads"] = 1
 
     def convert(frame: av.VideoFrame) -> np.ndarray:

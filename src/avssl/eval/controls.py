@@ -30,7 +30,10 @@ def map_correlations(own: Mapping[str, np.ndarray], control: Mapping[str, np.nda
                      ids: Sequence[str] | None = None) -> np.ndarray:
     """Per-clip Pearson correlation of the own-recording map with the control's (NaN where either map is constant)."""
     ids = list(own) if ids is None else list(ids)
-    a, b = _flat(own, ids), _flat(control, ids)
+    return _row_correlations(_flat(own, ids), _flat(control, ids))
+
+
+def _row_correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a - a.mean(axis=1, keepdims=True)
     b = b - b.mean(axis=1, keepdims=True)
     den = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
@@ -68,8 +71,8 @@ def audio_dependence(own_maps: Mapping[str, np.ndarray], control_maps: Mapping[s
     ids = [i for i in own_maps if i in control_maps]
     if not ids:
         raise ValueError("audio_dependence: the own and control maps share no clip id")
-    r = map_correlations(own_maps, control_maps, ids)
     a, b = _flat(own_maps, ids), _flat(control_maps, ids)
+    r = _row_correlations(a, b)
     out = {"n_clips": len(ids), "map_correlation": float(np.nanmean(r)) if np.isfinite(r).any() else float("nan"),
            "n_constant": int(np.isnan(r).sum()),
            "peak_moved": float(np.mean(a.argmax(axis=1) != b.argmax(axis=1)))}
