@@ -68,3 +68,55 @@ def test_the_timeout_comes_from_the_config_or_the_environment(monkeypatch):
     assert LoopConfig().dist_timeout_s == 1800
     with pytest.raises(ValueError):
         LoopConfig(dist_timeout_s=0)
+
+
+class _WithBuffers(torch.nn.Module):
+    """A module with BatchNorm buffers: DDP's forward broadcasts them from rank 0 (a collective)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.bn = torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3)
+
+    def forward(self, inputs, generator=None):
+        return {"loss": self.bn(self.lin(inputs)).square().mean()}
+
+
+def _forward_worker(rank: int, init_file: str, out_file: str) -> None:
+    from avssl.engine.train import training_forward
+
+    D.init_process_group("gloo", timeout_s=3, init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    net = torch.nn.parallel.DistributedDataParallel(_WithBuffers())
+    if rank == 1:  # stalls after the set-up, while rank 0 waits in the forward's buffer broadcast
+        os.kill(os.getpid(), signal.SIGSTOP)
+        time.sleep(120)
+    try:
+        training_forward(net, torch.ones(4, 3), None, 1, torch.device("cpu"), torch.float32, False)
+        result = {"error": None}
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        result = {"error": str(e), "type": type(e).__name__}
+    with open(out_file, "w") as f:
+        json.dump(result, f)
+    os._exit(0)
+
+
+def test_a_rank_stalled_during_ddps_forward_is_named(tmp_path):
+    """Issue 22 item 8: the forward's buffer broadcast timed out as a raw RuntimeError traceback."""
+    ctx = mp.get_context("spawn")
+    init, out = str(tmp_path / "init"), str(tmp_path / "out.json")
+    procs = [ctx.Process(target=_forward_worker, args=(r, init, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        procs[0].join(timeout=40)
+        assert not procs[0].is_alive(), "rank 0 hung on the stalled rank"
+    finally:
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGKILL)
+            p.join(timeout=5)
+    with open(out) as f:
+        result = json.load(f)
+    assert result.get("type") == "DistributedTimeoutError", result
+    msg = result["error"]
+    assert "training step" in msg and "forward" in msg and "rank(s) 1 stalled" in msg and "\n" not in msg, msg

@@ -80,12 +80,12 @@ class Localiser:
 
     def __init__(self, checkpoint: str | os.PathLike, limits: Limits = Limits(), device: str = "cpu",
                  workdir: str | os.PathLike | None = None) -> None:
-        from avssl.config import from_dict
         from avssl.registry import load_method
-        from avssl.train_config import TrainConfig
+        from avssl.train_config import config_from_checkpoint, trained_audio
 
         self.model, ckpt = load_method(checkpoint, map_location=device)
-        self.cfg = from_dict(TrainConfig, ckpt["config"])
+        self.cfg = config_from_checkpoint(ckpt, str(checkpoint))
+        self.model_audio = trained_audio(ckpt, self.cfg)
         self.method = self.cfg.method
         self.limits, self.device = limits, device
         self._own = workdir is None

@@ -308,8 +308,10 @@ def gather_inference(out):
     heat: dict = {}
     for p in parts:
         heat.update(p.heatmaps)
+    rates = [p.sample_rates for p in parts]
     return type(parts[0])(heat, [i for p in parts for i in p.ids], torch.cat([p.labels for p in parts]),
-                          torch.cat([p.audio for p in parts]), torch.cat([p.visual for p in parts]))
+                          torch.cat([p.audio for p in parts]), torch.cat([p.visual for p in parts]),
+                          sample_rates=torch.cat(rates) if all(r is not None for r in rates) else None)
 
 
 def shard_rows(x: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:

@@ -23,7 +23,8 @@ from avssl.data.datasets import FRAME_RESIZE
 from avssl.precision import AMP_DTYPES
 from avssl.registry import METHODS
 
-__all__ = ["DataConfig", "OptimConfig", "LoopConfig", "TrainConfig"]
+__all__ = ["DataConfig", "OptimConfig", "LoopConfig", "TrainConfig", "CONFIG_SCHEMA", "config_from_checkpoint",
+           "checkpoint_config_dict", "trained_audio", "audio_rate_warning"]
 
 
 #: Where training's random crop is drawn (:attr:`DataConfig.train_crop`).
@@ -266,3 +267,89 @@ TrainConfig = make_dataclass(
                "__config_omit__": _config_omit,
                "__doc__": "A whole run: the method, its options, data, optimiser and loop."})
 TrainConfig.__module__ = __name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints of older versions, and the audio a model was trained on
+
+#: The version of the saved run config's meaning, written into every checkpoint as
+#: ``config_schema``. 1: checkpoints without the key (written before it existed); 2: current.
+#: A field missing from a checkpoint takes the value the code that wrote it used, not today's
+#: default (:data:`_BEFORE_FIELD`); bump this when a default changes, and say what it was.
+CONFIG_SCHEMA = 2
+
+#: ``section.field -> (schema that added it, the behaviour before)``: a checkpoint of an older
+#: schema that lacks the field was trained and scored with that value.
+_BEFORE_FIELD = {
+    # 3a2096e added data.frame_resize (default "pil_bicubic", the authors' test resize): the
+    # loader before it resized with torch's antialiased bilinear, which "torch_bilinear" keeps.
+    "data.frame_resize": (2, "torch_bilinear"),
+}
+
+
+def checkpoint_config_dict(ckpt: dict, source: str = "checkpoint") -> dict:
+    """The run config of a loaded avssl checkpoint as a plain dict, brought to :data:`CONFIG_SCHEMA`:
+    a field an older checkpoint lacks takes the value of the version that wrote it (logged, with
+    the current default beside it). Raises ValueError for a checkpoint of a newer schema."""
+    import copy
+    import logging
+
+    log = logging.getLogger(__name__)
+    raw = ckpt.get("config")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: the checkpoint holds no run config")
+    schema = int(ckpt.get("config_schema", 1))
+    if schema > CONFIG_SCHEMA:
+        raise ValueError(f"{source}: written with config schema {schema}, newer than this avssl's "
+                         f"({CONFIG_SCHEMA}); upgrade avssl to use it")
+    data = copy.deepcopy(raw)
+    for key, (added, before) in _BEFORE_FIELD.items():
+        section, name = key.split(".")
+        if schema < added and name not in (data.get(section) or {}):
+            data.setdefault(section, {})[name] = before
+            log.info("%s: written by config schema %d, before %s existed: using %r, the value that "
+                     "version used (the default now: %r)", source, schema, key, before,
+                     getattr(_SECTIONS[section](), name))
+    return data
+
+
+_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": LoopConfig}
+
+
+def config_from_checkpoint(ckpt: dict, source: str = "checkpoint"):
+    """The :data:`TrainConfig` of a loaded avssl checkpoint (:func:`checkpoint_config_dict`)."""
+    from avssl.config import from_dict
+
+    return from_dict(TrainConfig, checkpoint_config_dict(ckpt, source))
+
+
+def trained_audio(ckpt: dict, cfg=None) -> dict | None:
+    """What audio the checkpoint's model was trained on: ``{"sample_rates": [Hz, ...], "seconds": s}``
+    (saved by training since config schema 2; for an older checkpoint trained at a fixed
+    ``data.sample_rate``, that rate), or None when unknown."""
+    rec = (ckpt.get("extra") or {}).get("trained_audio")
+    if isinstance(rec, dict) and rec.get("sample_rates"):
+        return {"sample_rates": sorted(int(r) for r in rec["sample_rates"]), "seconds": rec.get("seconds")}
+    cfg = cfg if cfg is not None else config_from_checkpoint(ckpt)
+    if cfg.data.sample_rate is not None:
+        return {"sample_rates": [int(cfg.data.sample_rate)], "seconds": cfg.data.seconds}
+    return None
+
+
+def audio_rate_warning(trained: dict | None, rates: dict[int, int], option: str = "--sample-rate") -> str | None:
+    """One sentence when clips' sample rates (``{Hz: clip count}``) are not rates the model was
+    trained on (``trained``: :func:`trained_audio`): the spectrograms then have another frequency
+    and time scale than in training. None when they all are, or the model's rates are unknown."""
+    if not trained or not rates:
+        return None
+    known = set(trained["sample_rates"])
+    off = {r: n for r, n in rates.items() if int(r) not in known}
+    if not off:
+        return None
+    total, n_off = sum(rates.values()), sum(off.values())
+    model = "/".join(str(r) for r in sorted(known))
+    target = min(known, key=lambda r: abs(r - max(off, key=off.get)))
+    listed = ", ".join(f"{n} at {r} Hz" for r, n in sorted(off.items()))
+    return (f"{n_off} of {total} clips are not at the sample rate the model was trained on ({model} Hz): "
+            f"{listed}; their spectrograms have another frequency and time scale than in training; pass "
+            f"{option} {target} to resample them")

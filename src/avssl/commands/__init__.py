@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-__all__ = ["error_text", "loader_worker_error", "user_error_classes", "positive_int", "non_negative_int"]
+__all__ = ["error_text", "loader_worker_error", "worker_error_parts", "user_error_classes", "positive_int", "non_negative_int"]
 
 
 def user_error_classes() -> tuple[type[BaseException], ...]:
@@ -23,30 +23,55 @@ def user_error_classes() -> tuple[type[BaseException], ...]:
 
 
 _WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.")
+_USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
-def loader_worker_error(e: BaseException) -> str | None:
-    """The message of a user error raised in a DataLoader worker, which the loader re-raises in
-    the main process (as its type or as RuntimeError) with the worker's traceback as the text:
-    the original exception's last line, or None when that is not a user error."""
+def _subclass_names(classes) -> set[str]:
+    """The names of ``classes`` and of all their subclasses (a worker error's type is known by name)."""
+    names, todo = set(), list(classes)
+    while todo:
+        c = todo.pop()
+        if c.__name__ not in names:
+            names.add(c.__name__)
+            todo.extend(c.__subclasses__())
+    return names
+
+
+def worker_error_parts(e: BaseException) -> tuple[str, str] | None:
+    """``(type name, message)`` of the exception a DataLoader worker raised, which the loader
+    re-raises in the main process (as its type, or as RuntimeError when that type cannot be
+    rebuilt from one string) with the worker's whole traceback as its text; None when ``e`` is
+    not such an error. The message is the original error's last line, without its type."""
     text = str(e)
     m = _WORKER_ERROR.match(text)
     if m is None:
         return None
     name = m.group(1)
-    users = {c.__name__ for c in user_error_classes()} | {
-        "FileNotFoundError", "IsADirectoryError", "NotADirectoryError", "PermissionError"}
     last = next((x.strip() for x in reversed(text.splitlines()) if x.strip()), "")
     head, sep, message = last.partition(": ")
-    if name not in users or not sep or head.rsplit(".", 1)[-1] != name:
+    if sep and head.rsplit(".", 1)[-1] == name:
+        return name, message
+    return name, last
+
+
+def loader_worker_error(e: BaseException) -> str | None:
+    """The message of a user error (:func:`user_error_classes` or a subclass, a missing or
+    unreadable file) raised in a DataLoader worker: the original exception's last line, or None
+    when ``e`` is not from a worker or is not a user error (a bug keeps its traceback)."""
+    parts = worker_error_parts(e)
+    if parts is None:
         return None
-    return message
+    name, message = parts
+    users = _subclass_names(user_error_classes()) | _subclass_names(_USER_OS_ERRORS)
+    return message if name in users or isinstance(e, user_error_classes()) else None
 
 
 def error_text(e: BaseException) -> str:
-    """What a command prints for the user error ``e``: its text, or, for one a DataLoader worker
-    raised, the original error's message instead of the worker's traceback."""
-    return loader_worker_error(e) or str(e)
+    """What a command prints for the user error ``e`` (a command catches the types it knows to be
+    the user's): its text, or, for one a DataLoader worker raised, whatever its type, the
+    original error's message in one line instead of the worker's traceback."""
+    parts = worker_error_parts(e)
+    return parts[1] if parts is not None else str(e)
 
 
 def _int_at_least(low: int, what: str):

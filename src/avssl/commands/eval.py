@@ -30,6 +30,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from avssl.atomic import atomic_write_text, remove_stale_tmp
@@ -63,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "same length; scores.json then holds the control's scores (audio_control) and how "
                              "much the maps and scores depend on the recording (audio_dependence: map "
                              "correlation own vs control, share of peaks moved, drop of every score)")
+    parser.add_argument("--sample-rate", type=positive_int, default=None, metavar="HZ",
+                        help="resample every clip's audio to HZ at load (default: the checkpoint's data.sample_rate; "
+                             "none there = each file's native rate). A warning names the clips whose rate is not "
+                             "one the model was trained on (recorded in the checkpoint)")
     parser.add_argument("--per-class", type=positive_int, default=None, metavar="N",
                         help="keep only the first N clips of each class (manifest order), e.g. 5 as EquiAV's "
                              "retrieval subset; clips without a label are dropped")
@@ -119,7 +124,7 @@ def _write_scores(args: argparse.Namespace, out_dir: Path, scores: dict) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from avssl.checkpoint import CheckpointError
-    from avssl.config import ConfigError, from_dict
+    from avssl.config import ConfigError
     from avssl.data.annotations import AnnotationError
     from avssl.data.controls import parse_audio_control
     from avssl.data.decode import MediaError
@@ -132,11 +137,14 @@ def run(args: argparse.Namespace) -> int:
     )
     from avssl.engine.train import resolve_device
     from avssl.registry import load_method, pipeline_for
-    from avssl.train_config import TrainConfig
+    from avssl.train_config import audio_rate_warning, config_from_checkpoint, trained_audio
 
     try:
         model, ckpt = load_method(args.checkpoint)
-        cfg = from_dict(TrainConfig, ckpt["config"])
+        cfg = config_from_checkpoint(ckpt, str(args.checkpoint))
+        model_audio = trained_audio(ckpt, cfg)
+        if args.sample_rate is not None:
+            cfg = replace(cfg, data=replace(cfg.data, sample_rate=args.sample_rate))
         records = read_manifest(args.data, split=None if args.split == "all" else args.split)
         if args.per_class is not None:
             records = per_class_subset(records, args.per_class)
@@ -155,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, ConfigError, ManifestError, MediaError, AnnotationError, ValueError) as e:
         print(f"avssl eval: error: {error_text(e)}", file=sys.stderr)
         return 2
+    scores["model_audio"] = model_audio
+    warning = audio_rate_warning(model_audio, out.rate_counts())
+    if warning:
+        log.warning("%s", warning)
     out_dir = _out_dir(args)
     save_heatmaps(out_dir / "heatmaps.npz", out.heatmaps)
     for name, maps in (out.controls or {}).items():

@@ -52,12 +52,14 @@ from torch.utils.data import Dataset
 
 from avssl.data import decode
 from avssl.data.audio import tile_to_duration
+from avssl.data.batch import MixedRateError, batch_rate, collate, collate_mixed_rates, split_by_rate
 from avssl.data.manifest import Record
 from avssl.data.shard_access import SHARD_MEMBERS, member_bytes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AVFrameAudioDataset", "collate", "collate_mixed_rates", "resize_crop", "class_list", "FRAME_RESIZE"]
+__all__ = ["AVFrameAudioDataset", "collate", "collate_mixed_rates", "batch_rate", "split_by_rate", "MixedRateError",
+           "resize_crop", "class_list", "FRAME_RESIZE"]
 
 
 def _decoder_threads() -> int:
@@ -323,43 +325,3 @@ class AVFrameAudioDataset(Dataset):
             s = self._cache[index]
             return {k: s[k] for k in ("wave", "num_samples", "sample_rate")}
         return self.audio_fields(*self._wave(self.records[index]))
-
-
-def collate(samples: Sequence[dict], mixed_rates: bool = False) -> dict:
-    """Stack samples: ``image`` uint8 (B, 3, S, S), ``wave`` (B, N), ``num_samples`` (B,), ``label`` (B,),
-    ``target`` (B, C), ``id`` list, ``sample_rate`` int; samples with ``"full"`` original frames
-    give ``full`` uint8 (B, 3, H, W), each frame at the top left of a zero canvas of the largest
-    size, and ``full_hw`` (B, 2) long, each frame's own ``(h, w)``.
-
-    Clips of one batch must share a sample rate unless ``mixed_rates`` (:func:`collate_mixed_rates`,
-    for front-ends computed per clip at its own rate, as EquiAV's): then a batch of several rates
-    has ``sample_rate`` (B,) long and ``wave`` zero-padded to the longest clip."""
-    rates = {s["sample_rate"] for s in samples}
-    waves = [s["wave"] for s in samples]
-    if len(rates) == 1:
-        rate = rates.pop()
-    elif mixed_rates:
-        rate = torch.tensor([s["sample_rate"] for s in samples], dtype=torch.long)
-        longest = max(w.shape[-1] for w in waves)
-        waves = [F.pad(w, (0, longest - w.shape[-1])) for w in waves]
-    else:
-        bad = [(s["id"], s["sample_rate"]) for s in samples][:6]
-        raise ValueError(f"clips of one batch have different sample rates {sorted(rates)} ({bad}); "
-                         "set data.sample_rate to resample them to one rate")
-    out = {"id": [s["id"] for s in samples], "image": torch.stack([s["image"] for s in samples]),
-           "wave": torch.stack(waves),
-           "num_samples": torch.tensor([s["num_samples"] for s in samples], dtype=torch.long),
-           "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
-           "target": torch.stack([s["target"] for s in samples]), "sample_rate": rate}
-    if "full" in samples[0]:
-        hw = torch.tensor([tuple(s["full"].shape[-2:]) for s in samples], dtype=torch.long)
-        canvas = torch.zeros((len(samples), 3, *hw.max(dim=0).values.tolist()), dtype=torch.uint8)
-        for i, s in enumerate(samples):  # a copy per sample into the batch buffer, as torch.stack
-            canvas[i, :, : hw[i, 0], : hw[i, 1]] = s["full"]
-        out["full"], out["full_hw"] = canvas, hw
-    return out
-
-
-def collate_mixed_rates(samples: Sequence[dict]) -> dict:
-    """:func:`collate` that accepts clips of several sample rates in one batch (``mixed_rates``)."""
-    return collate(samples, mixed_rates=True)

@@ -28,7 +28,7 @@ from avssl.methods.base import run_batches
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InferenceOutput", "run_inference", "localise_dataset", "localisation_scores",
+__all__ = ["InferenceOutput", "infer_batch", "run_inference", "localise_dataset", "localisation_scores",
            "retrieval_scores", "evaluate_localisation", "save_heatmaps", "load_annotations", "best_worst_sheet"]
 
 
@@ -43,21 +43,58 @@ class InferenceOutput:
     audio: torch.Tensor
     visual: torch.Tensor
     controls: dict[str, dict[str, np.ndarray]] | None = None  # audio control -> {id: map} (evaluate_localisation)
+    sample_rates: torch.Tensor | None = None  # (N,) long: each clip's audio rate as the model heard it
+
+    def rate_counts(self) -> dict[int, int]:
+        """``{sample rate: clips}`` of the evaluated clips."""
+        if self.sample_rates is None:
+            return {}
+        rates, counts = torch.unique(self.sample_rates, return_counts=True)
+        return {int(r): int(n) for r, n in zip(rates.tolist(), counts.tolist(), strict=True)}
+
+
+_OUTPUTS = ("heatmap", "audio", "visual")
+
+
+def infer_batch(model: nn.Module, batch, batch_transform: Callable, infer: Callable) -> dict[str, torch.Tensor]:
+    """``infer(model, batch_transform(batch, None, train=False))``'s heatmap / audio / visual rows;
+    a batch of clips at several sample rates runs as one batch per rate
+    (:func:`avssl.data.batch.split_by_rate`), its rows put back in the batch's order, so that
+    every clip gets what batch size 1 gives it (evaluation has no cross-clip term)."""
+    from avssl.data.batch import split_by_rate
+
+    parts = split_by_rate(batch)
+    if parts is None:
+        out = infer(model, batch_transform(batch, None, train=False))
+        return {k: out[k] for k in _OUTPUTS}
+    size = len(batch["id"])
+    merged: dict[str, torch.Tensor] = {}
+    for rows, sub in parts:
+        out = infer(model, batch_transform(sub, None, train=False))
+        for k in _OUTPUTS:
+            v = out[k]
+            if k not in merged:
+                merged[k] = v.new_empty((size, *v.shape[1:]))
+            merged[k][rows.to(v.device)] = v
+    return merged
 
 
 def run_inference(model: nn.Module, loader, batch_transform: Callable, infer: Callable,
                   device: torch.device | str, progress: bool = False) -> InferenceOutput:
-    """Run ``infer(model, batch_transform(batch, None, train=False))`` over ``loader`` (eval mode)."""
+    """Run ``infer(model, batch_transform(batch, None, train=False))`` over ``loader`` (eval mode;
+    batches of several sample rates as one batch per rate, :func:`infer_batch`)."""
     def step(batch):
-        out = infer(model, batch_transform(batch, None, train=False))
-        return {"id": batch["id"], "label": batch["label"], **{k: out[k] for k in ("heatmap", "audio", "visual")}}
+        rate = batch["sample_rate"]
+        rates = rate if isinstance(rate, torch.Tensor) else torch.full((len(batch["id"]),), int(rate))
+        return {"id": batch["id"], "label": batch["label"], "sample_rate": rates.long(),
+                **infer_batch(model, batch, batch_transform, infer)}
 
     rows = run_batches(model, loader, step, progress="eval" if progress else None)
     if not rows:
         raise ValueError("run_inference: the loader yielded no clips")
     ids = list(rows["id"])
     return InferenceOutput({i: m for i, m in zip(ids, rows["heatmap"].numpy(), strict=True)}, ids,
-                           rows["label"], rows["audio"], rows["visual"])
+                           rows["label"], rows["audio"], rows["visual"], sample_rates=rows["sample_rate"])
 
 
 def localise_dataset(model: nn.Module, loader, batch_transform: Callable, device: torch.device | str,
@@ -174,7 +211,8 @@ def evaluate_localisation(model: nn.Module, records, cfg, annotations: str | os.
 
     out = infer(ds)
     boxes = load_annotations(annotations, fmt) if annotations is not None else None
-    scores: dict = {"n_clips": len(out.ids), "skipped": [list(s) for s in getattr(ds, "skipped", [])]}
+    scores: dict = {"n_clips": len(out.ids), "skipped": [list(s) for s in getattr(ds, "skipped", [])],
+                    "audio_rates": {str(r): n for r, n in out.rate_counts().items()}}
     scores.update(_scores_of(out, boxes, fmt, with_retrieval, retrieval_fp16))
     if with_retrieval:
         scores["retrieval_arithmetic"] = "fp16 (released EquiAV script)" if retrieval_fp16 else "fp32"

@@ -78,7 +78,7 @@ from avssl.engine.evaluate import (
 from avssl.precision import amp_settings
 from avssl.registry import build_method, pipeline_for
 from avssl.seeding import mix
-from avssl.train_config import OptimConfig, TrainConfig
+from avssl.train_config import CONFIG_SCHEMA, OptimConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -299,6 +299,16 @@ class _Writer:
             self.tb.close()
 
 
+def training_forward(net, inputs, generator, step: int, device: torch.device, amp_dtype, use_amp: bool) -> dict:
+    """The loss dict of one training step's forward (under autocast when ``use_amp``). Under DDP the
+    forward is a collective (it broadcasts rank 0's buffers, e.g. BatchNorm statistics): it is
+    guarded, so a stalled rank is named (:func:`avssl.distributed.guard`) instead of gloo's timeout
+    escaping as a traceback."""
+    with dist_utils.guard(f"training step {step} (forward: DDP's buffer broadcast)"), \
+            torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
+        return net(inputs, generator=generator)
+
+
 def _mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
     """Scalar tensors -> floats averaged over ranks, in one collective (and one device sync)."""
     keys = list(values)
@@ -446,6 +456,7 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     start_epoch, step, best, history = 0, 0, {"value": None, "epoch": None}, []
+    heard: set[int] = set()  # the sample rates of the training clips seen (rank 0's; saved as trained_audio)
     if ckpt is not None:
         try:
             model.load_state_dict(strip_prefixes(ckpt["model"]))
@@ -458,6 +469,7 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
             raise CheckpointError(f"checkpoint {path}: does not fit this run's model/optimiser "
                                   f"(another config?): {first}") from e
         best = ckpt.get("extra", {}).get("best", best)
+        heard.update(int(r) for r in (ckpt.get("extra", {}).get("trained_audio") or {}).get("sample_rates", []))
         set_rng_state(ckpt["rng"])
         logger.info("resumed from %s at epoch %d, step %d", path, start_epoch, step)
         if main:  # records logged after the checkpoint (the run was killed) are logged again
@@ -471,8 +483,9 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
 
     net = pipe.train_module(model, cfg)
     if dist_utils.is_distributed():
-        net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+        with dist_utils.guard("DDP set-up (parameter broadcast)"):
+            net = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.train.compile:
         net = torch.compile(net)
     writer = _Writer(run_dir, main, cfg.train.tensorboard)
@@ -492,7 +505,9 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
         try:
             save_checkpoint(path, model=model.state_dict(), optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch, step=step,
-                            config=to_dict(cfg), rng=rng_state(), extra={"best": best, "classes": classes})
+                            config=to_dict(cfg), config_schema=CONFIG_SCHEMA, rng=rng_state(),
+                            extra={"best": best, "classes": classes,
+                                   "trained_audio": {"sample_rates": sorted(heard), "seconds": cfg.data.seconds}})
         except OSError as e:  # e.g. ENOSPC: the previous checkpoint is intact (atomic write)
             if e.errno == errno.ENOSPC:
                 logger.error("disk full while writing %s; the previous %s is intact", path, path.name)
@@ -513,8 +528,7 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
             for batch in bar:
                 gen = step_generator(cfg.train.seed, epoch, step)
                 inputs = transform(batch, gen, train=True, shard=(rank, world))
-                with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                    losses = net(inputs, generator=gen)
+                losses = training_forward(net, inputs, gen, step + 1, device, amp_dtype, use_amp)
                 loss = losses["loss"]
                 optimizer.zero_grad(set_to_none=True)
                 # a rank stalled before here is named if the others time out
@@ -529,6 +543,8 @@ def fit(cfg: TrainConfig, resume: bool | str | os.PathLike = False) -> dict:
                 step += 1
                 n_batches += 1
                 n_clips += len(batch["id"])
+                rate = batch["sample_rate"]
+                heard.update(rate.unique().tolist() if isinstance(rate, torch.Tensor) else (int(rate),))
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v.detach().float()
                 if step % cfg.train.log_every == 0:  # the mean over ranks (= the global batch's loss)

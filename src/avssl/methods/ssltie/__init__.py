@@ -6,6 +6,7 @@ inference), ``audmix`` (the optional Audmix hard negatives), ``losses`` (pure lo
 ``convert`` (the authors' checkpoints). The public names are re-exported here, and
 :data:`SPEC` is the method's row in :mod:`avssl.registry`.
 """
+from avssl.data.batch import collate_mixed_rates
 from avssl.methods.base import MethodSpec, Pipeline
 from avssl.methods.ssltie.audmix import audmix_on_epoch_end
 from avssl.methods.ssltie.convert import convert_official_state_dict, load_official
@@ -25,8 +26,10 @@ def _check_config(cfg) -> None:
 
 SPEC = MethodSpec(
     name="ssltie", config=SSLTIEConfig, model=SSLTIE,
+    # clips of several native rates batch together; evaluation runs one sub-batch per rate
+    # (avssl.data.batch.split_by_rate) and training refuses a mixed batch (batch_rate)
     pipeline=Pipeline(ssltie_dataset, SSLTIEBatchTransform.from_config, ssltie_infer,
-                      on_epoch_end=audmix_on_epoch_end),
+                      collate=collate_mixed_rates, on_epoch_end=audmix_on_epoch_end),
     title="SSL-TIE", paper="Liu et al., SSL-TIE, ACM MM 2022 (arXiv 2206.12772)", preset="synthetic/ssltie", demo=True,
     tiny=("ssltie.width=8", "ssltie.image_size=64", "ssltie.heatmap_size=4", "data.seconds=1"),
     validate=_check_config)

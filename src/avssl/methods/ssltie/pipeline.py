@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from avssl.augment.audio import random_wave_roll
 from avssl.data.audio import ssltie_spectrogram
+from avssl.data.batch import batch_rate
 from avssl.data.datasets import AVFrameAudioDataset
 from avssl.data.manifest import Record
 from avssl.methods.ssltie.audmix import mix_waves
@@ -106,7 +107,8 @@ class SSLTIEBatchTransform:
             image = self.train_image(image, generator)
         else:
             image = self.eval_image(image)
-        spec = ssltie_spectrogram(wave, int(batch["sample_rate"]), self.seconds, train=augment,
+        rate = batch_rate(batch, "a training batch" if train else "an evaluation batch")  # one spectrogram size
+        spec = ssltie_spectrogram(wave, rate, self.seconds, train=augment,
                                   generator=generator)
         return {"image": image.contiguous(), "spec": spec.contiguous()}
 
