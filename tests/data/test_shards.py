@@ -325,3 +325,123 @@ def test_a_stream_without_a_clip_of_its_split_stops_naming_it(shards):
     promised = ShardIndex(index.urls, index.clips, index.classes, splits=[{"nope": c} for c in index.clips])
     with pytest.raises(ManifestError, match="loader stream 0 reads shards with no clip of split 'nope'"):
         next(iter(_stream(promised, split="nope")))
+
+
+def test_a_full_disk_stops_prepare_with_one_line_and_closes_the_tar_cleanly(tiny_synth, tmp_path):
+    """ENOSPC while a shard's tar is written: `avssl prepare` exits 2 with the one clear line, and
+    nothing more (no `Exception ignored in _Stream.__del__`: the tar writer is closed on the
+    failure, not left for the garbage collector to flush into the closed file), and no temporary
+    file is left; the finished shard before it is kept."""
+    code = f"""
+import errno, io, sys
+import avssl.data.prepare_shards as ps
+from avssl.cli import main
+
+class Full(io.FileIO):
+    left = 300_000  # the disk: the first shard fits (~205 kB), the second does not
+    def write(self, b):
+        if len(b) > Full.left:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        Full.left -= len(b)
+        return super().write(b)
+
+ps.open = lambda path, mode="r", *a, **k: io.BufferedWriter(Full(path, mode))
+sys.exit(main(["prepare", {str(tiny_synth / "manifest.jsonl")!r}, {str(tmp_path / "out")!r}, "--format", "shards",
+               "--shard-size", "3", "--workers", "0", "--limit", "6"]))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 2, run.stderr
+    assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr
+    errors = [x for x in run.stderr.splitlines() if "error" in x.lower()]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "shard-000001.tar" in errors[0], errors
+    assert "stopped after 3 clips" in errors[0]
+    folder = tmp_path / "out" / "shards"
+    assert sorted(p.name for p in folder.iterdir()) == ["shard-000000.json", "shard-000000.tar"]
+
+
+def _first_shard_read(index) -> int:
+    """The shard a one-stream ShardStream (seed 0, epoch 0) reads first."""
+    return index.urls.index(next(_stream(index)._shards(0)))
+
+
+@pytest.mark.parametrize("delta", [1, -1])
+def test_an_index_whose_counts_are_not_the_tars_stops_the_stream_naming_the_shard(shards, tmp_path, delta):
+    """shards.json listing more clips than a tar holds (or fewer: a stale index after a shard was
+    prepared again) would make an epoch repeat or drop clips: the stream counts each shard's
+    clips as it reads it and stops at its end with one ManifestError naming it and both counts;
+    read as a manifest, the same."""
+    import shutil
+
+    from avssl.data.manifest import ManifestError
+
+    index = read_index(shards / "shards.json")
+    g = _first_shard_read(index)
+    clips = list(index.clips)
+    holds, clips[g] = clips[g], clips[g] + delta
+    stale = ShardIndex(index.urls, clips, index.classes)
+    name = f"shard-{g:06d}.tar"
+    with pytest.raises(ManifestError, match=rf"shard .*{name}: holds {holds} clips, but the index lists "
+                                            rf"{holds + delta}"):
+        list(_stream(stale, shuffle_buffer=1))
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    data = json.loads((copy / "shards.json").read_text())
+    data["shards"][g]["clips"] += delta
+    (copy / "shards.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=rf"shard .*{name}: holds {holds} clips, but the index lists "
+                                            rf"{holds + delta}"):
+        read_manifest(copy / "shards.json")
+
+
+def test_damaged_image_or_audio_bytes_in_a_shard_are_counted_and_logged(shards, tmp_path, caplog):
+    """Bytes damaged inside a shard (one clip's frames, another clip's audio; the tar itself
+    intact) decode to garbage without an error: each clip's members carry their CRC-32 in its
+    JSON record, so the two clips fail, are logged (shard and key) and counted, and every other
+    clip loads; read as a manifest, the two clips raise CorruptMediaError naming the member."""
+    import logging
+    import random
+    import shutil
+    import tarfile
+
+    from avssl.data.decode import CorruptMediaError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    tar = copy / "shards" / "shard-000001.tar"
+    with tarfile.open(tar) as t:
+        members = {m.name: (m.offset_data, m.size) for m in t if m.isfile()}
+    keys = sorted({n.split(".")[0] for n in members})
+    data, rng = bytearray(tar.read_bytes()), random.Random(0)
+
+    def damage(name):  # 200 bytes a third of the way in: the headers and the tar stay intact
+        offset, size = members[name]
+        at = offset + size // 3
+        data[at:at + 200] = bytes(rng.randrange(256) for _ in range(200))
+
+    for name in members:
+        if name.startswith(keys[0]) and name.endswith(".jpg"):
+            damage(name)
+    damage(f"{keys[1]}.wav")
+    tar.write_bytes(bytes(data))
+    with tarfile.open(tar) as t:
+        bad = {json.loads(t.extractfile(f"{k}.json").read())["id"] for k in keys[:2]}
+
+    index = read_index(copy / "shards.json")
+    with caplog.at_level(logging.WARNING, logger="avssl.data.shards"):
+        seen = {b["id"][0] for b in _stream(index, shuffle_buffer=1)}
+    skips = [r.getMessage() for r in caplog.records if "failed to decode" in r.getMessage()]
+    assert len(skips) == 2, skips
+    assert any(f"shard-000001.tar:{keys[0]}" in s and ".jpg: damaged" in s for s in skips), skips
+    assert any(f"shard-000001.tar:{keys[1]}" in s and ": wav: damaged" in s for s in skips), skips
+    assert "2 skipped" in skips[1]
+    all_ids = {cid for g in range(6) for cid in json.loads((copy / "shards" / f"shard-{g:06d}.json").read_text())["ids"]}
+    assert seen == all_ids - bad  # the rest load
+    records = read_manifest(copy / "shards.json")
+    ds = AVFrameAudioDataset(records, image_size=32, seconds=1.0)
+    for i, r in enumerate(records):
+        if r.id in bad:
+            with pytest.raises(CorruptMediaError, match=r"shard-000001.tar#.*damaged"):
+                ds[i]
+        else:
+            assert ds[i]["id"] == r.id

@@ -21,6 +21,7 @@ import math
 import multiprocessing
 import os
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from avssl.data.prepare import (
     _video_outputs,
     _write_failures,
 )
-from avssl.data.shard_index import FORMAT, INDEX_NAME, sample_key, shard_name
+from avssl.data.shard_index import CRC_KEY, FORMAT, INDEX_NAME, sample_key, shard_name
 from avssl.data.shards import encode_audio, encode_jpeg
 
 log = logging.getLogger(__name__)
@@ -88,10 +89,10 @@ def _encode(task: tuple[Record, int, _Options, str]) -> tuple[int, dict | _Resul
         return place, _Result(rec.id, False, e.path, e.reason)
     except OSError as e:  # reading a pre-extracted file
         return place, _Result(rec.id, False, e.filename or rec.id, e.strerror or str(e))
-    meta = {"id": rec.id, "labels": rec.labels, "split": rec.split, "sample_rate": rate, **extra}
-    sample = {"__key__": sample_key(place), "json": json.dumps(meta).encode(), audio[0]: audio[1]}
-    sample.update({f"{k:02d}.{ext}": data for k, (ext, data) in enumerate(images)})
-    return place, sample
+    media = {audio[0]: audio[1], **{f"{k:02d}.{ext}": data for k, (ext, data) in enumerate(images)}}
+    meta = {"id": rec.id, "labels": rec.labels, "split": rec.split, "sample_rate": rate, **extra,
+            CRC_KEY: {ext: zlib.crc32(data) for ext, data in media.items()}}
+    return place, {"__key__": sample_key(place), "json": json.dumps(meta).encode(), **media}
 
 
 def _write_shard(folder: Path, g: int, results: list[tuple[int, dict | _Result]]) -> dict:
@@ -103,8 +104,12 @@ def _write_shard(folder: Path, g: int, results: list[tuple[int, dict | _Result]]
     tar = folder / shard_name(g)
     with atomic_path(tar) as tmp, open(tmp, "wb") as f:
         writer = TarWriter(f, encoder=False, mtime=0)
-        for s in samples:
-            writer.write(s)
+        try:
+            for s in samples:
+                writer.write(s)
+        except BaseException:
+            _abandon(writer)
+            raise
         writer.close()
     metas = [json.loads(s["json"]) for s in samples]
     side = {"shard": shard_name(g), "clips": len(samples), "ids": [m["id"] for m in metas],
@@ -112,6 +117,18 @@ def _write_shard(folder: Path, g: int, results: list[tuple[int, dict | _Result]]
             "failures": [[r.id, r.path, r.reason] for r in failed]}
     atomic_write_text(tar.with_suffix(".json"), json.dumps(side) + "\n")
     return side
+
+
+def _abandon(writer) -> None:
+    """Close a failed shard's tar writer (its file is about to be deleted) while that file is
+    still open: left to the garbage collector, tarfile's stream would flush its buffer into the
+    closed file (``Exception ignored in _Stream.__del__ ... write to closed file``) after the
+    error was reported. The end of the tar may fail to be written as the rest did (a full disk):
+    that adds nothing to the error being raised."""
+    try:
+        writer.close()
+    except (OSError, ValueError):
+        pass
 
 
 def prepare_shards(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int = 10,

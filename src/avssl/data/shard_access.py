@@ -15,11 +15,20 @@ import tarfile
 
 from avssl.data.decode import CorruptMediaError, MediaError
 from avssl.data.record import ManifestError, Record
-from avssl.data.shard_index import audio_key, frame_keys, is_url, read_index
+from avssl.data.shard_index import (
+    audio_key,
+    count_mismatch,
+    damaged,
+    frame_keys,
+    is_url,
+    member_crc,
+    read_index,
+)
 
 __all__ = ["SHARD_MEMBERS", "member_bytes", "shard_records"]
 
-#: ``Record.extra`` key of a clip read from a shard: ``(tar path, {member name: (offset, size)})``.
+#: ``Record.extra`` key of a clip read from a shard: ``(tar path, {member name: (offset, size, CRC-32)})``
+#: (the CRC-32 from the clip's JSON record; None in shards written before CRCs were kept).
 SHARD_MEMBERS = "shard_members"
 
 
@@ -27,9 +36,11 @@ def shard_records(path: str | os.PathLike, data: dict | None = None) -> list[Rec
     """The clips of a local shard index as records, for random access (evaluation, validation,
     small training sets): any manifest argument may name a ``shards.json``.
 
-    Each tar's headers are read once (and each clip's JSON record); a record's ``frames`` and
-    ``audio`` are ``TAR#MEMBER`` names (what errors print), its ``extra[SHARD_MEMBERS]`` the
-    byte ranges :func:`member_bytes` reads. Records come in input-list order."""
+    Each tar's headers are read once (and each clip's JSON record); a tar holding more or fewer
+    clips than the index lists raises ManifestError naming it and both counts. A record's
+    ``frames`` and ``audio`` are ``TAR#MEMBER`` names (what errors print), its
+    ``extra[SHARD_MEMBERS]`` the byte ranges :func:`member_bytes` reads. Records come in
+    input-list order."""
     try:
         index = read_index(path, data)
     except ValueError as e:
@@ -39,8 +50,11 @@ def shard_records(path: str | os.PathLike, data: dict | None = None) -> list[Rec
         raise ManifestError(f"{path}: random access (evaluation, manifests) reads local shards, but {remote[0]} "
                             f"is a URL: copy the shards to a local disk, or train from it with data.train_shards")
     keyed = []
-    for url in index.urls:
-        keyed.extend(_tar_records(url))
+    for url, clips in zip(index.urls, index.clips, strict=True):
+        got = _tar_records(url)
+        if len(got) != clips:
+            raise ManifestError(count_mismatch(url, len(got), clips))
+        keyed.extend(got)
     keyed.sort(key=lambda kr: kr[0])
     return [r for _, r in keyed]
 
@@ -68,6 +82,7 @@ def _tar_records(tar: str) -> list[tuple[str, Record]]:
         except (KeyError, ValueError, TypeError) as e:
             raise ManifestError(f"shard {where}: no readable JSON record ({e})") from e
         by_ext = {n.rsplit("/", 1)[-1].partition(".")[2]: n for n in names}
+        names = {n: (*at, member_crc(meta, n.rsplit("/", 1)[-1].partition(".")[2])) for n, at in names.items()}
         frames, audio = [by_ext[e] for e in frame_keys(by_ext)], by_ext.get(audio_key(by_ext))
         if not frames or audio is None:
             raise ManifestError(f"shard {where} ({rec_id}): no {'frames' if not frames else 'audio'}")
@@ -79,7 +94,7 @@ def _tar_records(tar: str) -> list[tuple[str, Record]]:
 def member_bytes(record: Record, ref: str) -> bytes:
     """The bytes of member ``ref`` (``TAR#MEMBER``, one of the record's ``frames`` / ``audio``)."""
     tar, names = record.extra[SHARD_MEMBERS]
-    offset, size = names[ref.rsplit("#", 1)[1]]
+    offset, size, want = names[ref.rsplit("#", 1)[1]]
     try:
         with open(tar, "rb") as f:
             f.seek(offset)
@@ -88,4 +103,7 @@ def member_bytes(record: Record, ref: str) -> bytes:
         raise MediaError(ref, f"cannot read the shard ({e})") from e
     if len(data) != size:
         raise CorruptMediaError(ref, f"the shard is truncated ({len(data)} of {size} bytes)")
+    why = damaged(data, want)
+    if why is not None:
+        raise CorruptMediaError(ref, why)
     return data

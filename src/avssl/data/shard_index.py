@@ -1,20 +1,24 @@
 """The shard layout's names and the shard index: ``shards.json`` read (local or ``http(s)://``),
-brace patterns expanded, clip counts by split and label sets (the layout itself is described
-in :mod:`avssl.data.shards`)."""
+brace patterns expanded, clip counts by split and label sets; the readers' shared checks (a
+member's CRC-32, a shard's clip count against the index). The layout itself is described in
+:mod:`avssl.data.shards`."""
 from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 from avssl.data.record import Record
 
-__all__ = ["FORMAT", "INDEX_NAME", "ShardIndex", "audio_key", "expand_shards", "frame_keys", "is_url",
-           "read_index", "sample_key", "shard_name"]
+__all__ = ["CRC_KEY", "FORMAT", "INDEX_NAME", "ShardIndex", "audio_key", "count_mismatch", "damaged",
+           "expand_shards", "frame_keys", "is_url", "member_crc", "read_index", "sample_key", "shard_name"]
 
 INDEX_NAME = "shards.json"
 FORMAT = "avssl-shards/1"
+#: The key, in a clip's JSON record, of its members' CRC-32 (``{"wav": n, "00.jpg": n, ...}``).
+CRC_KEY = "crc32"
 
 
 def shard_name(g: int) -> str:
@@ -34,6 +38,30 @@ def frame_keys(keys) -> list[str]:
 
 def audio_key(keys) -> str | None:
     return next((k for k in ("wav", "flac") if k in keys), None)
+
+
+def member_crc(meta: dict, ext: str) -> int | None:
+    """The CRC-32 a clip's JSON record ``meta`` holds for its member ``ext`` (``"wav"``,
+    ``"00.jpg"``, ...); None for shards written before CRCs were kept (not checked)."""
+    sums = meta.get(CRC_KEY) if isinstance(meta, dict) else None
+    want = sums.get(ext) if isinstance(sums, dict) else None
+    return want if isinstance(want, int) else None
+
+
+def damaged(data: bytes, want: int | None) -> str | None:
+    """Why a member's ``data`` is not the bytes written (its CRC-32 is not ``want``, the one
+    :func:`member_crc` read from its record), or None (also when ``want`` is None). Damage
+    inside an image or a wav rarely stops it decoding (it decodes to garbage), hence the check."""
+    if want is None:
+        return None
+    got = zlib.crc32(data)
+    return None if got == want else f"damaged bytes (CRC-32 {got:08x}, {want:08x} when the shard was written)"
+
+
+def count_mismatch(url: str, holds: int, lists: int) -> str:
+    """The one line for a shard that holds another number of clips than its index lists."""
+    return (f"shard {url}: holds {holds} clips, but the index lists {lists} (a stale {INDEX_NAME}, e.g. "
+            f"after the shard was prepared again: rewrite it with avssl prepare --merge OUT)")
 
 
 class ShardIndex:

@@ -4,8 +4,8 @@
 
     shards/shard-000000.tar   ~``shard_size`` clips; per clip ``<key>.json`` (the record: id,
                               labels, split, duration, frame_times, source, original sizes and
-                              sample rate), ``<key>.wav`` (16-bit mono; or ``.flac``) and
-                              ``<key>.00.jpg`` ...
+                              sample rate, and ``crc32``: the CRC-32 of each other member),
+                              ``<key>.wav`` (16-bit mono; or ``.flac``) and ``<key>.00.jpg`` ...
     shards/shard-000000.json  the sidecar: clips, ids and failures of that shard, written last
     shards.json               the index (shards and their clip counts, also by split; classes;
                               each split's label sets; options; the brace pattern), written
@@ -15,7 +15,9 @@
 Keys are the clip's place in the input list (9 digits; ids may hold dots, which webdataset's
 file naming splits on); the id is in the JSON. A shard holds exactly what the folder layout
 holds (the same JPEGs, the same 16-bit samples), so a sample read from a shard equals the one
-read from ``frames/`` + ``audio/`` (tested).
+read from ``frames/`` + ``audio/`` (tested). Readers check a member's CRC-32 before decoding it:
+damaged bytes inside an image or a wav mostly decode (to garbage) without an error, so the
+clip fails as one that does not decode (shards written before CRCs were kept are not checked).
 
 :class:`ShardStream` reads them for training (:func:`avssl.engine.train.fit` with
 ``data.train_shards``): a module docstring of its own says what it yields and what a resume
@@ -40,7 +42,14 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from avssl.data.decode import CorruptMediaError, MediaError, read_image_bytes, read_wav_bytes
 from avssl.data.record import ManifestError, Record
-from avssl.data.shard_index import ShardIndex, audio_key, frame_keys
+from avssl.data.shard_index import (
+    ShardIndex,
+    audio_key,
+    count_mismatch,
+    damaged,
+    frame_keys,
+    member_crc,
+)
 from avssl.seeding import mix
 
 logger = logging.getLogger(__name__)
@@ -98,6 +107,30 @@ def _unreadable_shard(urls: set[str]):
     return handler
 
 
+def _counted(files: Iterator[dict], clips: dict[str, int]) -> Iterator[dict]:
+    """webdataset's tar members (``{fname, data, __url__}``, ``{}`` at the end of each shard) passed
+    through, with each shard's clips (its distinct keys in a row, as webdataset groups them)
+    counted as they go by and checked, at the shard's end, against ``clips`` (the index's count
+    per URL): an index listing more or fewer clips than a tar holds (a stale ``shards.json``)
+    would make every epoch repeat or drop clips, so a mismatch stops with one ManifestError
+    naming the shard. A shard not read to its end (the epoch ended) is not checked."""
+    from webdataset.tariterators import base_plus_ext
+
+    url = key = None
+    count = 0
+    for f in files:
+        if f == {}:  # the end of a shard
+            if url is not None and count != clips.get(url, count):
+                raise ManifestError(count_mismatch(url, count, clips[url]))
+            url, key, count = None, None, 0
+        else:
+            url = f.get("__url__", url)
+            prefix = base_plus_ext(f.get("fname") or "")[0]
+            if prefix is not None and prefix != key:
+                key, count = prefix, count + 1
+        yield f
+
+
 class ShardStream(IterableDataset):
     """Training batches read from shards, split over ranks and loader workers.
 
@@ -127,8 +160,13 @@ class ShardStream(IterableDataset):
 
     ``maker``: an :class:`avssl.data.datasets.AVFrameAudioDataset` (no records) that turns a
     decoded frame and waveform into the method's sample (sizes, rates, padding); ``collate``:
-    the pipeline's. Clips that fail to decode are logged, counted and skipped, never replaced;
-    a stream in which no clip decodes raises MediaError.
+    the pipeline's. Clips that fail to decode (their frame or audio bytes damaged: not the
+    CRC-32 their record holds; or not decodable) are logged with the shard and the key, counted
+    and skipped, never replaced; a stream in which no clip decodes raises MediaError.
+
+    Each shard's clips are counted as it is read and checked against the index at its end: a
+    shard holding more or fewer clips than ``index`` lists stops the stream with a ManifestError
+    naming it and both counts (the epoch length comes from the index).
     """
 
     def __init__(self, index: ShardIndex, maker, collate, batch_size: int, *, seed: int = 0,
@@ -187,10 +225,14 @@ class ShardStream(IterableDataset):
 
     def _samples(self, q: int) -> Iterator[dict]:
         """Stream ``q``'s raw samples (bytes), shuffled, with the frame each will use chosen."""
-        from webdataset.tariterators import tarfile_samples
+        from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
         rng = random.Random(mix(self.seed, self.epoch, q, 0xB7))
-        raw = tarfile_samples(({"url": u} for u in self._shards(q)), handler=_unreadable_shard(set(self.index.urls)))
+        # webdataset's tarfile_samples, with each shard's clips counted against the index on the way
+        handler = _unreadable_shard(set(self.index.urls))
+        files = tar_file_expander(url_opener(({"url": u} for u in self._shards(q)), handler=handler), handler=handler)
+        raw = group_by_keys(_counted(files, dict(zip(self.index.urls, self.index.clips, strict=True))),
+                            handler=handler)
         buffer: list[dict] = []
         passed = 0  # samples of other splits in a row
         for s in raw:
@@ -239,6 +281,10 @@ class ShardStream(IterableDataset):
             rec = Record(id=meta["id"], labels=meta.get("labels", []), split=meta.get("split"))
         except (ValueError, KeyError, TypeError) as e:
             raise CorruptMediaError(where, f"unreadable JSON record ({e})") from e
+        for ext in (s["__frame__"], audio):
+            why = damaged(s[ext], member_crc(meta, ext))
+            if why is not None:
+                raise CorruptMediaError(where, f"clip {rec.id}: {ext}: {why}")
         frame = read_image_bytes(s[s["__frame__"]], where)
         wave, sr = read_wav_bytes(s[audio], where, self.maker.sample_rate)
         return self.maker.sample(rec, frame, wave, sr)
