@@ -72,3 +72,13 @@ def test_unwrap_and_strip():
     assert strip_prefixes(unwrap_state_dict({"model": {"state_dict": sd}})) == {"w": sd["module.w"]}
     with pytest.raises(CheckpointError, match="no state dict"):
         unwrap_state_dict({"epoch": 3})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", torch.device("cuda")])
+def test_loading_onto_cuda_without_cuda_names_the_device_not_the_file(tmp_path, device):
+    p = save_checkpoint(tmp_path / "ckpt.pt", model={"w": torch.ones(1)}, step=1)
+    with pytest.raises(CheckpointError, match="CUDA requested but not available") as e:
+        load_checkpoint(p, map_location=device)
+    assert "unreadable" not in str(e.value) and "--device cpu" in str(e.value) and str(p) in str(e.value)
+    assert "\n" not in str(e.value)

@@ -329,3 +329,17 @@ def test_localize_outputs_are_atomic_and_disk_full_is_one_line(media, tmp_path, 
     assert rc == 2 and "disk full" in err and "wide_overlay.mp4" in err and len(err.strip().splitlines()) == 1
     assert not (out / "wide_overlay.mp4").exists() and not stale.exists() and mine.read_text() == "keep me"
     assert sorted(p.name for p in out.iterdir()) == [".notes.tmp", "wide_grid.png", "wide_maps.npz"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_localize_device_cuda_without_cuda_is_a_device_error(media, tmp_path, capsys):
+    """--device cuda where CUDA is not available: the message train and eval give (CUDA is not
+    available, use --device cpu), not "checkpoint unreadable"; nothing is written."""
+    out = tmp_path / "o"
+    rc = main(["localize", str(media["wide"]), "--checkpoint", str(media["ckpt"]), "--frames", "2",
+               "--out", str(out), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "CUDA is not available" in err and "--device cpu" in err and "'cuda'" in err
+    assert "unreadable" not in err and "checkpoint" not in err
+    assert not out.exists()

@@ -95,13 +95,17 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
     plain containers; never unpickles arbitrary objects (so never runs code from the file).
 
     Raises :class:`CheckpointError` (one line, naming ``what`` and ``path``) when the file is
-    missing, empty, unreadable, or refused because it holds other Python objects.
+    missing, empty, unreadable, or refused because it holds other Python objects, and when
+    ``map_location`` (or, without one, the file's tensors) is a CUDA device on a machine without
+    CUDA (saying so, not "unreadable").
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {path}: no such file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{what} {path}: empty file (an interrupted copy?)")
+    if _is_cuda(map_location) and not torch.cuda.is_available():  # the device's fault, not the file's
+        raise CheckpointError(_no_cuda(what, path, map_location))
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -120,7 +124,24 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"{what} {path}: unreadable ({type(e).__name__}: {_one_line(msg)})") from e
     except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError, ImportError,
             IndexError, KeyError) as e:
+        if isinstance(e, RuntimeError) and "torch.cuda.is_available() is False" in str(e):
+            raise CheckpointError(_no_cuda(what, path, map_location)) from None  # CUDA tensors, no CUDA
         raise CheckpointError(f"{what} {path}: unreadable ({type(e).__name__}: {_one_line(str(e))})") from e
+
+
+def _is_cuda(map_location: Any) -> bool:
+    """Whether ``map_location`` (a device or its name; a dict or function is not checked) is CUDA."""
+    try:
+        return isinstance(map_location, (str, torch.device)) and torch.device(map_location).type == "cuda"
+    except (RuntimeError, ValueError):
+        return False  # not a device name: torch.load says what is wrong with it
+
+
+def _no_cuda(what: str, path: Path, map_location: Any) -> str:
+    """The message of loading onto CUDA where there is none: the same kind as train's and eval's."""
+    onto = f"onto device {str(map_location)!r}" if _is_cuda(map_location) else "(it holds CUDA tensors)"
+    return (f"{what} {path}: cannot be loaded {onto}: CUDA requested but not available on this machine "
+            "(use --device cpu)")
 
 
 def _one_line(text: str, limit: int = 300) -> str:

@@ -108,3 +108,22 @@ def test_empty_gt_kept_as_failure_unless_excluded(tiny, capsys):
     ex = json.loads(out)
     assert rc == 0 and ex["n_scored"] == 5 and ex["n_empty_gt"] == 1 and ex["exclude_empty_gt"] is True
     assert res["ciou_at_0.5"] == ex["ciou_at_0.5"] * 5 / 6
+
+
+@pytest.mark.parametrize("what", ["text", "npy", "truncated"])
+def test_pred_that_is_not_an_npz_archive_says_so(tiny, capsys, what):
+    """A text file (or a single .npy array, or a cut-off archive) passed as --pred: one line naming
+    the file and saying it is not a .npz heatmap archive, never NumPy's "contains pickled data"."""
+    d, maps, _ = tiny
+    path = d / {"text": "ids.txt", "npy": "one.npy", "truncated": "cut.npz"}[what]
+    if what == "text":
+        path.write_text("clip0\nclip1\n")
+    elif what == "npy":
+        np.save(path, maps["clip0"])
+    else:
+        path.write_bytes((d / "pred.npz").read_bytes()[:200])
+    rc, out, err = _run(capsys, "--pred", path, "--gt", d / "vggss.json")
+    assert rc == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("avssl score: error:")
+    assert str(path) in err and "pickled" not in err
+    assert ("not a .npz heatmap archive" if what != "truncated" else "corrupt .npz heatmap archive") in err

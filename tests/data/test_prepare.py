@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     return cli_main(argv)
 
 
-def make_video(path: Path, audio: bool = True, seconds: float = SECONDS) -> Path:
+def make_video(path: Path, audio: bool = True, seconds: float = SECONDS, amplitude: float = 0.5) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as c:
         vs = c.add_stream(VCODEC, rate=FPS)
@@ -45,7 +45,7 @@ def make_video(path: Path, audio: bool = True, seconds: float = SECONDS) -> Path
         c.mux(vs.encode())
         if audio:
             t = np.arange(round(seconds * SR_IN)) / SR_IN
-            wave = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            wave = (amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.float32)  # 0: digital silence
             for s in range(0, len(wave), 1024):
                 fr = av.AudioFrame.from_ndarray(wave[None, s:s + 1024], format="fltp", layout="mono")
                 fr.sample_rate, fr.pts = SR_IN, s
@@ -182,10 +182,10 @@ def _jpeg(path: Path, level: int, size=(40, 30)) -> Path:
     return path
 
 
-def _wav(path: Path, sr: int, seconds: float, channels: int = 1) -> Path:
+def _wav(path: Path, sr: int, seconds: float, channels: int = 1, amplitude: float = 0.3) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(round(sr * seconds)) / sr
-    wave = 0.3 * np.sin(2 * np.pi * 300 * t)
+    wave = amplitude * np.sin(2 * np.pi * 300 * t)
     sf.write(path, np.stack([wave] * channels, 1) if channels > 1 else wave, sr, subtype="PCM_16")
     return path
 
@@ -374,3 +374,122 @@ def test_disk_full_keeps_what_is_done_and_cleans_up_on_rerun(tmp_path, monkeypat
     assert (again.done, again.skipped, again.failed) == (2, 1, 1)
     assert [r.id for r in read_manifest(again.manifest)] == ["v0", "v1", "v2"]
     assert not list((out / "audio").glob(".*.tmp")) and not list(out.rglob("*.tmp"))
+
+
+def _warnings(out: Path) -> dict[str, tuple[str, str]]:
+    with open(out / "warnings.csv", newline="", encoding="utf-8") as f:
+        return {r["id"]: (r["path"], r["reason"]) for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def quiet_dir(tmp_path_factory) -> Path:
+    """Two videos with a tone, one whose audio track is all zeros (digital silence)."""
+    d = tmp_path_factory.mktemp("quiet")
+    make_video(d / "loud1.mp4")
+    make_video(d / "loud2.mp4")
+    make_video(d / "mute.mp4", amplitude=0.0)
+    return d
+
+
+def test_silent_audio_is_a_failure_by_default(quiet_dir, tmp_path, caplog):
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="avssl.data.prepare"):
+        report = prepare(quiet_dir, out, workers=0)
+    assert (report.done, report.failed, report.silent) == (2, 1, 1)
+    assert [r.id for r in read_manifest(report.manifest)] == ["loud1", "loud2"]
+    path, reason = _failures(out)["mute"]
+    assert path == str(quiet_dir / "mute.mp4") and reason.startswith("silent audio")
+    assert "failed mute" in caplog.text and "silent audio" in caplog.text
+    assert "1 silent audio" in report.summary() and "--keep-silent" in report.summary()
+    assert not (out / "warnings.csv").exists()
+    assert not (out / "frames" / "mute").exists() and not (out / "audio" / "mute.wav").exists()
+
+
+def test_keep_silent_keeps_and_lists_the_clip(quiet_dir, tmp_path, caplog):
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="avssl.data.prepare"):
+        assert main(["prepare", str(quiet_dir), str(out), "--workers", "0", "--keep-silent"]) == 0
+    recs = {r.id: r for r in read_manifest(out / "manifest.jsonl")}
+    assert sorted(recs) == ["loud1", "loud2", "mute"]
+    assert recs["mute"].extra["silent_audio"] is True and "silent_audio" not in recs["loud1"].extra
+    wave, _ = sf.read(recs["mute"].audio)
+    assert not wave.any()  # kept as it is: silence, nothing put in its place
+    assert list(_failures(out)) == []
+    path, reason = _warnings(out)["mute"]
+    assert path == str(quiet_dir / "mute.mp4") and reason.startswith("silent audio")
+    assert list(_warnings(out)) == ["mute"]
+    assert "mute" in caplog.text and "silent audio" in caplog.text and "warnings.csv" in caplog.text
+    # a rerun skips the finished clip and still lists it
+    again = prepare(quiet_dir, out, workers=0)
+    assert (again.done, again.skipped, again.failed, again.silent) == (0, 3, 0, 0)
+    assert again.warnings == [("mute", str(quiet_dir / "mute.mp4"), _warnings(out)["mute"][1])]
+    # redone without --keep-silent, the clip fails and is no longer a warning
+    (out / "done" / "mute.json").unlink()
+    third = prepare(quiet_dir, out, workers=0)
+    assert (third.done, third.failed) == (0, 1) and not (out / "warnings.csv").exists()
+    assert [r.id for r in read_manifest(third.manifest)] == ["loud1", "loud2"]
+
+
+def test_silent_pre_extracted_audio_and_shards(tmp_path):
+    from avssl.data.prepare_shards import prepare_shards
+
+    src = tmp_path / "src"
+    _jpeg(src / "a" / "0.jpg", 100)
+    _jpeg(src / "b" / "0.jpg", 100)
+    write_manifest(tmp_path / "m.jsonl", [
+        Record("a", frames=[str(src / "a" / "0.jpg")], audio=str(_wav(src / "a.wav", 16000, 0.5))),
+        Record("b", frames=[str(src / "b" / "0.jpg")], audio=str(_wav(src / "b.wav", 16000, 0.5, amplitude=0))),
+    ])
+    report = prepare(tmp_path / "m.jsonl", tmp_path / "out", workers=0)
+    assert (report.done, report.failed, report.silent) == (1, 1, 1)
+    path, reason = _failures(tmp_path / "out")["b"]
+    assert path == str(src / "b.wav") and reason.startswith("silent audio")
+    shards = prepare_shards(tmp_path / "m.jsonl", tmp_path / "sh", workers=0)
+    assert (shards.done, shards.failed) == (1, 1)
+    assert _failures(tmp_path / "sh")["b"][1].startswith("silent audio")
+    # shards cannot keep silent clips (yet): said at once, not ignored
+    assert main(["prepare", str(tmp_path / "m.jsonl"), str(tmp_path / "sh2"), "--format", "shards",
+                 "--keep-silent"]) == 2
+    assert not (tmp_path / "sh2").exists()
+
+
+def test_help_tells_what_a_full_disk_leaves(tmp_path, monkeypatch, capsys, caplog):
+    """--help says what really happens on a full disk: the finished clips' done/*.json are kept, the
+    manifest is rewritten only when there is still room for it (else the error says it was not),
+    and the exit status is the one the command returns."""
+    import errno
+
+    from avssl.data import prepare as P
+
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--keep-silent" in text and "silent audio" in text
+    src = tmp_path / "in"
+    for k in range(3):
+        make_video(src / f"v{k}.mp4")
+    out = tmp_path / "out"
+    real = P._write_wav
+    calls = []
+
+    def full_after_one(path, wave, sr):
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, wave, sr)
+
+    def no_room(path, records):  # the disk has no room left even for the manifest
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(P, "_write_wav", full_after_one)
+    monkeypatch.setattr(P, "write_manifest", no_room)
+    with caplog.at_level(logging.ERROR, logger="avssl.commands.prepare"):
+        rc = main(["prepare", str(src), str(out), "--workers", "0"])
+    (err,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert rc == 2 and "\n" not in err and f"{rc} on a bad input, when the output disk fills up" in text
+    assert "manifest.jsonl could not be written" in err and not (out / "manifest.jsonl").exists()
+    assert [p.name for p in (out / "done").iterdir()] == ["v0.json"]
+    assert "still list the clips finished" not in text  # what a full disk cannot promise
+    assert "when there is room for them" in text and "done/*.json" in text
+    # the failures were written although the manifest was not (each is tried on its own)
+    assert (out / "failures.csv").is_file()

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=".", metavar="DIR", help="output folder (default: current folder)")
     parser.add_argument("--video", dest="write_video", action=argparse.BooleanOptionalAction, default=True,
                         help="write the overlay MP4 (default: yes)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device: cpu (default), cuda, cuda:1, ... or auto (CUDA when available)")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per forward pass (default 8)")
 
 
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from avssl.checkpoint import CheckpointError
     from avssl.config import from_dict
     from avssl.data.decode import MediaError
+    from avssl.engine.train import resolve_device
     from avssl.infer import localise_video, write_overlay_grid, write_overlay_video
     from avssl.registry import load_method
     from avssl.train_config import TrainConfig
@@ -55,11 +57,14 @@ def run(args: argparse.Namespace) -> int:
     video = Path(args.input)
     out = Path(args.out)
     try:
-        model, ckpt = load_method(args.checkpoint, map_location=args.device)
+        # the device first, as train and eval check it (CUDA asked for where there is none: a
+        # ConfigError saying so); the checkpoint is read on the CPU, the model moved after
+        device = resolve_device(args.device)
+        model, ckpt = load_method(args.checkpoint, map_location="cpu")
         method = (ckpt.get("config") or {}).get("method")
         cfg = from_dict(TrainConfig, ckpt["config"])
         result = localise_video(model, video, num_frames=args.frames if args.frames is not None else 8,
-                                fps=args.fps, device=args.device, batch_size=args.batch_size, cfg=cfg)
+                                fps=args.fps, device=device, batch_size=args.batch_size, cfg=cfg)
         out.mkdir(parents=True, exist_ok=True)
         stem = video.stem
         remove_stale_tmp_of(*(out / f"{stem}_{k}" for k in ("grid.png", "maps.npz", "overlay.mp4")))

@@ -13,17 +13,23 @@ INPUT is one of:
 Raw videos give OUT/frames/<id>/<k>.jpg (--frames frames at the centres of equal segments of
 the clip, JPEG quality 95) and OUT/audio/<id>.wav (mono, 16-bit, at the file's own rate unless
 --sample-rate sets one). Pre-extracted clips are checked (every frame and the audio must decode,
-audio non-empty): their frames stay where they are unless --size/--short-side asks for resizing,
+audio non-empty and not silent): their frames stay where they are unless --size/--short-side asks for resizing,
 and audio that is not already a mono wav (at --sample-rate, when given) is converted into OUT/audio.
 
 A clip is finished when OUT/done/<id>.json is written (atomically, last): a rerun skips finished
 clips and redoes unfinished ones. Clips that cannot be used are listed in OUT/failures.csv (id,
-path, reason); nothing is substituted for them. OUT/manifest.jsonl lists every finished clip.
+path, reason); nothing is substituted for them. A clip whose audio track is digital silence
+(every sample zero) is one of them, reason "silent audio", counted in the summary; with
+--keep-silent it is kept instead, marked "silent_audio": true in its record and listed (id,
+path, reason) in OUT/warnings.csv. OUT/manifest.jsonl lists every finished clip.
 
-Exit status: 0 when the run completes (even with failed clips), 1 on a bad input, when the
-output disk fills up (manifest.jsonl and failures.csv still list the clips finished; a rerun
-resumes and removes the temporary files a killed write left) or, with --on-error stop, at the
-first failed clip.
+Exit status: 0 when the run completes (even with failed clips), 2 on a bad input, when the
+output disk fills up or, with --on-error stop, at the first failed clip. A full disk stops the run
+with one line; the clips finished keep their done/*.json (shards: the finished shards are kept),
+and manifest.jsonl and failures.csv are rewritten to list them when there is room for them (each
+on its own, atomically: the line names any that could not be, whose previous version is then
+left as it was); a rerun after freeing space resumes, writes them, and removes the temporary
+files a killed write left.
 
 --format shards writes webdataset tar shards instead (OUT/shards/shard-XXXXXX.tar, ~--shard-size
 clips each: per clip its JSON record, 16-bit wav (or --audio-format flac) audio and the JPEG frames) and the index
@@ -91,6 +97,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "stop: abort at the first")
     parser.add_argument("--limit", type=_positive, default=None, metavar="N",
                         help="only the first N clips of INPUT")
+    parser.add_argument("--keep-silent", action="store_true",
+                        help="keep clips whose audio is digital silence (every sample zero) in the manifest, "
+                             "listed in OUT/warnings.csv; default: they fail, reason 'silent audio' "
+                             "(--format folder only)")
     shards = parser.add_argument_group("shards (webdataset tar files, for streaming and clusters)")
     shards.add_argument("--format", choices=("folder", "shards"), default="folder",
                         help="folder: frames/, audio/, manifest.jsonl (default); shards: OUT/shards/"
@@ -124,13 +134,16 @@ def run(args: argparse.Namespace) -> int:
         elif args.out is None:
             raise PrepareError("give INPUT and OUT (or --merge OUT)")
         elif args.format == "shards":
+            if args.keep_silent:
+                raise PrepareError("--keep-silent needs --format folder (shards list silent clips in "
+                                   "failures.csv)")
             shard_of = parse_shard_of(args.shard_of) if args.shard_of else (0, 1)
             prepare_shards(args.input, args.out, shard_size=args.shard_size, shard_of=shard_of,
                            audio_format=args.audio_format, **kw)
         elif args.shard_of:
             raise PrepareError("--shard-of needs --format shards")
         else:
-            prepare(args.input, args.out, **kw)
+            prepare(args.input, args.out, keep_silent=args.keep_silent, **kw)
     except (PrepareError, ManifestError, ValueError) as e:
         log.error("%s", e)
         return 2

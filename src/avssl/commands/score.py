@@ -57,13 +57,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: keep them as failures, as the official validate() does")
 
 
+#: How the files ``np.load`` tells apart begin: a zip archive (``np.savez``; an empty one starts
+#: with its end record) and a single ``.npy`` array (``np.save``).
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def _load_pred(path: Path) -> dict:
+    """The heatmaps of an ``.npz`` archive (``np.savez``), array name -> map. Anything else (a
+    text file, a single ``.npy`` array, a cut-off archive) is a ValueError naming the file and
+    what it is, in one line (``np.load`` would try it as a pickle, or return one array)."""
+    import zipfile
+
     import numpy as np
 
     try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:  # missing, unreadable, a folder
+        raise ValueError(f"{path}: cannot read heatmaps npz: {e.strerror or e}") from e
+    if not head.startswith(_ZIP_MAGIC):
+        kind = "a single .npy array" if head.startswith(_NPY_MAGIC) else "an empty file" if not head else "not a zip file"
+        raise ValueError(f"{path}: not a .npz heatmap archive (one array per sample id, as np.savez writes): {kind}")
+    try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:  # missing, not a zip, corrupt, pickled objects
+    except (zipfile.BadZipFile, EOFError) as e:  # a zip header, but cut off or damaged
+        raise ValueError(f"{path}: corrupt .npz heatmap archive (truncated or damaged: {e})") from e
+    except (OSError, ValueError) as e:  # e.g. object (pickled) arrays inside, a bad member
         raise ValueError(f"{path}: cannot read heatmaps npz: {e}") from e
 
 

@@ -8,13 +8,18 @@ Output under ``OUT``:
 * ``done/<id>.json`` -- the clip's :class:`~avssl.data.manifest.Record`, written atomically and
   last: a clip is finished exactly when its sidecar exists, so a rerun skips it;
 * ``failures.csv`` (id, path, reason) -- clips that could not be used, never replaced by anything;
+  a clip whose audio is digital silence (every sample zero) is one, reason ``silent audio``,
+  unless ``keep_silent``;
+* ``warnings.csv`` (id, path, reason) -- finished clips kept with a warning: those with silent
+  audio kept by ``keep_silent`` (their records carry ``"silent_audio": true``); only when there
+  are any;
 * ``manifest.jsonl`` -- every finished clip, sorted by id (paths relative to ``OUT``);
 * ``prepare.json`` -- the options the folder was prepared with (a rerun must use the same ones).
 
 Inputs: a directory of videos (searched recursively), a text file of video paths, an avssl JSONL
 manifest, a CAV-MAE JSON manifest, or an SSL-TIE id list (with ``layout`` and ``root``).
 Pre-extracted clips (frames + audio) are checked (every frame and the audio decode, audio
-non-empty); their frames stay where they are unless a resize is asked for, and their audio is
+non-empty and not silent); their frames stay where they are unless a resize is asked for, and their audio is
 converted into ``OUT/audio`` unless it already is a mono wav (at ``sample_rate`` when given).
 
 Long file: one command's pipeline (find and probe the inputs, decode, write, report), kept in
@@ -51,6 +56,10 @@ log = logging.getLogger(__name__)
 MEDIA_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg")
 JPEG_QUALITY = 95
 _OPTION_KEYS = ("frames", "sample_rate", "size", "short_side")
+#: The reason (failures.csv / warnings.csv) of a clip whose audio is digital silence.
+SILENT_AUDIO = "silent audio"
+#: Audio whose every sample is below half a 16-bit step (so its 16-bit wav holds only zeros) is silent.
+SILENCE_LEVEL = 2.0 ** -16
 
 
 class PrepareError(RuntimeError):
@@ -71,6 +80,11 @@ class PrepareReport:
     failures: Path
     failed_ids: list[str] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not videos
+    #: clips of this call whose audio is digital silence (failed, or kept with ``keep_silent``)
+    silent: int = 0
+    silent_kept: int = 0  # of them, kept (``keep_silent``)
+    #: (id, path, reason) of every finished clip kept with a warning (OUT/warnings.csv)
+    warnings: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def clips_per_second(self) -> float:
@@ -80,9 +94,13 @@ class PrepareReport:
     def summary(self) -> str:
         ignored = (f"; {len(self.ignored)} files ignored as not videos (see {self.out_dir / 'ignored.csv'})"
                    if self.ignored else "")
+        silent = self.silent - self.silent_kept
+        failed = f" ({silent} silent audio: --keep-silent keeps such clips)" if silent > 0 else ""
+        warned = (f"; {len(self.warnings)} finished clips kept with {SILENT_AUDIO} (see "
+                  f"{self.out_dir / 'warnings.csv'})" if self.warnings else "")
         return (f"prepare: {self.done} done, {self.skipped} skipped as already done, "
-                f"{self.failed} failed, of {self.total} clips in {self.seconds:.1f} s "
-                f"({self.clips_per_second:.2f} clips/s); manifest {self.manifest}{ignored}")
+                f"{self.failed} failed{failed}, of {self.total} clips in {self.seconds:.1f} s "
+                f"({self.clips_per_second:.2f} clips/s); manifest {self.manifest}{ignored}{warned}")
 
 
 @dataclass(frozen=True)
@@ -92,6 +110,7 @@ class _Options:
     sample_rate: int | None  # None: each file's own rate
     size: int | None
     short_side: int | None
+    keep_silent: bool = False  # keep clips whose audio is digital silence (marked), instead of failing them
 
 
 @dataclass
@@ -99,7 +118,7 @@ class _Result:
     id: str
     ok: bool
     path: str = ""
-    reason: str = ""
+    reason: str = ""  # why it failed; for a finished clip, its warning ("" when none)
     fatal: bool = False  # the output disk is full / read-only: stop the whole run
 
 
@@ -264,6 +283,24 @@ def _write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> str:
     return str(path)
 
 
+def _is_silent(wave: np.ndarray) -> bool:
+    """Whether ``wave`` is digital silence: every sample below :data:`SILENCE_LEVEL` (its 16-bit wav
+    holds only zeros). Reads the samples already decoded once (two reductions, no copy)."""
+    return wave.size > 0 and float(wave.max()) < SILENCE_LEVEL and float(wave.min()) > -SILENCE_LEVEL
+
+
+def _check_silence(wave: np.ndarray, path: str, extra: dict, opts: _Options) -> None:
+    """A clip whose audio is digital silence fails (MediaError, reason :data:`SILENT_AUDIO`), or,
+    with ``opts.keep_silent``, is kept and marked (``extra["silent_audio"] = True``)."""
+    from avssl.data.decode import MediaError
+
+    if not _is_silent(wave):
+        return
+    if not opts.keep_silent:
+        raise MediaError(path, f"{SILENT_AUDIO} (every sample is zero; --keep-silent keeps such clips)")
+    extra["silent_audio"] = True
+
+
 def _video_outputs(rec: Record, opts: _Options) -> tuple[list[np.ndarray], np.ndarray, int, dict]:
     """A raw video's frames (resized as ``opts`` asks), mono audio, its rate and the record's
     extra fields: what the folder layout and the shards store alike."""
@@ -271,11 +308,13 @@ def _video_outputs(rec: Record, opts: _Options) -> tuple[list[np.ndarray], np.nd
 
     info = probe(rec.video)
     clip = read_clip(rec.video, num_frames=opts.frames, sample_rate=opts.sample_rate, require_audio=True)
+    marks: dict = {}
+    _check_silence(clip.audio, rec.video, marks, opts)  # before resizing anything
     frames = [_resize(f, opts.size, opts.short_side) for f in clip.frames]
     extra = {**rec.extra, "source": rec.video, "duration": round(clip.duration, 6),
              "frame_times": [round(t, 6) for t in clip.frame_times], "orig_fps": info.fps,
              "orig_width": info.width, "orig_height": info.height,
-             "orig_sample_rate": info.sample_rate}
+             "orig_sample_rate": info.sample_rate, **marks}
     return frames, clip.audio, clip.sample_rate, extra
 
 
@@ -298,6 +337,8 @@ def _extracted_outputs(rec: Record, opts: _Options) -> tuple[Clip, list[np.ndarr
         raise MediaError(rec.audio or (rec.frames or [rec.id])[0],
                          "needs a 'video', or both 'frames' and 'audio'")
     clip = read_extracted(rec.frames, rec.audio, sample_rate=None)  # decodes every frame + audio
+    marks: dict = {}
+    _check_silence(clip.audio, rec.audio, marks, opts)  # before resizing or resampling anything
     resized = None
     if opts.size or opts.short_side:
         resized = [_resize(f, opts.size, opts.short_side) for f in clip.frames]
@@ -307,7 +348,7 @@ def _extracted_outputs(rec: Record, opts: _Options) -> tuple[Clip, list[np.ndarr
         audio = resample(clip.audio, clip.sample_rate, rate), rate
     h, w = clip.frames.shape[1:3]
     extra = {**rec.extra, "duration": round(clip.duration, 6), "orig_width": int(w),
-             "orig_height": int(h), "orig_sample_rate": clip.sample_rate}
+             "orig_height": int(h), "orig_sample_rate": clip.sample_rate, **marks}
     return clip, resized, audio, extra
 
 
@@ -349,7 +390,19 @@ def _process(task: tuple[Record, str, _Options]) -> _Result:
         if e.errno not in _FATAL_ERRNOS:
             raise
         return _Result(rec.id, False, e.filename or str(out), e.strerror or os.strerror(e.errno), fatal=True)
-    return _Result(rec.id, True)
+    warning = _warning_of(done)
+    return _Result(rec.id, True, *warning) if warning else _Result(rec.id, True)
+
+
+#: The reason warnings.csv gives a clip kept with silent audio.
+_SILENT_KEPT = f"{SILENT_AUDIO} (every sample is zero; kept: --keep-silent)"
+
+
+def _warning_of(rec: Record) -> tuple[str, str] | None:
+    """``(path, reason)`` of a finished clip kept with a warning (silent audio), else None."""
+    if not rec.extra.get("silent_audio"):
+        return None
+    return str(rec.extra.get("source") or rec.extra.get("source_audio") or rec.audio), _SILENT_KEPT
 
 
 #: errors writing the outputs that no other clip can avoid: stop the run (a rerun resumes)
@@ -390,6 +443,15 @@ def _write_failures(path: Path, rows: list[_Result]) -> None:
     _write_csv(path, ["id", "path", "reason"], ([r.id, r.path, r.reason] for r in sorted(rows, key=lambda r: r.id)))
 
 
+def _write_warnings(path: Path, rows: list[tuple[str, str, str]]) -> None:
+    """``warnings.csv`` (id, path, reason) when there are warnings; else no such file (a stale one,
+    from before its clips were redone, is removed)."""
+    if rows:
+        _write_csv(path, ["id", "path", "reason"], rows)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _write_ignored(path: Path, rows: list[tuple[str, str]]) -> None:
     _write_csv(path, ["path", "reason"], rows)
 
@@ -416,7 +478,7 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int
             sample_rate: int | None = None, size: int | None = None, short_side: int | None = None,
             workers: int | None = None, layout: str | None = None,
             root: str | os.PathLike | None = None, on_error: str = "skip",
-            limit: int | None = None) -> PrepareReport:
+            limit: int | None = None, keep_silent: bool = False) -> PrepareReport:
     """Prepare the clips ``input`` names into ``out_dir`` (layout: module docstring).
 
     Args:
@@ -431,6 +493,10 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int
         on_error: ``"skip"`` records failed clips in ``failures.csv`` and goes on; ``"stop"``
             raises PrepareError at the first.
         limit: only the first ``limit`` clips of the input.
+        keep_silent: keep the clips whose audio is digital silence (every sample zero) in the
+            manifest, marked ``"silent_audio": true`` and listed in ``warnings.csv``; by default
+            they fail (reason ``silent audio``, in ``failures.csv``). Applies to the clips this
+            call prepares: finished clips are kept as they are (delete ``done/<id>.json`` to redo one).
 
     Workers are started with ``spawn`` (safe whatever threads this process runs), so a script
     that calls this must guard its entry point with ``if __name__ == "__main__":``.
@@ -442,7 +508,7 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int
     _check_arguments(on_error, frames=frames, sample_rate=sample_rate, size=size, short_side=short_side,
                      limit=limit)
     out = Path(out_dir).resolve()
-    opts = _Options(str(out), frames, sample_rate, size, short_side)
+    opts = _Options(str(out), frames, sample_rate, size, short_side, keep_silent=bool(keep_silent))
     records, ignored = _collect(input, layout=layout, root=root)
     records = records[:limit]
     names = [_file_name(r.id) for r in records]
@@ -464,7 +530,7 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int
     nproc = min((os.cpu_count() or 1) if workers is None else workers, len(todo))
     failures: list[_Result] = []
     fatal: _Result | None = None
-    done = 0
+    done = silent_kept = 0
     with logging_redirect_tqdm(), tqdm(total=len(todo), unit="clip", desc="prepare",
                                        disable=None, dynamic_ncols=True) as bar:
         pool = multiprocessing.get_context("spawn").Pool(nproc) if nproc > 1 else None
@@ -475,6 +541,10 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int
                 bar.update()
                 if res.ok:
                     done += 1
+                    if res.reason:  # finished with a warning: kept, but said
+                        silent_kept += 1
+                        log.warning("kept %s with %s: %s (listed in %s)", res.id, SILENT_AUDIO, res.path,
+                                    out / "warnings.csv")
                     continue
                 if res.fatal:
                     fatal = res
@@ -488,29 +558,44 @@ def prepare(input: str | os.PathLike, out_dir: str | os.PathLike, *, frames: int
             if pool is not None:
                 pool.terminate()
                 pool.join()
-    try:
-        _write_failures(out / "failures.csv", failures)
-        finished = sorted((_load_sidecar(p, out) for p in (out / "done").glob("*.json")), key=lambda r: r.id)
-        manifest = write_manifest(out / "manifest.jsonl", finished)
-    except OSError as e:
-        if fatal is None and e.errno not in _FATAL_ERRNOS:
-            raise
+    # what the clips finished so far are: each list written on its own (atomically), the manifest
+    # first, so that a disk with room for some of them gets those; done/*.json stay in any case
+    finished = sorted((_load_sidecar(p, out) for p in (out / "done").glob("*.json")), key=lambda r: r.id)
+    warnings = [(r.id, *w) for r in finished if (w := _warning_of(r))]
+    manifest = out / "manifest.jsonl"
+    lost: list[tuple[str, OSError]] = []
+    for name, write in (("manifest.jsonl", lambda: write_manifest(manifest, finished)),
+                        ("failures.csv", lambda: _write_failures(out / "failures.csv", failures)),
+                        ("warnings.csv", lambda: _write_warnings(out / "warnings.csv", warnings))):
+        try:
+            write()
+        except OSError as e:
+            if fatal is None and e.errno not in _FATAL_ERRNOS:
+                raise
+            lost.append((name, e))
+    if lost:
+        e = lost[0][1]
         cause = fatal or _Result("", False, e.filename or str(out), e.strerror or str(e))
+        names = " and ".join(n for n, _ in lost)
         raise PrepareError(f"cannot write to {cause.path}: {cause.reason}; {done} clips finished in this run "
-                           f"(their done/*.json are kept) but manifest.jsonl could not be written ({e}); "
-                           f"free space and rerun to resume") from e
+                           f"({len(finished)} in all; their done/*.json are kept) but {names} could not be "
+                           f"written ({e}); free space and rerun to resume") from e
     if fatal is not None:
         raise PrepareError(f"cannot write to {fatal.path}: {fatal.reason}; stopped after {done} clips finished "
                            f"in this run ({len(finished)} in all, listed in {manifest}; failures in "
                            f"{out / 'failures.csv'}); free space and rerun to resume")
+    silent = silent_kept + sum(r.reason.startswith(SILENT_AUDIO) for r in failures)
     report = PrepareReport(done=done, skipped=skipped, failed=len(failures), total=len(records),
                            seconds=time.perf_counter() - t0, out_dir=out, manifest=manifest,
                            failures=out / "failures.csv", failed_ids=sorted(r.id for r in failures),
-                           ignored=ignored)
+                           ignored=ignored, silent=silent, silent_kept=silent_kept, warnings=warnings)
     log.info("%s", report.summary())
     if failures:
         log.warning("%d clips failed; see %s", len(failures), report.failures)
+    if warnings:
+        log.warning("%d finished clips have %s (kept with --keep-silent); see %s", len(warnings), SILENT_AUDIO,
+                    out / "warnings.csv")
     return report
 
 
-__all__ = ["MEDIA_EXTENSIONS", "PrepareError", "PrepareReport", "collect_inputs", "prepare", "scan_directory"]
+__all__ = ["MEDIA_EXTENSIONS", "SILENT_AUDIO", "PrepareError", "PrepareReport", "collect_inputs", "prepare", "scan_directory"]
