@@ -21,15 +21,15 @@ TINY = {"width": 8, "image_size": 64, "heatmap_size": 4}
 RATES = (11025, 16000, 22050, 44100)
 
 
-def write_clip(path: Path, rate: int, shade: int, freq: float, seconds: float = 1.0) -> Path:
-    """A 64 px clip (a square of grey ``shade`` on black) with a sine of ``freq`` Hz at ``rate`` Hz."""
+def write_clip(path: Path, rate: int, shade: int, freq: float, seconds: float = 1.0, width: int = 64) -> Path:
+    """A 64 px high clip (a square of grey ``shade`` on black) with a sine of ``freq`` Hz at ``rate`` Hz."""
     with av.open(str(path), "w") as c:
         vs = c.add_stream("libx264", rate=10)
-        vs.width = vs.height = 64
+        vs.width, vs.height = width, 64
         vs.pix_fmt = "yuv420p"
         aus = c.add_stream("aac", rate=rate)
         aus.layout = "mono"
-        frame = np.zeros((64, 64, 3), np.uint8)
+        frame = np.zeros((64, width, 3), np.uint8)
         frame[16:48, 8 + shade % 24: 24 + shade % 24] = shade
         for _ in range(int(10 * seconds)):
             for p in vs.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
@@ -167,3 +167,50 @@ def test_worker_errors_of_any_user_type_are_one_line():
     assert loader_worker_error(e) is None  # a plain ValueError from a worker may be a bug: traceback kept
     e = caught(KeyError("boom"))
     assert loader_worker_error(e) is None and "\n" not in error_text(e)
+
+
+def test_boxes_outside_the_centre_crop_are_counted_and_full_frame_maps_them(tmp_path, mixed, caplog, capsys):
+    """Wide frames (128x64: the crop is the middle half): boxes at the sides lie outside what the
+    model sees. The protocol keeps them as they are (warned, counted); --boxes full-frame maps them."""
+    root, ckpt = mixed
+    rows = []
+    for i in range(4):
+        write_clip(tmp_path / f"w{i}.mp4", 16000, 80 + 30 * i, 400 + 100 * i, width=128)
+        rows.append({"id": f"w{i}", "video": f"w{i}.mp4", "split": "test", "labels": ["k"]})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    side, middle = [[0.0, 0.2, 0.2, 0.8]], [[0.3, 0.2, 0.7, 0.8]]
+    (tmp_path / "gt.json").write_text(json.dumps([{"file": f"w{i}", "bbox": side if i < 3 else middle}
+                                                  for i in range(4)]))
+    args = ["eval", str(ckpt), "--data", str(tmp_path / "m.jsonl"), "--gt", str(tmp_path / "gt.json"), "--split",
+            "all", "--workers", "0"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*args, "--out", str(tmp_path / "crop")]) == 0
+    assert any("3 of 4 clips have boxes mostly outside" in r.getMessage() for r in caplog.records)
+    crop = json.loads((tmp_path / "crop" / "scores.json").read_text())
+    assert crop["boxes"]["mode"] == "crop" and crop["boxes"]["mostly_outside"] == 3
+    assert json.loads((tmp_path / "crop" / "frame_sizes.json").read_text())["w0"] == [128, 64]
+    assert main([*args, "--boxes", "full-frame", "--out", str(tmp_path / "full")]) == 0
+    full = json.loads((tmp_path / "full" / "scores.json").read_text())
+    capsys.readouterr()
+    assert full["boxes"]["mode"] == "full-frame"
+    # the side boxes map to nothing inside the crop: those clips score as empty-gt failures
+    assert full["n_empty_gt"] == 3 and crop["n_empty_gt"] == 0
+
+
+def test_the_crop_window_and_the_box_mapping():
+    from avssl.eval.boxes import boxes_to_crop, crop_window, map_boxes, outside_share
+
+    x0, y0, x1, y1 = crop_window(640, 360, 224)  # long side 398, offset 87
+    assert (y0, y1) == (0.0, 1.0) and x0 == pytest.approx(87 / 398) and x1 == pytest.approx(311 / 398)
+    assert crop_window(360, 640, 224)[1] == pytest.approx(87 / 398) and crop_window(50, 50) == (0, 0, 1, 1)
+    middle = np.array([[0.5 - 0.1, 0.25, 0.5 + 0.1, 0.75]])
+    np.testing.assert_allclose(boxes_to_crop(middle, 640, 360, 224)[0],
+                               [(0.4 - x0) / (x1 - x0), 0.25, (0.6 - x0) / (x1 - x0), 0.75])
+    left = np.array([[0.0, 0.2, 0.1, 0.8]])
+    assert outside_share(left, (x0, y0, x1, y1)) == 1.0 and outside_share(middle, (x0, y0, x1, y1)) == 0.0
+    b = boxes_to_crop(left, 640, 360, 224)[0]
+    assert b[2] - b[0] == 0.0  # clipped to an empty box
+    same, rep = map_boxes({"a": left}, {"a": (640, 360)}, "crop", 224)
+    assert same["a"] is left and rep["mostly_outside"] == 1 and rep["n_sized"] == 1
+    with pytest.raises(ValueError, match="frame size"):
+        map_boxes({"a": left}, {}, "full-frame")

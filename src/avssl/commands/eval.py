@@ -3,7 +3,8 @@
 Rebuilds the model from the checkpoint alone (its saved config names the method and its
 options) and reads the clips of MANIFEST (split --split; --split all keeps every record) with the
 checkpoint's data settings (frame choice, image size, audio length and rate). Writes
-heatmaps.npz (one map per clip id, readable by `avssl score --pred`), best_worst.png (overlays
+heatmaps.npz (one map per clip id, readable by `avssl score --pred`), frame_sizes.json (each
+clip's frame width and height, for `avssl score --boxes full-frame`), best_worst.png (overlays
 of the best and worst clips by cIoU, boxes in green; with --gt) and scores.json (all scorer
 measures under the standard protocol, plus recall@1/5/10: audio->audio by class,
 audio<->visual by class and by instance) into --out, and prints the scores as JSON.
@@ -64,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "same length; scores.json then holds the control's scores (audio_control) and how "
                              "much the maps and scores depend on the recording (audio_dependence: map "
                              "correlation own vs control, share of peaks moved, drop of every score)")
+    parser.add_argument("--boxes", choices=("crop", "full-frame"), default="crop",
+                        help="VGG-SS boxes are normalised to the full frame: 'crop' (default, the released "
+                             "protocol) lays them on the centre crop the model sees unchanged; 'full-frame' maps "
+                             "each into the crop and clips it (a deviation, for wide frames). Either way "
+                             "scores.json's 'boxes' counts clips whose boxes lie mostly outside the crop (warned)")
     parser.add_argument("--sample-rate", type=positive_int, default=None, metavar="HZ",
                         help="resample every clip's audio to HZ at load (default: the checkpoint's data.sample_rate; "
                              "none there = each file's native rate). A warning names the clips whose rate is not "
@@ -133,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         best_worst_sheet,
         evaluate_localisation,
         load_annotations,
+        save_frame_sizes,
         save_heatmaps,
     )
     from avssl.engine.train import resolve_device
@@ -159,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
         scores, out = evaluate_localisation(
             model, records, cfg, args.gt, fmt, device=resolve_device(args.device), batch_size=args.batch_size,
             with_retrieval=not args.no_retrieval, classes=classes, num_workers=args.workers, dataset=dataset,
-            retrieval_fp16=args.retrieval_fp16, audio_controls=parse_audio_control(args.audio_control))
+            retrieval_fp16=args.retrieval_fp16, audio_controls=parse_audio_control(args.audio_control),
+            boxes_mode=args.boxes)
     except (CheckpointError, ConfigError, ManifestError, MediaError, AnnotationError, ValueError) as e:
         print(f"avssl eval: error: {error_text(e)}", file=sys.stderr)
         return 2
@@ -169,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     out_dir = _out_dir(args)
     save_heatmaps(out_dir / "heatmaps.npz", out.heatmaps)
+    if out.frame_sizes:
+        save_frame_sizes(out_dir / "frame_sizes.json", out.frame_sizes)
     for name, maps in (out.controls or {}).items():
         save_heatmaps(out_dir / f"heatmaps_{name}.npz", maps)
     if args.gt:

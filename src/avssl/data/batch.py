@@ -14,7 +14,8 @@ __all__ = ["collate", "collate_mixed_rates", "batch_rate", "split_by_rate", "Mix
 
 def collate(samples: Sequence[dict], mixed_rates: bool = False) -> dict:
     """Stack samples: ``image`` uint8 (B, 3, S, S), ``wave`` (B, N), ``num_samples`` (B,), ``label`` (B,),
-    ``target`` (B, C), ``id`` list, ``sample_rate`` int; samples with ``"full"`` original frames
+    ``target`` (B, C), ``id`` list, ``sample_rate`` int, ``frame_hw`` (B, 2) long (each clip's
+    decoded frame size, when the samples have it); samples with ``"full"`` original frames
     give ``full`` uint8 (B, 3, H, W), each frame at the top left of a zero canvas of the largest
     size, and ``full_hw`` (B, 2) long, each frame's own ``(h, w)``.
 
@@ -43,6 +44,8 @@ def collate(samples: Sequence[dict], mixed_rates: bool = False) -> dict:
            "target": torch.stack([s["target"] for s in samples]), "sample_rate": rate}
     if isinstance(rate, torch.Tensor):
         out["wave_length"] = lengths
+    if all("frame_hw" in s for s in samples):  # each clip's decoded frame (h, w), before its centre crop
+        out["frame_hw"] = torch.tensor([tuple(s["frame_hw"]) for s in samples], dtype=torch.long)
     if "full" in samples[0]:
         hw = torch.tensor([tuple(s["full"].shape[-2:]) for s in samples], dtype=torch.long)
         canvas = torch.zeros((len(samples), 3, *hw.max(dim=0).values.tolist()), dtype=torch.uint8)

@@ -297,7 +297,8 @@ class AVFrameAudioDataset(Dataset):
         mono waveform at rate ``sr`` (also what :class:`avssl.data.shards.ShardStream` calls)."""
         image = resize_crop(frame, self.image_size, self.frame_resize)
         out = {"id": r.id, "image": image, **self.audio_fields(wave, sr),
-               "label": self.label_of(r), "target": self.target_of(r)}
+               "label": self.label_of(r), "target": self.target_of(r),
+               "frame_hw": (int(frame.shape[0]), int(frame.shape[1]))}  # where the centre crop was cut
         if self.full_frame:
             out["full"] = torch.tensor(frame, dtype=torch.uint8).permute(2, 0, 1).contiguous()
         return out

@@ -29,7 +29,8 @@ from avssl.methods.base import run_batches
 logger = logging.getLogger(__name__)
 
 __all__ = ["InferenceOutput", "infer_batch", "run_inference", "localise_dataset", "localisation_scores",
-           "retrieval_scores", "evaluate_localisation", "save_heatmaps", "load_annotations", "best_worst_sheet"]
+           "retrieval_scores", "evaluate_localisation", "save_heatmaps", "save_frame_sizes", "load_annotations",
+           "best_worst_sheet"]
 
 
 @dataclass
@@ -44,6 +45,7 @@ class InferenceOutput:
     visual: torch.Tensor
     controls: dict[str, dict[str, np.ndarray]] | None = None  # audio control -> {id: map} (evaluate_localisation)
     sample_rates: torch.Tensor | None = None  # (N,) long: each clip's audio rate as the model heard it
+    frame_sizes: dict[str, tuple[int, int]] | None = None  # id -> (width, height) of the frame cropped
 
     def rate_counts(self) -> dict[int, int]:
         """``{sample rate: clips}`` of the evaluated clips."""
@@ -86,15 +88,21 @@ def run_inference(model: nn.Module, loader, batch_transform: Callable, infer: Ca
     def step(batch):
         rate = batch["sample_rate"]
         rates = rate if isinstance(rate, torch.Tensor) else torch.full((len(batch["id"]),), int(rate))
-        return {"id": batch["id"], "label": batch["label"], "sample_rate": rates.long(),
-                **infer_batch(model, batch, batch_transform, infer)}
+        row = {"id": batch["id"], "label": batch["label"], "sample_rate": rates.long(),
+               **infer_batch(model, batch, batch_transform, infer)}
+        if "frame_hw" in batch:
+            row["frame_hw"] = batch["frame_hw"]
+        return row
 
     rows = run_batches(model, loader, step, progress="eval" if progress else None)
     if not rows:
         raise ValueError("run_inference: the loader yielded no clips")
     ids = list(rows["id"])
     return InferenceOutput({i: m for i, m in zip(ids, rows["heatmap"].numpy(), strict=True)}, ids,
-                           rows["label"], rows["audio"], rows["visual"], sample_rates=rows["sample_rate"])
+                           rows["label"], rows["audio"], rows["visual"], sample_rates=rows["sample_rate"],
+                           frame_sizes={i: (int(w), int(h)) for i, (h, w) in zip(ids, rows["frame_hw"].tolist(),
+                                                                                strict=True)}
+                           if "frame_hw" in rows else None)
 
 
 def localise_dataset(model: nn.Module, loader, batch_transform: Callable, device: torch.device | str,
@@ -166,7 +174,8 @@ def _chance_r1(labels: torch.Tensor) -> dict[str, float]:
 
 
 def _scores_of(out: InferenceOutput, boxes, fmt: str, with_retrieval: bool, retrieval_fp16: bool) -> dict:
-    """The localisation summary (with ``boxes``) and the retrieval recalls of one inference pass."""
+    """The localisation summary (with ``boxes``, already as the scorer gets them) and the retrieval
+    recalls of one inference pass."""
     scores: dict = {}
     if boxes is not None:
         scores.update(localisation_scores(out.heatmaps, boxes, fmt))
@@ -179,7 +188,8 @@ def evaluate_localisation(model: nn.Module, records, cfg, annotations: str | os.
                           fmt: str = "vggss", device: torch.device | str = "cpu",
                           batch_size: int | None = None, with_retrieval: bool = True,
                           classes=None, num_workers: int | None = None, dataset=None,
-                          retrieval_fp16: bool = False, audio_controls=()) -> tuple[dict, InferenceOutput]:
+                          retrieval_fp16: bool = False, audio_controls=(),
+                          boxes_mode: str = "crop") -> tuple[dict, InferenceOutput]:
     """Score ``model`` (an instance of ``cfg.method``) on ``records`` with the data settings of the
     :class:`~avssl.train_config.TrainConfig` ``cfg``. Returns ``(scores, outputs)``: ``scores``
     holds the scorer's summary (when ``annotations`` is given) and ``retrieval``. ``dataset``: an
@@ -191,7 +201,12 @@ def evaluate_localisation(model: nn.Module, records, cfg, annotations: str | os.
     the same way: ``scores["audio_control"][name]`` holds its scores and what it played,
     ``scores["audio_dependence"][name]`` :func:`avssl.eval.controls.audio_dependence` (map
     correlation own vs control, peaks moved, the drop of every score); the control's maps are in
-    ``outputs.controls[name]``."""
+    ``outputs.controls[name]``.
+
+    ``boxes_mode`` (:data:`avssl.eval.boxes.BOX_MODES`): "crop" (default, the released protocol)
+    lays the full-frame-normalised boxes on the centre crop unchanged; "full-frame" maps each into
+    the crop (VGG-SS boxes only). Either way ``scores["boxes"]`` counts the clips whose boxes lie
+    mostly outside the crop (warned)."""
     from torch.utils.data import DataLoader
 
     from avssl.data.controls import AudioControlDataset
@@ -211,9 +226,14 @@ def evaluate_localisation(model: nn.Module, records, cfg, annotations: str | os.
 
     out = infer(ds)
     boxes = load_annotations(annotations, fmt) if annotations is not None else None
+    box_report = None
+    if boxes is not None:
+        boxes, box_report = _boxes_as_scored(boxes, out, fmt, boxes_mode, getattr(ds, "image_size", 224))
     scores: dict = {"n_clips": len(out.ids), "skipped": [list(s) for s in getattr(ds, "skipped", [])],
                     "audio_rates": {str(r): n for r, n in out.rate_counts().items()}}
     scores.update(_scores_of(out, boxes, fmt, with_retrieval, retrieval_fp16))
+    if box_report is not None:
+        scores["boxes"] = box_report
     if with_retrieval:
         scores["retrieval_arithmetic"] = "fp16 (released EquiAV script)" if retrieval_fp16 else "fp32"
     out.controls = {}
@@ -226,6 +246,41 @@ def evaluate_localisation(model: nn.Module, records, cfg, annotations: str | os.
                                                                            c_scores)
         out.controls[name] = c_out.heatmaps
     return scores, out
+
+
+def _boxes_as_scored(boxes, out: InferenceOutput, fmt: str, mode: str, size: int) -> tuple[dict, dict]:
+    """The evaluated clips' boxes under ``mode`` (:func:`avssl.eval.boxes.map_boxes`) and its report;
+    warns when boxes lie mostly outside the centre crop the model saw."""
+    from avssl.eval.boxes import BOX_MODES, map_boxes
+
+    if mode not in BOX_MODES:
+        raise ValueError(f"boxes must be one of {BOX_MODES}, got {mode!r}")
+    if fmt != "vggss":
+        if mode != "crop":
+            raise ValueError("--boxes full-frame maps VGG-SS boxes (normalised to the full frame); Flickr-SoundNet "
+                             "boxes are pixels of the shipped 256x256 frame and are scored as they are")
+        return boxes, {"mode": mode}
+    sizes = out.frame_sizes or {}
+    mine = {k: v for k, v in boxes.items() if k in out.heatmaps}
+    mapped, report = map_boxes(mine, sizes, mode, size=size)
+    if report["mostly_outside"]:
+        logger.warning("%d of %d clips have boxes mostly outside the centre crop the model sees (wide or tall "
+                       "frames; mean share outside %.2f)%s", report["mostly_outside"], report["n_sized"],
+                       report["outside_share"],
+                       ": the protocol lays them on the crop unchanged; --boxes full-frame maps them into it"
+                       if mode == "crop" else ": they were clipped to the crop")
+    return {**boxes, **mapped}, report
+
+
+def save_frame_sizes(path: str | os.PathLike, sizes: Mapping[str, tuple[int, int]]) -> Path:
+    """Write ``{id: [width, height]}`` of the evaluated frames as JSON, atomically (read by
+    ``avssl score --boxes full-frame --frame-sizes``)."""
+    import json
+
+    from avssl.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps({k: list(v) for k, v in sizes.items()}))
+    return Path(path)
 
 
 def save_heatmaps(path: str | os.PathLike, heatmaps: Mapping[str, np.ndarray]) -> Path:
