@@ -447,10 +447,13 @@ def test_silent_pre_extracted_audio_and_shards(tmp_path):
     shards = prepare_shards(tmp_path / "m.jsonl", tmp_path / "sh", workers=0)
     assert (shards.done, shards.failed) == (1, 1)
     assert _failures(tmp_path / "sh")["b"][1].startswith("silent audio")
-    # shards cannot keep silent clips (yet): said at once, not ignored
-    assert main(["prepare", str(tmp_path / "m.jsonl"), str(tmp_path / "sh2"), "--format", "shards",
-                 "--keep-silent"]) == 2
-    assert not (tmp_path / "sh2").exists()
+    # shards keep them too on request, marked in their JSON records
+    assert main(["prepare", str(tmp_path / "m.jsonl"), str(tmp_path / "sh2"), "--format", "shards", "--workers", "0",
+                 "--keep-silent"]) == 0
+    from avssl.data.manifest import read_manifest
+    kept = {r.id: r for r in read_manifest(tmp_path / "sh2" / "shards.json")}
+    assert sorted(kept) == ["a", "b"] and kept["b"].extra.get("silent_audio") is True
+    assert not kept["a"].extra.get("silent_audio")
 
 
 def test_help_tells_what_a_full_disk_leaves(tmp_path, monkeypatch, capsys, caplog):

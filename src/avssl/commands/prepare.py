@@ -99,8 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only the first N clips of INPUT")
     parser.add_argument("--keep-silent", action="store_true",
                         help="keep clips whose audio is digital silence (every sample zero) in the manifest, "
-                             "listed in OUT/warnings.csv; default: they fail, reason 'silent audio' "
-                             "(--format folder only)")
+                             "listed in OUT/warnings.csv (--format shards: marked in the clip's JSON record and "
+                             "logged); default: they fail, reason 'silent audio'")
     shards = parser.add_argument_group("shards (webdataset tar files, for streaming and clusters)")
     shards.add_argument("--format", choices=("folder", "shards"), default="folder",
                         help="folder: frames/, audio/, manifest.jsonl (default); shards: OUT/shards/"
@@ -134,12 +134,9 @@ def run(args: argparse.Namespace) -> int:
         elif args.out is None:
             raise PrepareError("give INPUT and OUT (or --merge OUT)")
         elif args.format == "shards":
-            if args.keep_silent:
-                raise PrepareError("--keep-silent needs --format folder (shards list silent clips in "
-                                   "failures.csv)")
             shard_of = parse_shard_of(args.shard_of) if args.shard_of else (0, 1)
             prepare_shards(args.input, args.out, shard_size=args.shard_size, shard_of=shard_of,
-                           audio_format=args.audio_format, **kw)
+                           audio_format=args.audio_format, keep_silent=args.keep_silent, **kw)
         elif args.shard_of:
             raise PrepareError("--shard-of needs --format shards")
         else:

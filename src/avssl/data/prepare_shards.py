@@ -135,7 +135,8 @@ def prepare_shards(input: str | os.PathLike, out_dir: str | os.PathLike, *, fram
                    sample_rate: int | None = None, size: int | None = None, short_side: int | None = None,
                    workers: int | None = None, layout: str | None = None, root: str | os.PathLike | None = None,
                    on_error: str = "skip", limit: int | None = None, shard_size: int = 1000,
-                   shard_of: tuple[int, int] = (0, 1), audio_format: str = "wav") -> PrepareReport:
+                   shard_of: tuple[int, int] = (0, 1), audio_format: str = "wav",
+                   keep_silent: bool = False) -> PrepareReport:
     """Prepare ``input``'s clips as shards in ``out_dir`` (module docstring); the arguments are
     :func:`avssl.data.prepare.prepare`'s plus ``shard_size``, ``shard_of`` ``(i, N)`` and
     ``audio_format`` (``"wav"``: 16-bit wav, fastest to read; ``"flac"``: the same samples in
@@ -148,7 +149,7 @@ def prepare_shards(input: str | os.PathLike, out_dir: str | os.PathLike, *, fram
         raise ValueError(f"audio_format must be 'wav' or 'flac', got {audio_format!r}")
     i, n = shard_of
     out = Path(out_dir).resolve()
-    opts = _Options(str(out), frames, sample_rate, size, short_side)
+    opts = _Options(str(out), frames, sample_rate, size, short_side, keep_silent=bool(keep_silent))
     records = _collect(input, layout=layout, root=root)[0][:limit]
     twice = [cid for cid, c in Counter(r.id for r in records).items() if c > 1]
     if twice:

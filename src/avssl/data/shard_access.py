@@ -87,8 +87,15 @@ def _tar_records(tar: str) -> list[tuple[str, Record]]:
         if not frames or audio is None:
             raise ManifestError(f"shard {where} ({rec_id}): no {'frames' if not frames else 'audio'}")
         out.append((key, Record(id=rec_id, audio=f"{tar}#{audio}", frames=[f"{tar}#{n}" for n in frames],
-                                labels=labels, split=split, extra={SHARD_MEMBERS: (tar, names)})))
+                                labels=labels, split=split, extra={SHARD_MEMBERS: (tar, names),
+                                                                   **_flags(meta)})))
     return out
+
+
+def _flags(meta: dict) -> dict:
+    """The marks a clip's JSON record carries into its Record's extra (``silent_audio``: kept by
+    ``prepare --keep-silent``)."""
+    return {"silent_audio": True} if isinstance(meta, dict) and meta.get("silent_audio") is True else {}
 
 
 def member_bytes(record: Record, ref: str) -> bytes:
