@@ -214,3 +214,23 @@ def test_the_crop_window_and_the_box_mapping():
     assert same["a"] is left and rep["mostly_outside"] == 1 and rep["n_sized"] == 1
     with pytest.raises(ValueError, match="frame size"):
         map_boxes({"a": left}, {}, "full-frame")
+
+
+def test_score_maps_boxes_with_the_frame_sizes_eval_wrote(tmp_path, capsys):
+    """`avssl score --boxes full-frame --frame-sizes` gives what `eval --boxes full-frame` scored."""
+    from avssl.engine.evaluate import save_frame_sizes, save_heatmaps
+
+    maps = {"a": np.eye(4, dtype=np.float32), "b": np.ones((4, 4), np.float32)}
+    save_heatmaps(tmp_path / "h.npz", maps)
+    save_frame_sizes(tmp_path / "s.json", {"a": (128, 64), "b": (64, 64)})
+    (tmp_path / "gt.json").write_text(json.dumps([{"file": "a", "bbox": [[0.0, 0.0, 0.2, 1.0]]},
+                                                  {"file": "b", "bbox": [[0.2, 0.2, 0.8, 0.8]]}]))
+    base = ["score", "--pred", str(tmp_path / "h.npz"), "--gt", str(tmp_path / "gt.json")]
+    assert main([*base, "--frame-sizes", str(tmp_path / "s.json")]) == 0
+    crop = json.loads(capsys.readouterr().out)
+    assert crop["boxes"]["mostly_outside"] == 1 and crop["n_empty_gt"] == 0
+    assert main([*base, "--boxes", "full-frame", "--frame-sizes", str(tmp_path / "s.json")]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert full["boxes"]["mode"] == "full-frame" and full["n_empty_gt"] == 1  # a's box lies outside the crop
+    assert main([*base, "--boxes", "full-frame"]) == 2
+    assert "--frame-sizes" in capsys.readouterr().err

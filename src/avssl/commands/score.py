@@ -11,6 +11,11 @@ clipping) stay in N as failures, as in the official validate() (cIoU 0/0 = NaN, 
 threshold); they are listed in empty_gt and counted in n_empty_gt, and --exclude-empty-gt
 drops them from N instead.
 
+--boxes full-frame --frame-sizes SIZES.json (frame_sizes.json of `avssl eval`) maps each
+full-frame VGG-SS box into the centre crop the heatmap covers, clipped (a deviation from the
+released protocol, which lays the boxes on the crop unchanged); --frame-sizes alone counts the
+clips whose boxes lie mostly outside the crop ("boxes" in the output).
+
 Protocol variants: --protocol median (default: strictly above the value at sorted index
 H*W//2), median_ge (>=), adaptive (top-k pixels, k = ground-truth pixels), fixed (>= 0.5 after
 min-max); --upsample bilinear (OpenCV INTER_LINEAR, default) or bicubic.
@@ -51,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--masks", metavar="MANIFEST.jsonl", default=None,
                         help="also score against the exact masks its records name (a semi-real set from "
                         "`avssl synth --source`): adds a \"mask\" section")
+    parser.add_argument("--boxes", choices=("crop", "full-frame"), default="crop",
+                        help="VGG-SS boxes are normalised to the full frame: 'crop' (default, the released "
+                             "protocol) lays them on the heatmap's centre crop unchanged; 'full-frame' maps each into "
+                             "the crop (needs --frame-sizes)")
+    parser.add_argument("--frame-sizes", metavar="SIZES.json", default=None,
+                        help="{id: [width, height]} of each clip's frame, as `avssl eval` writes "
+                             "(frame_sizes.json): counts the boxes lying mostly outside the centre crop, and "
+                             "--boxes full-frame maps them")
     parser.add_argument("--strict", action="store_true", help="fail on a NaN/inf heatmap instead of excluding it")
     parser.add_argument("--exclude-empty-gt", action="store_true",
                         help="drop samples whose boxes are empty after clipping (e.g. outside the image) from N; "
@@ -104,9 +117,14 @@ def run(args: argparse.Namespace) -> int:
                 silent = [s.strip() for s in Path(args.silent).read_text().splitlines() if s.strip()]
             except OSError as e:
                 raise ValueError(f"{args.silent}: cannot read silent-id list: {e}") from e
+        box_report = None
+        if args.frame_sizes or args.boxes != "crop":
+            gt, box_report = _boxes(gt, set(pred), fmt, args)
         result = evaluate(pred, gt, fmt, protocol, strict=args.strict, silent=silent,
                           exclude_empty_gt=args.exclude_empty_gt)
         summary = dict(result.summary)
+        if box_report is not None:
+            summary["boxes"] = box_report
         if args.masks:
             summary["mask"] = _mask_section(Path(args.masks), pred, protocol)
     except (AnnotationError, InvalidHeatmapError, ValueError) as e:
@@ -123,6 +141,30 @@ def run(args: argparse.Namespace) -> int:
         log.info("wrote %d per-sample rows to %s", len(rows), out)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _boxes(gt: dict, ids: set, fmt: str, args: argparse.Namespace) -> tuple[dict, dict]:
+    """The boxes as scored under ``--boxes`` with ``--frame-sizes`` (:func:`avssl.eval.boxes.map_boxes`
+    on the ids that have a heatmap; the others are reported missing as they are), and its report
+    (warned when boxes lie mostly outside the crop)."""
+    from avssl.eval.boxes import map_boxes
+
+    if fmt != "vggss":
+        raise ValueError("--boxes/--frame-sizes apply to VGG-SS boxes (normalised to the full frame); "
+                         "Flickr-SoundNet boxes are pixels of the shipped 256x256 frame")
+    if args.frame_sizes is None:
+        raise ValueError("--boxes full-frame needs --frame-sizes SIZES.json (written by avssl eval as frame_sizes.json)")
+    try:
+        raw = json.loads(Path(args.frame_sizes).read_text())
+        sizes = {str(k): (int(v[0]), int(v[1])) for k, v in raw.items()}
+    except (OSError, ValueError, TypeError, IndexError, AttributeError) as e:
+        raise ValueError(f"{args.frame_sizes}: not a {{id: [width, height]}} JSON object ({e})") from e
+    mapped, report = map_boxes({k: v for k, v in gt.items() if k in ids}, sizes, args.boxes, size=args.size)
+    if report["mostly_outside"]:
+        log.warning("%d of %d clips have boxes mostly outside the centre crop (mean share outside %.2f)%s",
+                    report["mostly_outside"], report["n_sized"], report["outside_share"],
+                    "; --boxes full-frame maps them into it" if args.boxes == "crop" else "; clipped to the crop")
+    return {**gt, **mapped}, report
 
 
 def _mask_section(manifest: Path, pred: dict, protocol) -> dict:
