@@ -194,3 +194,84 @@ def test_sigterm_stops_a_blocking_server_and_removes_its_folder(media, monkeypat
     app_command.serve(args, block=True)
     assert seen["interrupted"] and not seen["folder"].exists()
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+
+
+# ----------------------------------------------------------------------------- round 3: full frame, audio rates
+def _wide_clip(path: Path, width: int = 96, height: int = 64, seconds: float = 2.0, sample_rate: int = 44100) -> Path:
+    """H.264 + AAC mp4: a bright square on the left edge (outside the centre square) and a tone."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+        a = c.add_stream("aac", rate=sample_rate, layout="mono")
+        for i in range(int(seconds * 10)):
+            img = np.full((height, width, 3), 40, np.uint8)
+            img[20:36, 0:14] = (250, 200, 30)
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = i
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+        n = int(seconds * sample_rate)
+        af = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / sample_rate))
+                                        .astype(np.float32)[None], format="fltp", layout="mono")
+        af.sample_rate, af.pts, af.time_base = sample_rate, 0, Fraction(1, sample_rate)
+        c.mux(a.encode(af))
+        c.mux(a.encode(None))
+    return path
+
+
+def _rated_checkpoint(path: Path, rates: list[int]) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(path, model=build_method("ssltie", TINY).state_dict(),
+                           config={"method": "ssltie", "ssltie": TINY, "data": {"seconds": 1.0}},
+                           extra={"trained_audio": {"sample_rates": rates, "seconds": 1.0}})
+
+
+def test_the_page_maps_the_whole_frame_by_default(media, tmp_path):
+    clip = _wide_clip(tmp_path / "wide.mp4", sample_rate=16000)
+    loc = Localiser(media["ckpt"], Limits(frames=2), workdir=tmp_path / "work")
+    res = loc.run(clip)
+    assert res.full_frame and res.maps.shape == (2, 4, 6) and np.isfinite(res.maps).all()
+    image, _ = res.view(0.5, 0.7)
+    assert np.abs(image[:, :12].astype(int) - res.frames[0][:, :12].astype(int)).mean() > 10  # sides coloured
+    loc.close()
+    crop = Localiser(media["ckpt"], Limits(frames=2), workdir=tmp_path / "crop", full_frame=False)
+    res = crop.run(clip)
+    assert not res.full_frame and res.maps.shape == (2, 4, 6) and np.isnan(res.maps[:, :, [0, 5]]).all()
+    crop.close()
+
+
+def test_the_page_falls_back_to_the_centre_square_for_equiav(media, tmp_path):
+    eq = {"embed_dim": 32, "num_heads": 4, "depth": 1, "img_size": 32, "patch_size": 8, "audio_length": 64,
+          "num_mel_bins": 32, "num_centroid": 2, "aug_emb_dim": 16, "cross_attn_heads": 2, "cross_attn_head_dim": 8,
+          "proj_hidden_dim": 32, "inter_out_dim": 16, "intra_out_dim": 16}
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "eq.pt", model=build_method("equiav", eq).state_dict(),
+                           config={"method": "equiav", "equiav": eq, "data": {"seconds": 0.655}})
+    loc = Localiser(ckpt, Limits(frames=2), workdir=tmp_path / "work")
+    res = loc.run(_wide_clip(tmp_path / "wide.mp4", sample_rate=16000))
+    assert not res.full_frame and np.isnan(res.maps).any()
+    _, text = res.view(0.5, 0.5)
+    assert "centre square" in text and "\n" not in text
+    loc.close()
+
+
+def test_the_page_resamples_to_the_models_one_rate_and_says_so(media, tmp_path):
+    clip = _wide_clip(tmp_path / "wide44.mp4", sample_rate=44100)
+    loc = Localiser(_rated_checkpoint(tmp_path / "one.pt", [16000]), Limits(frames=2), workdir=tmp_path / "w1")
+    res = loc.run(clip)
+    _, text = res.view(0.5, 0.5)
+    assert res.sample_rate == 16000 and "44100 Hz" in text and "resampled to 16000 Hz" in text
+    loc.close()
+    loc = Localiser(_rated_checkpoint(tmp_path / "two.pt", [16000, 22050]), Limits(frames=2), workdir=tmp_path / "w2")
+    res = loc.run(clip)
+    _, text = res.view(0.5, 0.5)
+    assert res.sample_rate == 44100 and "44100 Hz" in text and "16000/22050 Hz" in text and "resampled" not in text
+    loc.close()
+    loc = Localiser(_rated_checkpoint(tmp_path / "same.pt", [44100]), Limits(frames=2), workdir=tmp_path / "w3")
+    res = loc.run(clip)
+    assert res.sample_rate == 44100 and "Hz" not in res.view(0.5, 0.5)[1]  # nothing to say
+    loc.close()

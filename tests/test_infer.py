@@ -343,3 +343,209 @@ def test_localize_device_cuda_without_cuda_is_a_device_error(media, tmp_path, ca
     assert "CUDA is not available" in err and "--device cpu" in err and "'cuda'" in err
     assert "unreadable" not in err and "checkpoint" not in err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- round 3: pictures, full frame, rates
+class FramePatternModel(PatternModel):
+    """Stub whose map follows the input's shape (stride 16, as a ResNet): value = 10 * row + column."""
+
+    def localise(self, image, spec):
+        self.seen.append((tuple(image.shape), tuple(spec.shape)))
+        h, w = image.shape[-2] // 16, image.shape[-1] // 16
+        r, c = torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32)
+        return (10 * r[:, None] + c[None, :]).expand(image.shape[0], h, w)
+
+
+def _picture_and_recording(d: Path, width: int = 96, height: int = 64, seconds: float = 1.5,
+                           sample_rate: int = 16000) -> tuple[Path, Path]:
+    import soundfile as sf
+
+    img = np.full((height, width, 3), 40, np.uint8)
+    img[20:36, 60:76] = (250, 200, 30)
+    pic = d / "pic.png"
+    Image.fromarray(img).save(pic)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    rec = d / "rec.wav"
+    sf.write(rec, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), sample_rate)
+    return pic, rec
+
+
+def _eq_checkpoint(path: Path, seconds: float = 1.0) -> Path:
+    eq = {"embed_dim": 32, "num_heads": 4, "depth": 1, "img_size": 32, "patch_size": 8, "audio_length": 64,
+          "num_mel_bins": 32, "num_centroid": 2, "aug_emb_dim": 16, "cross_attn_heads": 2, "cross_attn_head_dim": 8,
+          "proj_hidden_dim": 32, "inter_out_dim": 16, "intra_out_dim": 16}
+    torch.manual_seed(0)
+    return save_checkpoint(path, model=build_method("equiav", eq).state_dict(),
+                           config={"method": "equiav", "equiav": eq, "data": {"seconds": seconds}})
+
+
+def test_localize_a_picture_and_a_recording(media, tmp_path, capsys):
+    """--image/--audio: the test loaders' pair (a picture, the recording's first data.seconds s,
+    tiled when shorter), the same grid PNG and maps npz, no overlay video."""
+    from avssl.augment.recipes import EvalTransform
+    from avssl.data.audio import ssltie_spectrogram, tile_to_duration
+    from avssl.data.datasets import resize_crop
+    from avssl.train_config import config_from_checkpoint
+
+    pic, rec = _picture_and_recording(tmp_path)
+    out = tmp_path / "o"
+    rc = main(["localize", "--image", str(pic), "--audio", str(rec), "--checkpoint", str(media["ckpt"]),
+               "--out", str(out)])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["image"] == str(pic) and summary["audio"] == str(rec) and summary["frames"] == 1
+    assert summary["frame_size"] == [96, 64] and summary["outputs"]["video"] is None
+    assert sorted(p.name for p in out.iterdir()) == ["pic_grid.png", "pic_maps.npz"]
+    model, ckpt = load_method(media["ckpt"])
+    cfg = config_from_checkpoint(ckpt)
+    wave, sr = decode.read_wav(rec)
+    spec = ssltie_spectrogram(tile_to_duration(torch.from_numpy(wave), sr, cfg.data.seconds)[None], sr)
+    frame = np.asarray(Image.open(pic).convert("RGB"))
+    with torch.no_grad():
+        expected = model.localise(EvalTransform(64)(resize_crop(frame, 64, cfg.data.frame_resize)[None]), spec)
+    with np.load(out / "pic_maps.npz") as z:
+        assert z["maps"].shape == (1, 4, 6) and z["crop_maps"].shape == (1, 4, 4)
+        np.testing.assert_allclose(z["crop_maps"], expected.numpy(), rtol=1e-5, atol=1e-6)
+    direct = infer.localise_image(model, pic, rec, cfg=cfg)
+    np.testing.assert_allclose(direct.crop_maps, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_localize_picture_argument_errors_are_one_line(media, tmp_path, capsys):
+    pic, rec = _picture_and_recording(tmp_path)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a picture at all")
+    cases = [
+        (["--image", str(pic)], "--image needs --audio"),
+        (["--audio", str(rec)], "--audio needs --image"),
+        ([str(media["wide"]), "--image", str(pic), "--audio", str(rec)], "not both"),
+        ([], "give a VIDEO or --image"),
+        (["--image", str(tmp_path / "nope.png"), "--audio", str(rec)], "nope.png"),
+        (["--image", str(bad), "--audio", str(rec)], "bad.png"),
+        (["--image", str(pic), "--audio", str(tmp_path / "gone.wav")], "gone.wav"),
+        (["--image", str(pic), "--audio", str(bad)], "bad.png"),
+    ]
+    for extra, words in cases:
+        rc = main(["localize", *extra, "--checkpoint", str(media["ckpt"]), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert rc == 2, extra
+        assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (extra, err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_localize_help_names_the_checkpoints_audio_length(capsys):
+    with pytest.raises(SystemExit):
+        main(["localize", "--help"])
+    text = capsys.readouterr().out
+    assert "10 s" not in text and "data.seconds" in text
+    assert "--image" in text and "--audio" in text and "--full-frame" in text and "--sample-rate" in text
+
+
+def test_full_frame_mode_covers_the_whole_frame(media):
+    stub = FramePatternModel()
+    out = infer.localise_video(stub, media["wide"], num_frames=3, full_frame=True)
+    assert stub.seen[0][0] == (3, 3, 64, 96)  # short side to 64, no crop
+    assert out.crop_box == (0.0, 0.0, 96.0, 64.0)
+    assert out.crop_maps.shape == (3, 4, 6) and np.isfinite(out.maps).all()
+    np.testing.assert_array_equal(out.maps, out.crop_maps)
+    peak = out.peaks()[0]  # cell (3, 5): the bottom right corner cell of the frame
+    assert (peak["x"], peak["y"], peak["score"]) == (88.0, 56.0, 35.0)
+    tall = infer.localise_video(FramePatternModel(), media["stereo"], num_frames=2, full_frame=True)
+    assert tall.crop_maps.shape == (2, 5, 4) and tall.crop_box == (0.0, 0.0, 64.0, 80.0)  # 64x80 -> 64x80
+    default = infer.localise_video(FramePatternModel(), media["wide"], num_frames=3)
+    assert default.crop_box == (16.0, 0.0, 80.0, 64.0)  # the protocol's centre crop stays the default
+
+
+def test_full_frame_resize_is_the_loaders_geometry_without_the_crop(media, tmp_path):
+    from avssl.augment.image import normalize, to_float
+    from avssl.config import from_dict
+    from avssl.data.audio import ssltie_spectrogram
+    from avssl.train_config import TrainConfig
+
+    video = make_video(tmp_path / "big.mp4", width=128, height=96)
+    model, ckpt = load_method(media["ckpt"])
+    cfg = from_dict(TrainConfig, ckpt["config"])  # pil_bicubic
+    out = infer.localise_video(model, video, num_frames=2, cfg=cfg, full_frame=True)
+    resized = np.stack([np.asarray(Image.fromarray(f).resize((85, 64), Image.BICUBIC)) for f in out.frames])
+    wave, sr = decode.read_audio(video)
+    spec = ssltie_spectrogram(infer.audio_windows(torch.from_numpy(wave), sr, torch.from_numpy(out.times), 10.0), sr)
+    with torch.no_grad():
+        expected = model.localise(normalize(to_float(torch.from_numpy(resized).permute(0, 3, 1, 2))), spec).numpy()
+    assert out.crop_maps.shape == expected.shape == (2, 4, 6)
+    np.testing.assert_allclose(out.crop_maps, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_localize_full_frame_cli_colours_the_sides(media, tmp_path, capsys):
+    out = tmp_path / "o"
+    rc = main(["localize", str(media["wide"]), "--checkpoint", str(media["ckpt"]), "--frames", "2",
+               "--out", str(out), "--full-frame"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["full_frame"] is True and summary["crop_box"] == [0.0, 0.0, 96.0, 64.0]
+    with np.load(out / "wide_maps.npz") as z:
+        assert z["maps"].shape == (2, 4, 6) and np.isfinite(z["maps"]).all()
+    got = decode.read_clip(out / "wide_overlay.mp4", num_frames=2, sample_rate=None).frames.astype(int)
+    src = decode.read_clip(media["wide"], num_frames=2, sample_rate=None).frames.astype(int)
+    assert np.abs(got[:, :, :12] - src[:, :, :12]).mean() > 20  # the left margin is coloured too
+    rc = main(["localize", "--image", str(_picture_and_recording(tmp_path)[0]), "--audio",
+               str(tmp_path / "rec.wav"), "--checkpoint", str(media["ckpt"]), "--out", str(out), "--full-frame"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["crop_box"] == [0.0, 0.0, 96.0, 64.0]
+
+
+def test_localize_full_frame_with_equiav_is_refused_in_one_line(media, tmp_path, capsys):
+    path = _eq_checkpoint(tmp_path / "eq.pt")
+    rc = main(["localize", str(media["wide"]), "--checkpoint", str(path), "--frames", "2", "--out",
+               str(tmp_path / "o"), "--no-video", "--full-frame"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "full frame" in err and "equiav" in err
+    with pytest.raises(infer.FullFrameUnsupportedError):
+        model, ckpt = load_method(path)
+        from avssl.train_config import config_from_checkpoint
+
+        infer.localise_video(model, media["wide"], num_frames=2, cfg=config_from_checkpoint(ckpt), full_frame=True)
+
+
+def test_localize_reads_the_config_as_eval_does(media, tmp_path, capsys):
+    """config_from_checkpoint, not from_dict: a schema-1 checkpoint (no data.frame_resize) was
+    trained with the torch resize, which localize must then use (as eval does)."""
+    from avssl.train_config import config_from_checkpoint
+
+    video = make_video(tmp_path / "big.mp4", width=128, height=96)
+    rc = main(["localize", str(video), "--checkpoint", str(media["ckpt"]), "--frames", "2", "--out",
+               str(tmp_path / "o"), "--no-video"])
+    assert rc == 0
+    capsys.readouterr()
+    model, ckpt = load_method(media["ckpt"])
+    cfg = config_from_checkpoint(ckpt)
+    assert cfg.data.frame_resize == "torch_bilinear"
+    expected = infer.localise_video(model, video, num_frames=2, cfg=cfg)
+    with np.load(tmp_path / "o" / "big_maps.npz") as z:
+        np.testing.assert_allclose(z["crop_maps"], expected.crop_maps, rtol=1e-5, atol=1e-6)
+    newer = save_checkpoint(tmp_path / "new.pt", model=model.state_dict(), config={"method": "ssltie", "ssltie": TINY},
+                            config_schema=99)
+    rc = main(["localize", str(video), "--checkpoint", str(newer), "--out", str(tmp_path / "n"), "--no-video"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "newer" in err and len(err.strip().splitlines()) == 1
+
+
+def test_localize_warns_of_another_rate_and_resamples_on_request(media, tmp_path, capsys, caplog):
+    model, _ = load_method(media["ckpt"])
+    ckpt = save_checkpoint(tmp_path / "rated.pt", model=model.state_dict(), config={"method": "ssltie", "ssltie": TINY},
+                           extra={"trained_audio": {"sample_rates": [16000], "seconds": 10.0}})
+    args = ["localize", str(media["stereo"]), "--checkpoint", str(ckpt), "--frames", "2", "--no-video"]
+    with caplog.at_level("WARNING"):
+        rc = main([*args, "--out", str(tmp_path / "a")])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["sample_rate"] == 44100
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("44100" in m and "16000" in m and "--sample-rate 16000" in m for m in warned), warned
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        rc = main([*args, "--out", str(tmp_path / "b"), "--sample-rate", "16000"])
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 0 and summary["sample_rate"] == 16000 and summary["model_audio"]["sample_rates"] == [16000]
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and "sample rate" in r.getMessage()]
+    pic, rec = _picture_and_recording(tmp_path, sample_rate=22050)
+    with caplog.at_level("WARNING"):
+        rc = main(["localize", "--image", str(pic), "--audio", str(rec), "--checkpoint", str(ckpt), "--out",
+                   str(tmp_path / "c")])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["sample_rate"] == 22050
+    assert any("22050" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")

@@ -6,6 +6,17 @@ frames with the checkpoint's method (:func:`avssl.infer.localise_video`: SSL-TIE
 EquiAV's zero-shot maps) and shows the overlay video with the original audio, a time slider
 with the heatmap of the frame under it, an opacity control and the peak location.
 
+Full frame by default (``Localiser(full_frame=True)``): the frame's short side is resized to the
+model's image size and the whole frame is mapped, so the sides of a wide video are coloured too
+(a deviation from the test protocol, which sees only the centre square; ``avssl eval`` and
+``avssl localize`` keep the protocol by default). EquiAV's ViT takes only its square input: for
+it the page maps the centre square and says so in the status text.
+
+Audio rate (users cannot pass options here): when the checkpoint records exactly one rate the
+model was trained on (:func:`avssl.train_config.trained_audio`) and the upload's audio would
+reach the model at another, it is resampled to the model's rate; when the model heard several
+rates and the upload's is none of them, it is used as it is. Either way the status text says so.
+
 The work is bounded (:class:`Limits`): files above ``max_mb`` or longer than ``max_seconds`` are
 refused with one sentence, requests queue one at a time, and every upload and output lives in
 one temporary folder that is removed when the server stops. A bad file (no audio, corrupt, too
@@ -59,27 +70,37 @@ class AppResult:
     peaks: list[dict]
     method: str
     duration: float
+    sample_rate: int = 0
+    full_frame: bool = False
+    notes: tuple[str, ...] = ()  # sentences for the status text (resampling, rate, geometry)
 
     def index_at(self, t: float) -> int:
         """The localised frame nearest to time ``t`` (s)."""
         return int(np.abs(self.times - float(t)).argmin())
 
     def view(self, t: float, opacity: float) -> tuple[np.ndarray, str]:
-        """The frame nearest ``t`` with its heatmap blended at ``opacity``, and the peak in words."""
+        """The frame nearest ``t`` with its heatmap blended at ``opacity``, and the peak in words
+        (followed by the :attr:`notes`)."""
         from avssl.viz import overlay
 
         i = self.index_at(t)
         image = overlay(self.frames[i], self.maps[i], alpha=float(np.clip(opacity, 0.0, 1.0)))
         p = self.peaks[i]
-        return image, (f"frame at {self.times[i]:.2f} s: the sound peaks at x = {p['x']:.0f}, y = {p['y']:.0f} px "
-                       f"({p['x_norm']:.2f}, {p['y_norm']:.2f} of the frame)")
+        text = (f"frame at {self.times[i]:.2f} s: the sound peaks at x = {p['x']:.0f}, y = {p['y']:.0f} px "
+                f"({p['x_norm']:.2f}, {p['y_norm']:.2f} of the frame)")
+        return image, " ".join((text, *self.notes))
 
 
 class Localiser:
-    """The page's work, without Gradio: check a file against the limits, localise it, write the overlay."""
+    """The page's work, without Gradio: check a file against the limits, localise it, write the overlay.
+
+    ``full_frame`` (default True, a deviation from the test protocol): map the whole frame where
+    the method can (:data:`avssl.infer.FULL_FRAME_METHODS`), else the centre square (said in the
+    result's notes).
+    """
 
     def __init__(self, checkpoint: str | os.PathLike, limits: Limits = Limits(), device: str = "cpu",
-                 workdir: str | os.PathLike | None = None) -> None:
+                 workdir: str | os.PathLike | None = None, full_frame: bool = True) -> None:
         from avssl.registry import load_method
         from avssl.train_config import config_from_checkpoint, trained_audio
 
@@ -87,7 +108,7 @@ class Localiser:
         self.cfg = config_from_checkpoint(ckpt, str(checkpoint))
         self.model_audio = trained_audio(ckpt, self.cfg)
         self.method = self.cfg.method
-        self.limits, self.device = limits, device
+        self.limits, self.device, self.full_frame = limits, device, bool(full_frame)
         self._own = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="avssl_app_")) if workdir is None else Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -121,6 +142,34 @@ class Localiser:
                                 f"{self.limits.max_seconds:.0f} s.")
         return info
 
+    def _request(self, info) -> tuple[object, bool, list[str]]:
+        """``(config, full frame, notes)`` for one upload: the model's one trained rate when the
+        upload would reach it at another, the centre square for a method without full frame."""
+        from dataclasses import replace
+
+        from avssl.infer import FULL_FRAME_METHODS
+        from avssl.registry import pipeline_for
+
+        cfg, notes = self.cfg, []
+        full = self.full_frame and self.method in FULL_FRAME_METHODS
+        if self.full_frame and not full:
+            notes.append(f"The map covers the centre square of the frame only: {self.method}'s network takes "
+                         f"only a square frame.")
+            log.info("%s: full frame is not available for %s: mapping the centre square", info.path, self.method)
+        rates = (self.model_audio or {}).get("sample_rates") or []
+        fed = pipeline_for(cfg.method).dataset([], cfg, train=False).video_rate or info.sample_rate
+        if rates and fed is not None and int(fed) not in rates:
+            if len(rates) == 1:
+                cfg = replace(cfg, data=replace(cfg.data, sample_rate=int(rates[0])))
+                notes.append(f"The upload's audio is at {fed} Hz; it was resampled to {rates[0]} Hz, the rate "
+                             f"the model was trained on.")
+            else:
+                notes.append(f"The upload's audio is at {fed} Hz, not a rate the model was trained on "
+                             f"({'/'.join(str(r) for r in rates)} Hz): its spectrogram has another frequency "
+                             f"and time scale than in training, so the map may be less reliable.")
+            log.warning("%s: %s", info.path, notes[-1])
+        return cfg, full, notes
+
     def run(self, path: str | os.PathLike | None, progress=None) -> AppResult:
         """Localise ``path`` (after :meth:`check`); ``progress(fraction, text)`` is told each stage."""
         from avssl.data import decode
@@ -128,6 +177,7 @@ class Localiser:
 
         tell = progress or (lambda *_: None)
         info = self.check(path)
+        cfg, full, notes = self._request(info)
         tell(0.1, "decoding and localising")
         with self._lock:
             self._count += 1
@@ -135,7 +185,7 @@ class Localiser:
             out.mkdir(parents=True, exist_ok=True)
             try:
                 result = localise_video(self.model, path, num_frames=self.limits.frames, device=self.device,
-                                        cfg=self.cfg)
+                                        cfg=cfg, full_frame=full)
                 tell(0.6, "writing the overlay video")
                 video = write_overlay_video(result, out / "overlay.mp4", path)
             except decode.MediaError as e:
@@ -144,7 +194,8 @@ class Localiser:
         self._prune(keep=out)
         tell(1.0, "done")
         return AppResult(overlay=video, times=result.times, frames=result.frames, maps=result.maps,
-                         peaks=result.peaks(), method=self.method, duration=float(info.duration))
+                         peaks=result.peaks(), method=self.method, duration=float(info.duration),
+                         sample_rate=result.sample_rate, full_frame=result.full_frame, notes=tuple(notes))
 
     def _prune(self, keep: Path) -> None:
         """Remove earlier results (the page shows one at a time)."""
@@ -179,12 +230,16 @@ def build_page(localiser: Localiser, examples=()):
     """The Gradio page (``gradio.Blocks``) over ``localiser``; raises ImportError without Gradio."""
     import gradio as gr
 
+    from avssl.infer import FULL_FRAME_METHODS
+
     title = {"ssltie": "SSL-TIE sound localisation", "equiav": "EquiAV zero-shot sound localisation"}
     with gr.Blocks(title="avssl: where is the sound?", delete_cache=(600, 1800)) as page:
         state = gr.State(None)
         gr.Markdown(f"## Where is the sound?\n{title.get(localiser.method, localiser.method)} on your own video. "
                     f"Files up to {localiser.limits.max_mb:.0f} MB and {localiser.limits.max_seconds:.0f} s; "
-                    f"{localiser.limits.frames} frames are localised.")
+                    f"{localiser.limits.frames} frames are localised"
+                    + (" over the whole frame (the test protocol sees only the centre square)."
+                       if localiser.full_frame and localiser.method in FULL_FRAME_METHODS else "."))
         with gr.Row():
             with gr.Column():
                 upload = gr.Video(label="video", sources=["upload"], elem_id="upload")

@@ -1,24 +1,31 @@
-"""Localise the sound in a user's video with a trained model (SSL-TIE, or EquiAV zero-shot), and write overlays.
+"""Localise the sound in a user's video, or a picture and a recording, with a trained model
+(SSL-TIE, or EquiAV zero-shot), and write overlays.
 
 With ``cfg`` (the checkpoint's :class:`~avssl.train_config.TrainConfig`), the method's own
 pipeline prepares the inputs exactly as its evaluation does: its data set's audio settings
-(sample rate, window length, tiling or zero padding), its eval batch transform and its
-``infer`` heatmap — the same code path as ``avssl eval``. Without ``cfg`` the model must be an
-SSL-TIE model (``localise(image, spec)``) and SSL-TIE's pipeline prepares its inputs.
+(sample rate, window length ``data.seconds``, tiling or zero padding), its eval batch transform
+and its ``infer`` heatmap — the same code path as ``avssl eval``. Without ``cfg`` the model must
+be an SSL-TIE model (``localise(image, spec)``) and SSL-TIE's pipeline prepares its inputs.
 
 :func:`localise_video` decodes frames at chosen times and the whole audio track, builds one
 (frame, audio window) pair per time exactly as the test pipeline does (docs/methods.md §1.1), runs
 the model in batches (:func:`avssl.methods.base.run_batches`) and maps the heatmaps back onto the full frames.
+:func:`localise_image` does the same for one picture and one recording (the VGG-SS / Flickr test
+items): the model hears the recording's first ``data.seconds`` s (tiled or zero-padded when
+shorter), as the test loaders read a picture + recording record, at ``data.sample_rate`` (None:
+the file's own rate).
 
-Audio windowing (SSL-TIE, ``audio_seconds`` = 10 s at the track's native rate): the window of a
-frame at time ``t`` is the ``10 s`` of audio centred on ``t``, shifted to lie inside the track
-when ``t`` is within 5 s of an end. A track shorter than 10 s is tiled to 10 s as in training
-(:func:`avssl.data.audio.tile_to_duration`), so every frame of such a clip hears the same audio.
+Audio windowing (video; ``seconds`` = the config's ``data.seconds``, ``audio_seconds`` without a
+config; at the rate of the method's data set, None: the track's native rate): the window of a
+frame at time ``t`` is the ``seconds`` of audio centred on ``t``, shifted to lie inside the track
+when ``t`` is within ``seconds / 2`` of an end. A track shorter than the window is tiled to it as in
+training (:func:`avssl.data.audio.tile_to_duration`; EquiAV: zero-padded), so every frame of such
+a clip hears the same audio.
 
-Frame geometry: each frame goes through the loader's resize, as ``avssl eval`` does
-(:func:`avssl.data.datasets.resize_crop`, ``data.frame_resize`` of the checkpoint's config; the
-authors' PIL bicubic ``Resize(image_size)`` + ``CenterCrop`` by default), so for a non-square
-frame the model sees only the centre crop. The raw maps
+Frame geometry (default, the test protocol): each frame goes through the loader's resize, as
+``avssl eval`` does (:func:`avssl.data.datasets.resize_crop`, ``data.frame_resize`` of the
+checkpoint's config; the authors' PIL bicubic ``Resize(image_size)`` + ``CenterCrop`` by
+default), so for a non-square frame the model sees only the centre crop. The raw maps
 ``crop_maps`` ``(N, h, w)`` cover that crop, whose position in frame pixels is ``crop_box``
 ``(x0, y0, x1, y1)``. ``maps`` ``(N, Hm, Wm)`` is the full frame at about the model's map
 resolution: ``Hm = h + 2 * ceil(margin / cell)`` (the wider of the two margins, in crop cells;
@@ -26,6 +33,23 @@ same for ``W``), evenly spread over the frame; each cell's centre is looked up i
 (bilinear, half-pixel centres) and cells whose centre lies outside the crop are NaN (never seen).
 For a square frame, or one whose margins are whole cells, ``maps`` holds the raw values exactly
 (e.g. 96x64 at image_size 64: ``maps[:, :, 1:5] == crop_maps``, columns 0 and 5 NaN).
+
+Full-frame mode (``full_frame=True``; a deviation from the test protocol, which scores the
+centre crop): the frame's short side is resized to the model's image size with the same resize
+(:func:`avssl.data.datasets.resize_short`: ``resize_crop``'s geometry without the crop) and the whole frame goes
+through the model, so the map ``(N, h, w)`` has about the frame's aspect ratio (stride 16) and
+is spread evenly over the whole frame: ``crop_box`` is ``(0, 0, W, H)`` and ``maps == crop_maps``
+(a resized side that is not a multiple of 16, e.g. 85 px, gives ``ceil(85 / 16)`` cells whose last
+one also covers the network's padding, so the cells near that side are shown up to about one cell
+off). Only methods
+whose network takes a non-square input (:data:`FULL_FRAME_METHODS`: SSL-TIE's ResNet) allow it;
+EquiAV's ViT has position embeddings for one square input size, so full frame with it raises
+:class:`FullFrameUnsupportedError` (``avssl localize`` prints it; the web page falls back to the
+centre crop and says so).
+
+Long file: one job, a user's media to heatmaps on its frames — the two input kinds (video;
+picture + recording), the two frame geometries (centre crop; full frame) and the overlay
+writers, which all read the same :class:`LocalisationOutput` geometry.
 """
 from __future__ import annotations
 
@@ -44,9 +68,10 @@ from torch import nn
 from avssl.atomic import atomic_path
 from avssl.data import container, decode
 from avssl.data.audio import tile_to_duration
-from avssl.data.datasets import resize_crop
+from avssl.data.datasets import resize_crop, resize_short
 
-__all__ = ["LocalisationOutput", "localise_video", "audio_windows", "crop_geometry", "crop_to_frame",
+__all__ = ["LocalisationOutput", "localise_video", "localise_image", "audio_windows", "crop_geometry",
+           "crop_to_frame", "FULL_FRAME_METHODS", "FullFrameUnsupportedError", "check_full_frame",
            "write_overlay_video", "write_overlay_grid"]
 
 logger = logging.getLogger(__name__)
@@ -54,14 +79,31 @@ logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 
+#: Methods whose network takes a non-square frame (full-frame mode): SSL-TIE's ResNet is fully
+#: convolutional; EquiAV's ViT has fixed position embeddings for its square ``img_size``.
+FULL_FRAME_METHODS = ("ssltie",)
+
+
+class FullFrameUnsupportedError(ValueError):
+    """Full-frame mode asked of a method whose network takes only its square input."""
+
+
+def check_full_frame(method: str) -> None:
+    """Raise :class:`FullFrameUnsupportedError` (one sentence) unless ``method`` can see a whole non-square frame."""
+    if method not in FULL_FRAME_METHODS:
+        raise FullFrameUnsupportedError(
+            f"full frame is not available for method {method!r}: its ViT has position embeddings for one square "
+            f"input size, so it sees only the centre square (drop --full-frame)")
+
 
 @dataclass
 class LocalisationOutput:
-    """Result of :func:`localise_video` (see the module docstring for the geometry).
+    """Result of :func:`localise_video` / :func:`localise_image` (see the module docstring for the geometry).
 
     times (N,) s; frames (N, H, W, 3) uint8; maps (N, Hm, Wm) float32 on the full frame (NaN
     outside the crop); crop_maps (N, h, w) float32 raw model maps; crop_box (x0, y0, x1, y1)
-    frame pixels; sample_rate of the audio fed to the model; source the video path.
+    frame pixels (the whole frame in full-frame mode); sample_rate of the audio fed to the model;
+    source the video (or picture) path; seconds the audio window the model heard; full_frame the mode.
     """
 
     times: np.ndarray
@@ -71,6 +113,8 @@ class LocalisationOutput:
     crop_maps: np.ndarray = field(repr=False)
     crop_box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     source: str = ""
+    seconds: float = 0.0
+    full_frame: bool = False
 
     def peaks(self) -> list[dict]:
         """Per frame: the peak cell of the raw map, as frame pixels and normalised ``[0, 1]`` coordinates."""
@@ -195,11 +239,27 @@ def _squares(frames: np.ndarray, size: int, method: str) -> torch.Tensor:
     return torch.stack([resize_crop(f, size, method) for f in frames])
 
 
+def _whole_frames(frames: np.ndarray, size: int, method: str) -> torch.Tensor:
+    """(N, H, W, 3) uint8 frames of one size -> (N, 3, h, w) uint8, short side ``size`` (full-frame mode)."""
+    if len(frames) == 0:
+        return torch.empty((0, 3, size, size), dtype=torch.uint8)
+    return torch.stack([resize_short(f, size, method) for f in frames])
+
+
+def _no_crop(images: torch.Tensor) -> torch.Tensor:
+    """The eval transform's frame step without its resize + crop (the frames already have the
+    model's short side): float [0, 1] and ImageNet normalisation."""
+    from avssl.augment.image import normalize, to_float
+
+    return normalize(to_float(images))
+
+
 def _pipeline_maps(model: nn.Module, cfg, frames: torch.Tensor, wave: torch.Tensor, sr: int, t: np.ndarray,
                    device: torch.device, batch_size: int, seconds: float, pad: str,
-                   infer_fn=None) -> torch.Tensor | None:
+                   infer_fn=None, full_frame: bool = False) -> torch.Tensor | None:
     """(N, h, w) CPU heatmaps through the method's eval transform and ``infer`` (or ``infer_fn``;
-    frames (N, 3, S, S) uint8, the loader's squares), in batches of ``batch_size`` frames."""
+    frames (N, 3, S, S) uint8, the loader's squares; with ``full_frame`` (N, 3, h, w) whole frames,
+    whose transform then only normalises), in batches of ``batch_size`` frames."""
     from avssl.methods.base import run_batches
     from avssl.registry import pipeline_for
 
@@ -208,6 +268,12 @@ def _pipeline_maps(model: nn.Module, cfg, frames: torch.Tensor, wave: torch.Tens
     if infer_fn is None:
         raise TypeError(f"method {cfg.method!r} gives no localisation maps")
     transform = pipe.batch_transform(cfg, device)
+    if full_frame:
+        check_full_frame(cfg.method)
+        if not hasattr(transform, "eval_image"):
+            raise FullFrameUnsupportedError(f"full frame is not available for method {cfg.method!r}: its "
+                                            f"transform has no separate frame step")
+        transform.eval_image = _no_crop  # this call's own transform: the frames keep their shape
 
     def batches():
         for i in range(0, len(t), batch_size):
@@ -243,31 +309,69 @@ def _localise(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
     return {"heatmap": model.localise(inputs["image"], inputs["spec"])}
 
 
+def _setup(model: nn.Module, cfg, image_size: int | None, sample_rate: int | None, audio_seconds: float,
+           batch_size: int, full_frame: bool):
+    """``(cfg, infer_fn, eval data set)``: the checkpoint's config (or SSL-TIE's front-end for a
+    bare model) and the probe data set that holds the evaluation's image size and audio settings."""
+    from avssl.registry import pipeline_for
+
+    infer_fn = None  # the pipeline's
+    if cfg is None:
+        cfg, infer_fn = _ssltie_config(model, image_size, sample_rate, audio_seconds), _localise
+    if full_frame:
+        check_full_frame(cfg.method)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return cfg, infer_fn, pipeline_for(cfg.method).dataset([], cfg, train=False)
+
+
+def _localise_frames(model: nn.Module, cfg, infer_fn, probe_ds, frames: np.ndarray, audio: np.ndarray, sr: int,
+                     t: np.ndarray, device: str | torch.device, batch_size: int, full_frame: bool,
+                     source: str) -> LocalisationOutput:
+    """The maps of ``frames`` (N, H, W, 3) uint8 with the windows of ``audio`` (mono, rate ``sr``) at ``t`` (N,) s."""
+    size, seconds = probe_ds.image_size, probe_ds.seconds
+    pad, resize = getattr(probe_ds, "audio_pad", "tile"), getattr(probe_ds, "frame_resize", "pil_bicubic")
+    height, width = frames.shape[1:3]
+    if audio.shape[-1] < int(seconds * sr):
+        logger.info("%s: audio is %.2f s, shorter than %.2f s: %s as in training (same window for every frame)",
+                    source, audio.shape[-1] / sr, seconds, "tiled" if pad == "tile" else "zero-padded")
+    device = torch.device(device)
+    wave = torch.from_numpy(np.ascontiguousarray(audio, np.float32)).to(device)
+    model = model.to(device).eval()
+    images = _whole_frames(frames, size, resize) if full_frame else _squares(frames, size, resize)
+    maps = _pipeline_maps(model, cfg, images, wave, sr, t, device, batch_size, seconds, pad, infer_fn, full_frame)
+    if maps is not None:
+        raw = maps.numpy().astype(np.float32, copy=False)
+    else:
+        raw = np.empty((0, *(max(1, d // 16) for d in images.shape[-2:])), np.float32)
+    if full_frame:  # the map covers the whole frame
+        box, on_frame = (0.0, 0.0, float(width), float(height)), raw.copy()
+    else:
+        box = crop_geometry(height, width, size, resize)
+        on_frame = crop_to_frame(raw, box, height, width)
+    logger.info("%s: localised %d frames (%dx%d, %s, audio %d Hz, %.2f s windows)", source, len(t), width, height,
+                "full frame" if full_frame else f"crop box {tuple(round(v, 1) for v in box)}", sr, seconds)
+    return LocalisationOutput(times=t, frames=frames, maps=on_frame, sample_rate=int(sr), crop_maps=raw,
+                              crop_box=box, source=source, seconds=float(seconds), full_frame=bool(full_frame))
+
+
 def localise_video(model: nn.Module, path: PathLike, times: Sequence[float] | None = None,
                    num_frames: int | None = 8, fps: float | None = None, device: str | torch.device = "cpu",
                    batch_size: int = 8, image_size: int | None = None, sample_rate: int | None = None,
-                   audio_seconds: float = 10.0, cfg=None) -> LocalisationOutput:
+                   audio_seconds: float = 10.0, cfg=None, full_frame: bool = False) -> LocalisationOutput:
     """Localise the sound in ``path`` at ``times`` (s), or ``fps`` frames per second, or ``num_frames``
     evenly spaced frames (default 8). See the module docstring for the windowing and geometry.
 
     With ``cfg`` (a TrainConfig, e.g. the checkpoint's), the method's pipeline prepares the
     inputs and gives the maps, and ``image_size``/``sample_rate``/``audio_seconds`` come from its
-    evaluation data set. Without it, SSL-TIE's pipeline prepares the inputs and ``model`` needs
-    ``localise(image (B,3,S,S), spec (B,1,F,T)) -> (B,h,w)`` (an SSL-TIE model); ``image_size``
-    defaults to ``model.config.image_size``; ``sample_rate`` None keeps the track's native rate
-    (as SSL-TIE does). Raises NoAudioStreamError for a video without sound.
+    evaluation data set (``data.sample_rate``, ``data.seconds``). Without it, SSL-TIE's pipeline
+    prepares the inputs and ``model`` needs ``localise(image (B,3,H,W), spec (B,1,F,T)) -> (B,h,w)``
+    (an SSL-TIE model); ``image_size`` defaults to ``model.config.image_size``; ``sample_rate``
+    None keeps the track's native rate (as SSL-TIE does). ``full_frame``: the whole frame, short
+    side to the image size, instead of the centre crop (FullFrameUnsupportedError for a method
+    not in :data:`FULL_FRAME_METHODS`). Raises NoAudioStreamError for a video without sound.
     """
-    infer_fn = None  # the pipeline's
-    if cfg is None:
-        cfg, infer_fn = _ssltie_config(model, image_size, sample_rate, audio_seconds), _localise
-    from avssl.registry import pipeline_for
-
-    probe_ds = pipeline_for(cfg.method).dataset([], cfg, train=False)
-    size, sample_rate = probe_ds.image_size, probe_ds.video_rate
-    audio_seconds, pad = probe_ds.seconds, getattr(probe_ds, "audio_pad", "tile")
-    resize = getattr(probe_ds, "frame_resize", "pil_bicubic")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    cfg, infer_fn, probe_ds = _setup(model, cfg, image_size, sample_rate, audio_seconds, batch_size, full_frame)
     p = os.fspath(path)
     info = decode.probe(p)
     if not info.has_video:
@@ -276,24 +380,30 @@ def localise_video(model: nn.Module, path: PathLike, times: Sequence[float] | No
         raise decode.NoAudioStreamError(p, "no audio stream: sound localisation needs the video's audio track")
     duration = _video_duration(p) if times is None else None
     frame_times = _frame_times(duration, times, num_frames, fps)
-    clip = decode.read_clip(p, frame_times=frame_times, sample_rate=sample_rate, require_audio=True)
-    frames, sr = clip.frames, clip.sample_rate
+    clip = decode.read_clip(p, frame_times=frame_times, sample_rate=probe_ds.video_rate, require_audio=True)
     t = np.asarray(clip.frame_times, np.float64)
-    height, width = frames.shape[1:3]
-    if clip.audio.shape[-1] < int(audio_seconds * sr):
-        logger.info("%s: audio is %.2f s, shorter than %.1f s: %s as in training (same window for every frame)",
-                    p, clip.audio.shape[-1] / sr, audio_seconds, "tiled" if pad == "tile" else "zero-padded")
-    device = torch.device(device)
-    wave = torch.from_numpy(clip.audio).to(device)
-    model = model.to(device).eval()
-    squares = _squares(frames, size, resize)
-    maps = _pipeline_maps(model, cfg, squares, wave, sr, t, device, batch_size, audio_seconds, pad, infer_fn)
-    crop_maps = maps.numpy() if maps is not None else np.empty((0, size // 16, size // 16), np.float32)
-    box = crop_geometry(height, width, size, resize)
-    logger.info("%s: localised %d frames (%dx%d, crop box %s, audio %d Hz)", p, len(t), width, height,
-                tuple(round(v, 1) for v in box), sr)
-    return LocalisationOutput(times=t, frames=frames, maps=crop_to_frame(crop_maps, box, height, width),
-                              sample_rate=sr, crop_maps=crop_maps, crop_box=box, source=p)
+    return _localise_frames(model, cfg, infer_fn, probe_ds, clip.frames, clip.audio, clip.sample_rate, t, device,
+                            batch_size, full_frame, p)
+
+
+def localise_image(model: nn.Module, image: PathLike, audio: PathLike, device: str | torch.device = "cpu",
+                   image_size: int | None = None, sample_rate: int | None = None, audio_seconds: float = 10.0,
+                   cfg=None, full_frame: bool = False) -> LocalisationOutput:
+    """Localise the sound of the recording ``audio`` in the picture ``image`` (a VGG-SS / Flickr test item).
+
+    The picture is any image PIL reads (:func:`avssl.data.decode.read_image`), the recording any
+    audio file soundfile or PyAV reads (:func:`avssl.data.decode.read_wav`, the loader's reader
+    for a picture + recording record). The model hears the recording's first ``data.seconds`` s
+    (tiled, or zero-padded for EquiAV, when shorter), at ``data.sample_rate`` (None: the file's
+    own rate), as the test loaders read such a record; the output has one frame at time 0.
+    ``cfg``, ``image_size``, ``sample_rate``, ``audio_seconds`` and ``full_frame`` as in
+    :func:`localise_video`. Errors are MediaError naming the file.
+    """
+    cfg, infer_fn, probe_ds = _setup(model, cfg, image_size, sample_rate, audio_seconds, 1, full_frame)
+    frame = decode.read_image(image)
+    wave, sr = decode.read_wav(audio, probe_ds.sample_rate)
+    return _localise_frames(model, cfg, infer_fn, probe_ds, frame[None], wave, sr, np.zeros(1), device, 1,
+                            full_frame, os.fspath(image))
 
 
 def write_overlay_grid(output: LocalisationOutput, path_png: PathLike, **kwargs) -> Path:

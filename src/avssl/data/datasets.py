@@ -59,7 +59,7 @@ from avssl.data.shard_access import SHARD_MEMBERS, member_bytes
 logger = logging.getLogger(__name__)
 
 __all__ = ["AVFrameAudioDataset", "collate", "collate_mixed_rates", "batch_rate", "split_by_rate", "MixedRateError",
-           "resize_crop", "class_list", "FRAME_RESIZE"]
+           "resize_crop", "resize_short", "class_list", "FRAME_RESIZE"]
 
 
 def _decoder_threads() -> int:
@@ -86,18 +86,12 @@ def class_list(records: Sequence[Record]) -> list[str]:
 FRAME_RESIZE = ("pil_bicubic", "torch_bilinear")
 
 
-def resize_crop(frame: np.ndarray, size: int, method: str = "pil_bicubic") -> torch.Tensor:
-    """uint8 ``(H, W, 3)`` ORIGINAL frame -> uint8 ``(3, size, size)``: short side to ``size``, centre crop.
-
-    ``"pil_bicubic"`` is what SSL-TIE's and EquiAV's (CAV-MAE's) test loaders do,
-    ``transforms.Resize(size, BICUBIC)`` on the PIL image then ``CenterCrop(size)``, reproduced
-    exactly: PIL's antialiased bicubic resize to short side ``size`` and long side
-    ``int(size * long / short)`` (torchvision truncates), no resize when the short side already
-    is ``size``, crop offsets ``int(round((n - size) / 2))``, PIL's rounded and clamped uint8
-    output. ``ToTensor`` + normalisation of that uint8 image then gives the authors' tensor.
-    ``"torch_bilinear"``: antialiased bilinear in torch with rounded sizes (the earlier
-    loader; kept for comparison: it moves SSL-TIE heatmaps by up to ~1% of their maximum).
-    """
+def resize_short(frame: np.ndarray, size: int, method: str = "pil_bicubic") -> torch.Tensor:
+    """uint8 ``(H, W, 3)`` ORIGINAL frame -> uint8 ``(3, h, w)`` with its short side ``size``, no crop:
+    the resize of :func:`resize_crop` (``"pil_bicubic"``: PIL's antialiased bicubic, long side
+    ``int(size * long / short)``, no resize when the short side already is ``size``;
+    ``"torch_bilinear"``: antialiased bilinear in torch, rounded sizes). Full-frame localisation
+    (:mod:`avssl.infer`) feeds it to the model whole."""
     if method not in FRAME_RESIZE:
         raise ValueError(f"frame resize must be one of {FRAME_RESIZE}, got {method!r}")
     frame = np.ascontiguousarray(frame)
@@ -108,21 +102,37 @@ def resize_crop(frame: np.ndarray, size: int, method: str = "pil_bicubic") -> to
         if min(h, w) != size:
             nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
             frame = np.asarray(Image.fromarray(frame).resize((nw, nh), Image.BICUBIC))
-            h, w = nh, nw
-        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-        crop = np.array(frame[top:top + size, left:left + size], dtype=np.uint8, copy=True)
-        return torch.from_numpy(crop).permute(2, 0, 1).contiguous()
-    if not frame.flags.writeable:
-        frame = frame.copy()
-    x = torch.from_numpy(frame).permute(2, 0, 1)
-    if (h, w) == (size, size):
-        return x.contiguous()
+        return torch.from_numpy(np.array(frame, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+    x = torch.from_numpy(frame if frame.flags.writeable else frame.copy()).permute(2, 0, 1)
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    if (nh, nw) == (h, w):
+        return x.contiguous()
     y = F.interpolate(x[None].float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
-    top, left = (nh - size) // 2, (nw - size) // 2
-    y = y[:, top:top + size, left:left + size]
     return y.round_().clamp_(0, 255).to(torch.uint8).contiguous()
+
+
+def resize_crop(frame: np.ndarray, size: int, method: str = "pil_bicubic") -> torch.Tensor:
+    """uint8 ``(H, W, 3)`` ORIGINAL frame -> uint8 ``(3, size, size)``: short side to ``size``
+    (:func:`resize_short`), centre crop.
+
+    ``"pil_bicubic"`` is what SSL-TIE's and EquiAV's (CAV-MAE's) test loaders do,
+    ``transforms.Resize(size, BICUBIC)`` on the PIL image then ``CenterCrop(size)``, reproduced
+    exactly: PIL's antialiased bicubic resize to short side ``size`` and long side
+    ``int(size * long / short)`` (torchvision truncates), no resize when the short side already
+    is ``size``, crop offsets ``int(round((n - size) / 2))``, PIL's rounded and clamped uint8
+    output. ``ToTensor`` + normalisation of that uint8 image then gives the authors' tensor.
+    ``"torch_bilinear"``: antialiased bilinear in torch with rounded sizes, crop offsets
+    ``(n - size) // 2`` (the earlier loader; kept for comparison: it moves SSL-TIE heatmaps by up
+    to ~1% of their maximum).
+    """
+    y = resize_short(frame, size, method)
+    h, w = y.shape[-2:]
+    if method == "pil_bicubic":
+        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    else:
+        top, left = (h - size) // 2, (w - size) // 2
+    return y[:, top:top + size, left:left + size].contiguous()
 
 
 class AVFrameAudioDataset(Dataset):
