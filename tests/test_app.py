@@ -71,13 +71,18 @@ def test_the_localiser_refuses_bad_files_in_one_sentence_and_localises_good_ones
     loc.close()
 
 
-def test_an_equiav_checkpoint_gives_its_zero_shot_maps(media, tmp_path):
+def _tiny_equiav(path):
+    """A tiny untrained EquiAV checkpoint (ViTs of 32 px, 0.655 s of audio)."""
     eq = {"embed_dim": 32, "num_heads": 4, "depth": 1, "img_size": 32, "patch_size": 8, "audio_length": 64,
           "num_mel_bins": 32, "num_centroid": 2, "aug_emb_dim": 16, "cross_attn_heads": 2, "cross_attn_head_dim": 8,
           "proj_hidden_dim": 32, "inter_out_dim": 16, "intra_out_dim": 16}
     torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "eq.pt", model=build_method("equiav", eq).state_dict(),
+    return save_checkpoint(path, model=build_method("equiav", eq).state_dict(),
                            config={"method": "equiav", "equiav": eq, "data": {"seconds": 0.655}})
+
+
+def test_an_equiav_checkpoint_gives_its_zero_shot_maps(media, tmp_path):
+    ckpt = _tiny_equiav(tmp_path / "eq.pt")
     loc = Localiser(ckpt, Limits(frames=2), workdir=tmp_path / "work")
     res = loc.run(media["clip"])
     assert res.method == "equiav" and res.maps.shape[0] == 2 and np.isfinite(res.maps).any()
@@ -245,12 +250,7 @@ def test_the_page_maps_the_whole_frame_by_default(media, tmp_path):
 
 
 def test_the_page_falls_back_to_the_centre_square_for_equiav(media, tmp_path):
-    eq = {"embed_dim": 32, "num_heads": 4, "depth": 1, "img_size": 32, "patch_size": 8, "audio_length": 64,
-          "num_mel_bins": 32, "num_centroid": 2, "aug_emb_dim": 16, "cross_attn_heads": 2, "cross_attn_head_dim": 8,
-          "proj_hidden_dim": 32, "inter_out_dim": 16, "intra_out_dim": 16}
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "eq.pt", model=build_method("equiav", eq).state_dict(),
-                           config={"method": "equiav", "equiav": eq, "data": {"seconds": 0.655}})
+    ckpt = _tiny_equiav(tmp_path / "eq.pt")
     loc = Localiser(ckpt, Limits(frames=2), workdir=tmp_path / "work")
     res = loc.run(_wide_clip(tmp_path / "wide.mp4", sample_rate=16000))
     assert not res.full_frame and np.isnan(res.maps).any()

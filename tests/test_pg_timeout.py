@@ -34,14 +34,16 @@ def _worker(rank: int, init_file: str, out_file: str) -> None:
     os._exit(0)  # the group is broken: no destroy_process_group (it would wait for rank 1)
 
 
-def test_a_stalled_rank_is_named_within_the_timeout(tmp_path):
+def _two_ranks(worker, tmp_path, wait_s: float) -> dict:
+    """Run ``worker(rank, init_file, out_file)`` as ranks 0 and 1 (rank 1 stalls); rank 0 must end
+    within ``wait_s``; returns what it wrote to the out file."""
     ctx = mp.get_context("spawn")
     init, out = str(tmp_path / "init"), str(tmp_path / "out.json")
-    procs = [ctx.Process(target=_worker, args=(r, init, out)) for r in range(2)]
+    procs = [ctx.Process(target=worker, args=(r, init, out)) for r in range(2)]
     for p in procs:
         p.start()
     try:
-        procs[0].join(timeout=25)
+        procs[0].join(timeout=wait_s)
         assert not procs[0].is_alive(), "rank 0 hung on the stalled rank"
     finally:
         for p in procs:
@@ -49,7 +51,11 @@ def test_a_stalled_rank_is_named_within_the_timeout(tmp_path):
                 os.kill(p.pid, signal.SIGKILL)
             p.join(timeout=5)
     with open(out) as f:
-        result = json.load(f)
+        return json.load(f)
+
+
+def test_a_stalled_rank_is_named_within_the_timeout(tmp_path):
+    result = _two_ranks(_worker, tmp_path, 25)
     assert result.get("type") == "DistributedTimeoutError", result
     msg = result["error"]
     assert "rank 0/2" in msg and "rank(s) 1 stalled" in msg and "3 s" in msg and "\n" not in msg
@@ -102,21 +108,7 @@ def _forward_worker(rank: int, init_file: str, out_file: str) -> None:
 
 def test_a_rank_stalled_during_ddps_forward_is_named(tmp_path):
     """Issue 22 item 8: the forward's buffer broadcast timed out as a raw RuntimeError traceback."""
-    ctx = mp.get_context("spawn")
-    init, out = str(tmp_path / "init"), str(tmp_path / "out.json")
-    procs = [ctx.Process(target=_forward_worker, args=(r, init, out)) for r in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        procs[0].join(timeout=40)
-        assert not procs[0].is_alive(), "rank 0 hung on the stalled rank"
-    finally:
-        for p in procs:
-            if p.is_alive():
-                os.kill(p.pid, signal.SIGKILL)
-            p.join(timeout=5)
-    with open(out) as f:
-        result = json.load(f)
+    result = _two_ranks(_forward_worker, tmp_path, 40)
     assert result.get("type") == "DistributedTimeoutError", result
     msg = result["error"]
     assert "training step" in msg and "forward" in msg and "rank(s) 1 stalled" in msg and "\n" not in msg, msg

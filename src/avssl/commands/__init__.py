@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-__all__ = ["error_text", "loader_worker_error", "worker_error_parts", "user_error_classes", "positive_int", "non_negative_int"]
+__all__ = ["add_sample_rate_option", "error_text", "loader_worker_error", "worker_error_parts", "user_error_classes", "positive_int", "non_negative_int"]
 
 
 def user_error_classes() -> tuple[type[BaseException], ...]:
@@ -89,3 +89,11 @@ def _int_at_least(low: int, what: str):
 
 positive_int = _int_at_least(1, "a positive integer (>= 1)")
 non_negative_int = _int_at_least(0, "an integer >= 0")  # data loader workers: 0 loads in the main process
+
+
+def add_sample_rate_option(parser: argparse.ArgumentParser, what: str = "the audio") -> None:
+    """``--sample-rate HZ`` of the commands that run a checkpoint on new audio (eval, localize)."""
+    parser.add_argument("--sample-rate", type=positive_int, default=None, metavar="HZ",
+                        help=f"resample {what} to HZ at load (default: the checkpoint's data.sample_rate; none "
+                             "there = each file's native rate). A warning names the clips whose rate is not one "
+                             "the model was trained on (recorded in the checkpoint)")

@@ -35,7 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from avssl.atomic import atomic_write_text, remove_stale_tmp
-from avssl.commands import error_text, non_negative_int, positive_int
+from avssl.commands import add_sample_rate_option, error_text, non_negative_int, positive_int
 
 HELP = "evaluate a checkpoint on a test set: heatmaps.npz, scores.json (cIoU, AUC, retrieval; mAP/accuracy)"
 
@@ -70,10 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "protocol) lays them on the centre crop the model sees unchanged; 'full-frame' maps "
                              "each into the crop and clips it (a deviation, for wide frames). Either way "
                              "scores.json's 'boxes' counts clips whose boxes lie mostly outside the crop (warned)")
-    parser.add_argument("--sample-rate", type=positive_int, default=None, metavar="HZ",
-                        help="resample every clip's audio to HZ at load (default: the checkpoint's data.sample_rate; "
-                             "none there = each file's native rate). A warning names the clips whose rate is not "
-                             "one the model was trained on (recorded in the checkpoint)")
+    add_sample_rate_option(parser, "every clip's audio")
     parser.add_argument("--per-class", type=positive_int, default=None, metavar="N",
                         help="keep only the first N clips of each class (manifest order), e.g. 5 as EquiAV's "
                              "retrieval subset; clips without a label are dropped")

@@ -41,7 +41,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from avssl.commands import positive_int
+from avssl.commands import add_sample_rate_option
 
 HELP = ("localise the sound in a video (or a picture with a recording) with an SSL-TIE or EquiAV checkpoint: "
         "heatmap grid PNG, overlay MP4, maps npz")
@@ -68,10 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the whole frame, short side to the model's image size, instead of the centre crop "
                              "(default: no, the test protocol's centre crop; a deviation from it, for wide frames; "
                              "SSL-TIE only)")
-    parser.add_argument("--sample-rate", type=positive_int, default=None, metavar="HZ",
-                        help="resample the audio to HZ (default: the checkpoint's data.sample_rate; none there = "
-                             "the file's own rate). A warning says when the rate is not one the model was "
-                             "trained on (recorded in the checkpoint)")
+    add_sample_rate_option(parser, "the audio")
     parser.add_argument("--device", default="cpu",
                         help="torch device: cpu (default), cuda, cuda:1, ... or auto (CUDA when available)")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per forward pass (default 8)")
