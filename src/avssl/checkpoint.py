@@ -65,6 +65,39 @@ class ConversionReport:
                 f"unexpected, {len(self.missing)} missing")
 
 
+def finish_conversion(ours: dict, expected: Mapping, report: ConversionReport, name: str, strict: bool = False,
+                      note: str = "") -> dict:
+    """The last step of converting a foreign state dict: ``ours`` (our key -> tensor, already in
+    ``report.loaded``) checked against ``expected`` (the target model's state dict, e.g. built
+    on the meta device): keys we do not have move to ``report.unexpected``, a wrong shape is a
+    ValueError (``note``: the options the shapes were expected for), ``report.missing`` gets the
+    keys not filled; logged under ``name``; ``strict`` raises unless every key matched. Returns
+    the tensors to load."""
+    for key, value in ours.items():
+        if key not in expected:
+            report.loaded.remove(key)
+            report.unexpected.append(key)
+        elif tuple(value.shape) != tuple(expected[key].shape):
+            raise ValueError(f"official key for {key}: shape {tuple(value.shape)}, expected "
+                             f"{tuple(expected[key].shape)}{f' ({note})' if note else ''}")
+    ours = {k: v for k, v in ours.items() if k in expected}
+    report.missing = [k for k in expected if k not in ours]
+    log.info("%s: %s", name, report.summary())
+    if report.unexpected or report.missing:
+        log.warning("%s: %d unexpected, %d missing keys: %s", name, len(report.unexpected), len(report.missing),
+                    report.summary())
+        if strict:
+            raise ValueError(f"strict conversion failed: unexpected {report.unexpected}, missing {report.missing}")
+    return ours
+
+
+def load_converted(model: torch.nn.Module, ours: Mapping) -> None:
+    """Load the tensors :func:`finish_conversion` returned into ``model`` (missing keys keep their init)."""
+    result = model.load_state_dict(ours, strict=False)
+    if result.unexpected_keys:  # cannot happen: the converters only emit our keys
+        raise RuntimeError(f"converter produced unknown keys {result.unexpected_keys}")
+
+
 def _numpy_globals() -> list:
     """The NumPy reconstructors older avssl checkpoints need (a NumPy RNG state: a uint32 array;
     metric values: float scalars), under the names NumPy 1 and NumPy 2 pickle them with."""

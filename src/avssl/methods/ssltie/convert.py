@@ -5,16 +5,19 @@
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
-from avssl.checkpoint import ConversionReport, strip_prefixes, unwrap_state_dict
+from avssl.checkpoint import (
+    ConversionReport,
+    finish_conversion,
+    load_converted,
+    strip_prefixes,
+    unwrap_state_dict,
+)
 from avssl.methods.ssltie.model import SSLTIE, SSLTIEConfig
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["convert_official_state_dict", "load_official"]
 
@@ -68,28 +71,12 @@ def convert_official_state_dict(state_dict: Mapping, strict: bool = False,
         width = int(ours["visual.conv1.weight"].shape[0]) if "visual.conv1.weight" in ours else 64
     with torch.device("meta"):
         expected = SSLTIE(SSLTIEConfig(width=width)).state_dict()
-    for key, value in ours.items():
-        if key not in expected:
-            report.loaded.remove(key)
-            report.unexpected.append(key)
-        elif tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(f"official key for {key}: shape {tuple(value.shape)}, expected "
-                             f"{tuple(expected[key].shape)} (width {width})")
-    ours = {k: v for k, v in ours.items() if k in expected}
-    report.missing = [k for k in expected if k not in ours]
-    logger.info("official SSL-TIE checkpoint: %s", report.summary())
-    if report.unexpected or report.missing:
-        logger.warning("official SSL-TIE checkpoint: %d unexpected, %d missing keys: %s",
-                       len(report.unexpected), len(report.missing), report.summary())
-        if strict:
-            raise ValueError(f"strict conversion failed: unexpected {report.unexpected}, missing {report.missing}")
+    ours = finish_conversion(ours, expected, report, "official SSL-TIE checkpoint", strict, f"width {width}")
     return ours, report
 
 
 def load_official(model: SSLTIE, state_dict: Mapping, strict: bool = False) -> ConversionReport:
     """Load an official AVENet checkpoint into ``model`` (any wrapper :func:`convert_official_state_dict` accepts)."""
     ours, report = convert_official_state_dict(state_dict, strict=strict, width=model.config.width)
-    result = model.load_state_dict(ours, strict=False)
-    if result.unexpected_keys:  # cannot happen: the converter only emits our keys
-        raise RuntimeError(f"converter produced unknown keys {result.unexpected_keys}")
+    load_converted(model, ours)
     return report
