@@ -6,19 +6,26 @@
   normalised with dataset statistics: :func:`equiav_fbank`.
 * SSL-TIE: the waveform tiled to 10 s, a power mel spectrogram (n_fft 512, hop 239, 257 HTK
   mels), optional SpecAugment, then dB: :func:`ssltie_spectrogram`.
+* The EZ-VSL family (EZ-VSL, FNAC): the centre clip (:func:`centre_cut`) and scipy's
+  ``spectrogram(nperseg=512, noverlap=274)`` as ``log(PSD + 1e-7)`` (:func:`scipy_logspec`).
 
 Every function takes a waveform of shape ``(..., N)``; all leading dimensions are batch
 dimensions and are processed at once. Mel matrices and windows are cached per
 (parameters, device, dtype). Quirks of the reference code are reproduced on purpose: at
 16 kHz with 128 bins, Kaldi mel filter #3 is empty (its column is the constant ``log(eps)``);
 SSL-TIE's 257 mels over 257 FFT bins leave many empty rows (constant -100 dB).
+
+Long file: three front-ends of the reference code bases, each a handful of small functions that
+share the windowing and tiling helpers; splitting them would scatter those helpers.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import math
+from fractions import Fraction
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -381,3 +388,62 @@ def ssltie_spectrogram(wave: torch.Tensor, sample_rate: int, seconds: float = 10
     if train:
         spec = spec_augment(spec, generator, p=spec_augment_p)
     return power_to_db(spec).unsqueeze(-3)
+
+
+# ----------------------------------------------------------------------------- EZ-VSL family
+SCIPY_NPERSEG, SCIPY_NOVERLAP, LOGSPEC_EPS = 512, 274, 1e-7
+
+
+def centre_cut(wave: torch.Tensor, sample_rate: int, seconds: float = 3.0) -> torch.Tensor:
+    """``(N,)`` -> ``(int(seconds * sr),)``: the EZ-VSL family's centre clip. Start
+    ``t0 = max(D/2 - seconds/2, 0)`` (``D = N / sr``), ``floor(t0 * sr)`` samples in, in exact
+    rational arithmetic (float arithmetic would give 2399 for a 3.3 s clip at 16 kHz; the authors'
+    run starts at sample 2400); then tiled ``int(target / n) + 1`` times when shorter and cut to
+    the target."""
+    n = wave.shape[-1]
+    if n == 0:
+        raise ValueError("centre_cut got an empty waveform")
+    start = math.floor(max(Fraction(n, 2) - Fraction(seconds) * sample_rate / 2, Fraction(0)))
+    wave = wave[..., start:start + int(seconds * sample_rate)]
+    return tile_to_duration(wave, sample_rate, seconds)
+
+
+@functools.lru_cache(maxsize=8)
+def _tukey_cpu(size: int, alpha: float) -> torch.Tensor:
+    m = size + 1  # periodic: the symmetric window of size + 1, last point dropped
+    n = np.arange(m, dtype=np.float64)
+    width = int(np.floor(alpha * (m - 1) / 2.0))
+    w = np.ones(m, dtype=np.float64)
+    lo, hi = n[: width + 1], n[m - width - 1:]
+    w[: width + 1] = 0.5 * (1 + np.cos(np.pi * (-1 + 2.0 * lo / alpha / (m - 1))))
+    w[m - width - 1:] = 0.5 * (1 + np.cos(np.pi * (-2.0 / alpha + 1 + 2.0 * hi / alpha / (m - 1))))
+    return torch.from_numpy(w[:-1].copy())
+
+
+def tukey_window(size: int = SCIPY_NPERSEG, alpha: float = 0.25, device: torch.device | str = "cpu") -> torch.Tensor:
+    """scipy's periodic ``tukey(size, alpha, sym=False)`` in float64."""
+    return _tukey_cpu(size, alpha).to(device)
+
+
+def scipy_logspec(wave: torch.Tensor, sample_rate: int, quantise: bool = True) -> torch.Tensor:
+    """The EZ-VSL family's log spectrogram, batched: ``(B, N)`` -> ``(B, 257, T)`` float64
+    ``log(PSD + 1e-7)`` of scipy's ``spectrogram(x, fs, nperseg=512, noverlap=274)`` (periodic
+    Tukey(0.25) window, hop 238, per-segment mean removed, one-sided density).
+
+    ``T = (N - 512) // 238 + 1`` (200 for 3 s at 16 kHz). ``quantise``: ``wave`` is float
+    ``int16 / 32768`` (what the loader reads) and is put back on the 16-bit grid, halves rounded
+    up (a stereo mean ``(L + R) / 2`` then equals libswresample's ``s16p`` mono downmix, checked
+    on the golden stereo clip), then divided by 32767; off: ``wave`` is already the authors'
+    float signal (clipped to [-1, 1] only).
+    """
+    x = wave.to(torch.float64)
+    if quantise:
+        x = torch.floor(x * 32768.0 + 0.5).clamp_(-32768, 32767) / 32767.0
+    x = x.clamp(-1.0, 1.0)
+    frames = x.unfold(-1, SCIPY_NPERSEG, SCIPY_NPERSEG - SCIPY_NOVERLAP)  # (B, T, 512)
+    frames = frames - frames.mean(dim=-1, keepdim=True)  # detrend="constant"
+    window = tukey_window(SCIPY_NPERSEG, 0.25, x.device)
+    spec = torch.fft.rfft(frames * window, n=SCIPY_NPERSEG, dim=-1)
+    power = (spec.real.square() + spec.imag.square()) / (sample_rate * window.square().sum())
+    power[..., 1:-1] *= 2.0  # one-sided density: every bin but DC and Nyquist doubled
+    return torch.log(power + LOGSPEC_EPS).transpose(-1, -2)

@@ -7,7 +7,9 @@ The authors' loader (docs/methods.md, EZ-VSL section), reproduced:
   noverlap=274)`` (periodic Tukey(0.25) window, hop 238, per-segment mean removed, one-sided
   PSD density) and ``log(S + 1e-7) / 12``, in float64, cast to float32 (:func:`ezvsl_logspec`,
   batched on the device). The data set cuts the centre (:class:`EZVSLDataset`); the transform
-  computes the spectrograms.
+  computes the spectrograms. The front-end (:func:`avssl.data.audio.centre_cut`,
+  :func:`avssl.data.audio.scipy_logspec`) and the crop (:func:`avssl.augment.crop.random_crop_flip`)
+  are shared with FNAC; their EZ-VSL names are re-exported here.
 * frames: evaluation ``Resize((S, S), BICUBIC)`` of the original frame (both sides: the aspect
   ratio is not kept) in the loader, PIL-exact; training ``Resize(R, BICUBIC)`` of the short side
   (R = 246 for S = 224) in the loader, then ``RandomCrop(S)`` and ``RandomHorizontalFlip`` drawn
@@ -20,80 +22,36 @@ rounded as libswresample's ``s16p`` mono conversion does, to within its 0.5 LSB)
 """
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Mapping, Sequence
-from fractions import Fraction
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from avssl.augment.crop import random_crop_flip
 from avssl.augment.image import normalize, to_float
-from avssl.data.audio import tile_to_duration
+from avssl.data.audio import (
+    LOGSPEC_EPS,
+    SCIPY_NOVERLAP,
+    SCIPY_NPERSEG,
+    centre_cut,
+    scipy_logspec,
+    tukey_window,
+)
 from avssl.data.batch import batch_rate
 from avssl.data.datasets import AVFrameAudioDataset, resize_short
 from avssl.data.manifest import Record
-from avssl.distributed import shard_rows
 
 __all__ = ["EZVSLDataset", "EZVSLBatchTransform", "ezvsl_dataset", "ezvsl_infer", "ezvsl_logspec",
            "centre_cut", "tukey_window", "square_frame", "random_crop_flip"]
 
-NPERSEG, NOVERLAP, LOG_EPS, SPEC_SCALE = 512, 274, 1e-7, 12.0
+NPERSEG, NOVERLAP, LOG_EPS, SPEC_SCALE = SCIPY_NPERSEG, SCIPY_NOVERLAP, LOGSPEC_EPS, 12.0
 
 
 # ----------------------------------------------------------------------------- audio
-def centre_cut(wave: Tensor, sample_rate: int, seconds: float = 3.0) -> Tensor:
-    """``(N,)`` -> ``(int(seconds * sr),)``: the authors' centre clip. Start ``t0 = max(D/2 - seconds/2, 0)``
-    (``D = N / sr``), ``floor(t0 * sr)`` samples in, in exact rational arithmetic (float arithmetic
-    would give 2399 for a 3.3 s clip at 16 kHz; the authors' run starts at sample 2400); then
-    tiled ``int(target / n) + 1`` times when shorter and cut to the target."""
-    n = wave.shape[-1]
-    if n == 0:
-        raise ValueError("centre_cut got an empty waveform")
-    start = math.floor(max(Fraction(n, 2) - Fraction(seconds) * sample_rate / 2, Fraction(0)))
-    wave = wave[..., start:start + int(seconds * sample_rate)]
-    return tile_to_duration(wave, sample_rate, seconds)
-
-
-@functools.lru_cache(maxsize=8)
-def _tukey_cpu(size: int, alpha: float) -> Tensor:
-    m = size + 1  # periodic: the symmetric window of size + 1, last point dropped
-    n = np.arange(m, dtype=np.float64)
-    width = int(np.floor(alpha * (m - 1) / 2.0))
-    w = np.ones(m, dtype=np.float64)
-    lo, hi = n[: width + 1], n[m - width - 1:]
-    w[: width + 1] = 0.5 * (1 + np.cos(np.pi * (-1 + 2.0 * lo / alpha / (m - 1))))
-    w[m - width - 1:] = 0.5 * (1 + np.cos(np.pi * (-2.0 / alpha + 1 + 2.0 * hi / alpha / (m - 1))))
-    return torch.from_numpy(w[:-1].copy())
-
-
-def tukey_window(size: int = NPERSEG, alpha: float = 0.25, device: torch.device | str = "cpu") -> Tensor:
-    """scipy's periodic ``tukey(size, alpha, sym=False)`` in float64."""
-    return _tukey_cpu(size, alpha).to(device)
-
-
-def ezvsl_logspec(wave: Tensor, sample_rate: int, quantise: bool = True) -> Tensor:
-    """The authors' log spectrogram, batched: ``(B, N)`` -> ``(B, 257, T)`` float64 ``log(PSD + 1e-7)``.
-
-    ``T = (N - 512) // 238 + 1`` (200 for 3 s at 16 kHz). ``quantise``: ``wave`` is float
-    ``int16 / 32768`` (what the loader reads) and is put back on the 16-bit grid, halves rounded
-    up (a stereo mean ``(L + R) / 2`` then equals libswresample's ``s16p`` mono downmix, checked
-    on the golden stereo clip), then divided by 32767; off: ``wave`` is already the authors'
-    float signal (clipped to [-1, 1] only).
-    """
-    x = wave.to(torch.float64)
-    if quantise:
-        x = torch.floor(x * 32768.0 + 0.5).clamp_(-32768, 32767) / 32767.0
-    x = x.clamp(-1.0, 1.0)
-    frames = x.unfold(-1, NPERSEG, NPERSEG - NOVERLAP)  # (B, T, 512)
-    frames = frames - frames.mean(dim=-1, keepdim=True)  # detrend="constant"
-    window = tukey_window(NPERSEG, 0.25, x.device)
-    spec = torch.fft.rfft(frames * window, n=NPERSEG, dim=-1)
-    power = (spec.real.square() + spec.imag.square()) / (sample_rate * window.square().sum())
-    power[..., 1:-1] *= 2.0  # one-sided density: every bin but DC and Nyquist doubled
-    return torch.log(power + LOG_EPS).transpose(-1, -2)
+# the front-end is the EZ-VSL family's (avssl.data.audio, shared with FNAC); EZ-VSL's names kept
+ezvsl_logspec = scipy_logspec
 
 
 # ----------------------------------------------------------------------------- data set
@@ -152,33 +110,6 @@ def ezvsl_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequence
 
 
 # ----------------------------------------------------------------------------- transform
-def random_crop_flip(full: Tensor, hw: Tensor, size: int, generator: torch.Generator | None = None,
-                     shard: tuple[int, int] = (0, 1)) -> Tensor:
-    """torchvision ``RandomCrop(size)`` + ``RandomHorizontalFlip()`` of each frame, batched.
-
-    Args:
-        full: (B, 3, H, W) frames, each at the top left of a zero canvas; hw: (B, 2) their sizes.
-        generator: CPU generator the offsets and flips are drawn from (for the global batch of
-            ``world * B`` frames; this rank keeps its rows).
-    Returns:
-        (B, 3, size, size), same dtype as ``full``.
-    """
-    b, device = full.shape[0], full.device
-    n = b * shard[1]
-    u = shard_rows(torch.rand(n, 3, generator=generator, dtype=torch.float64), shard).to(device)
-    hw = hw.to(device)
-    if bool((hw < size).any()):
-        raise ValueError(f"a frame is smaller than the {size} px crop: sizes {hw.tolist()}")
-    top = (u[:, 0] * (hw[:, 0] - size + 1)).long()
-    left = (u[:, 1] * (hw[:, 1] - size + 1)).long()
-    flip = u[:, 2] < 0.5
-    ar = torch.arange(size, device=device)
-    rows = top[:, None] + ar
-    cols = left[:, None] + torch.where(flip[:, None], size - 1 - ar, ar)
-    bidx = torch.arange(b, device=device)[:, None, None]
-    return full.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
-
-
 class EZVSLBatchTransform:
     """Collated batch -> ``{"image": (B, 3, S, S) normalised, "spec": (B, 1, 257, T) float32}`` on ``device``."""
 
