@@ -16,7 +16,7 @@ from torch import nn
 
 from avssl.checkpoint import CheckpointError, load_checkpoint, strip_prefixes
 from avssl.config import from_dict
-from avssl.methods import equiav, ezvsl, fnac, ssltie
+from avssl.methods import equiav, ezvsl, fnac, slavc, ssltie
 from avssl.methods.base import MethodSpec, Pipeline
 
 __all__ = ["METHODS", "MethodSpec", "method_spec", "pipeline_for", "build_method", "load_method"]
@@ -27,6 +27,7 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     equiav.FINETUNE_SPEC,
     ezvsl.SPEC,
     fnac.SPEC,
+    slavc.SPEC,
 )}
 
 

@@ -13,17 +13,21 @@ test-time maps with object-guided localisation (OGL: the channel mean of |layer4
 frozen ImageNet ResNet-18 read from a local torchvision file, never downloaded, kept out of the
 state dict) and ``infer``. A method subclasses it with its config and its training loss. The
 pure map and loss helpers (:func:`similarity_maps`, :func:`mil_logits`, :func:`paired_maps`,
-:func:`mil_nce_loss`, :func:`minmax`, :func:`upsample`) are module functions, and
-:func:`convert_mil_checkpoint` reads the authors' checkpoints (one format for the family).
+:func:`mil_nce_loss`, :func:`minmax`, :func:`upsample`, :func:`seeded_dropout`) are module
+functions, :class:`MILDataset` is the family's data set (frames and centre-cut audio), and
+:func:`convert_mil_checkpoint` reads the authors' checkpoints (one format for the family; SLAVC
+adds its own key prefixes).
 """
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 
 from avssl.checkpoint import (
@@ -33,12 +37,15 @@ from avssl.checkpoint import (
     strip_prefixes,
     unwrap_state_dict,
 )
+from avssl.data.audio import centre_cut
+from avssl.data.datasets import AVFrameAudioDataset, resize_short
 from avssl.models.resnet import AudioResNet18, ResNet18Trunk, init_weights, load_imagenet_visual
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["similarity_maps", "mil_logits", "paired_maps", "mil_nce_loss", "minmax", "upsample",
-           "init_projection", "MILLocaliser", "convert_mil_checkpoint"]
+           "init_projection", "seeded_dropout", "MILLocaliser", "MILDataset", "mil_dataset",
+           "convert_mil_checkpoint", "official_converters"]
 
 
 # ----------------------------------------------------------------------------- pure maps / loss
@@ -99,6 +106,15 @@ def init_projection(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.01)
 
 
+def seeded_dropout(module: nn.Module, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """``module(x)``; an active ``nn.Dropout`` draws its keep mask from ``generator`` when one is
+    given (``x * keep / (1 - p)``), so a training step's dropout follows the step's seed."""
+    if not (isinstance(module, nn.Dropout) and module.training and module.p > 0 and generator is not None):
+        return module(x)
+    keep = torch.rand(x.shape, generator=generator, device=generator.device).to(x.device) >= module.p
+    return x * keep.to(x.dtype) / (1.0 - module.p)
+
+
 # ----------------------------------------------------------------------------- the networks
 class MILLocaliser(nn.Module):
     """Networks, OGL and test-time maps of the EZ-VSL family (subclasses add the loss).
@@ -128,6 +144,11 @@ class MILLocaliser(nn.Module):
         init_projection(self.aud_proj)
         if c.imagenet_init is not None:
             load_imagenet_visual(self.visual, c.imagenet_init)
+        self.build_ogl()
+
+    def build_ogl(self) -> None:
+        """Object-guided localisation from ``config.ogl_weights`` (off, logged, when unset or missing)."""
+        c = self.config
         self._ogl: tuple[ResNet18Trunk, ...] = ()  # kept out of the state dict and the parameters
         self._ogl_reason = f"{self.section}.ogl_weights is not set"
         if c.ogl_weights is not None:
@@ -219,14 +240,66 @@ class MILLocaliser(nn.Module):
         return self.infer(image, spec)["heatmap"]
 
 
+# ----------------------------------------------------------------------------- data set
+def square_frame(frame: np.ndarray, size: int) -> Tensor:
+    """uint8 ``(H, W, 3)`` -> uint8 ``(3, size, size)``: the test transform's ``Resize((size, size),
+    BICUBIC)`` (PIL, antialiased, aspect ratio not kept); ToTensor + ImageNet normalisation
+    (the family's batch transforms) then give the authors' tensor."""
+    frame = np.ascontiguousarray(frame)
+    if frame.shape[:2] != (size, size):
+        frame = np.asarray(Image.fromarray(frame).resize((size, size), Image.BICUBIC))
+    return torch.from_numpy(np.array(frame, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+class MILDataset(AVFrameAudioDataset):
+    """:class:`~avssl.data.datasets.AVFrameAudioDataset` with the EZ-VSL family's frames and audio.
+
+    ``image``: the original frame resized to ``(S, S)`` (PIL bicubic, both sides: the test
+    transform); with ``train_resize`` also ``full``, the short side resized to ``train_resize``
+    (PIL bicubic), where the batch transform draws the crop. ``wave``: the centre ``seconds``
+    (:func:`avssl.data.audio.centre_cut`).
+    """
+
+    def __init__(self, records: Sequence, *args, train_resize: int | None = None, **kwargs) -> None:
+        self.train_resize = train_resize
+        super().__init__(records, *args, **kwargs)
+
+    def sample(self, r, frame: np.ndarray, wave: np.ndarray, sr: int) -> dict:
+        out = {"id": r.id, "image": square_frame(frame, self.image_size),
+               **self.audio_fields(wave, sr), "label": self.label_of(r), "target": self.target_of(r),
+               "frame_hw": (int(frame.shape[0]), int(frame.shape[1]))}
+        if self.train_resize is not None:
+            out["full"] = resize_short(frame, self.train_resize, "pil_bicubic")
+        return out
+
+    def audio_fields(self, wave: np.ndarray, sr: int) -> dict:
+        w = centre_cut(torch.from_numpy(np.asarray(wave, dtype=np.float32)), sr, self.seconds)
+        return {"wave": w.contiguous(), "num_samples": int(w.shape[-1]), "sample_rate": int(sr)}
+
+
+def mil_dataset(records: Sequence, cfg, section: str, train: bool, classes: Sequence[str] | None = None
+                ) -> MILDataset:
+    """The :class:`MILDataset` of a run config ``cfg`` (its ``data`` part and method section
+    ``section``, which has ``image_size`` and ``train_resize``)."""
+    d, c = cfg.data, getattr(cfg, section)
+    return MILDataset(
+        records, image_size=c.image_size, seconds=d.seconds, sample_rate=d.sample_rate,
+        frame_time=d.frame_time, frame_index=d.frame_index, classes=classes,
+        cache_in_memory=d.cache_in_memory, on_error=d.on_error, workers=max(1, d.num_workers),
+        random_frames=d.random_frames(train),
+        train_resize=int(c.train_resize * c.image_size / 224) if train else None)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 _RENAMES = (("imgnet.", "visual."), ("audnet.", "audio."), ("img_proj.", "img_proj."), ("aud_proj.", "aud_proj."))
 _UNUSED_PREFIXES = ("imgnet.fc.", "audnet.fc.")  # Identity in the official models; a plain resnet18 has them
 
 
 def convert_mil_checkpoint(state_dict: Mapping, expected: Callable[[int, int], Mapping[str, Tensor]], label: str,
-                           strict: bool = False, width: int | None = None, dim: int | None = None
-                           ) -> tuple[dict[str, Tensor], ConversionReport]:
+                           strict: bool = False, width: int | None = None, dim: int | None = None,
+                           renames: Sequence[tuple[str, str]] = _RENAMES,
+                           unused: tuple[str, ...] = _UNUSED_PREFIXES,
+                           dim_key: str = "img_proj.weight") -> tuple[dict[str, Tensor], ConversionReport]:
     """Map an official EZ-VSL-family state dict (``imgnet.*``, ``audnet.*``, ``img_proj.*``,
     ``aud_proj.*``) onto :class:`MILLocaliser` names (``visual.*``, ``audio.*``, heads kept).
 
@@ -234,7 +307,8 @@ def convert_mil_checkpoint(state_dict: Mapping, expected: Callable[[int, int], M
     DataParallel ``module.`` prefixes. ``fc`` heads are reported as dropped; unrecognised keys as
     ``unexpected``; keys of ``expected(width, dim)`` (the target model's state dict; width / dim
     inferred from ``imgnet.conv1.weight`` / ``img_proj.weight`` when None) not provided as
-    ``missing``. ``strict`` raises ``ValueError`` on any unexpected or missing key; a shape
+    ``missing``. ``renames`` / ``unused`` / ``dim_key``: another member's key prefixes (official ->
+    ours), its dropped prefixes and the key ``dim`` is read from (SLAVC). ``strict`` raises ``ValueError`` on any unexpected or missing key; a shape
     mismatch always raises (:func:`avssl.checkpoint.finish_conversion`).
     """
     if not isinstance(state_dict, Mapping):
@@ -243,8 +317,8 @@ def convert_mil_checkpoint(state_dict: Mapping, expected: Callable[[int, int], M
     report = ConversionReport()
     ours: dict[str, Tensor] = {}
     for key, value in source.items():
-        target = next((new + key.removeprefix(old) for old, new in _RENAMES if key.startswith(old)), None)
-        if key.startswith(_UNUSED_PREFIXES):
+        target = next((new + key.removeprefix(old) for old, new in renames if key.startswith(old)), None)
+        if key.startswith(unused):
             report.dropped[key] = "unused by the original forward (Identity)"
         elif target is not None:
             ours[target] = torch.as_tensor(value)
@@ -254,26 +328,28 @@ def convert_mil_checkpoint(state_dict: Mapping, expected: Callable[[int, int], M
     if width is None:
         width = int(ours["visual.conv1.weight"].shape[0]) if "visual.conv1.weight" in ours else 64
     if dim is None:
-        dim = int(ours["img_proj.weight"].shape[0]) if "img_proj.weight" in ours else 512
+        dim = int(ours[dim_key].shape[0]) if dim_key in ours else 512
     ours = finish_conversion(ours, expected(width, dim), report, label, strict, f"width {width}, dim {dim}")
     return ours, report
 
 
-def official_converters(model_cls: type, config_cls: type, title: str):
+def official_converters(model_cls: type, config_cls: type, title: str, **keys):
     """``(convert_official_state_dict, load_official)`` of an EZ-VSL-family method whose model is
     ``model_cls(config_cls(width=, dim=))`` (its checkpoint: the authors' train.py ``{"model": sd}``).
 
     ``convert_official_state_dict(state_dict, strict=False, width=None, dim=None)`` is
     :func:`convert_mil_checkpoint` against that model (width / dim inferred when None);
     ``load_official(model, state_dict, strict=False)`` loads the result into ``model`` and returns
-    the :class:`~avssl.checkpoint.ConversionReport`."""
+    the :class:`~avssl.checkpoint.ConversionReport`. ``keys``: ``renames`` / ``unused`` / ``dim_key``
+    of :func:`convert_mil_checkpoint` for a member with other key names."""
     def expected(width: int, dim: int) -> dict[str, Tensor]:
         with torch.device("meta"):
             return model_cls(config_cls(width=width, dim=dim)).state_dict()
 
     def convert_official_state_dict(state_dict: Mapping, strict: bool = False, width: int | None = None,
                                     dim: int | None = None) -> tuple[dict[str, Tensor], ConversionReport]:
-        return convert_mil_checkpoint(state_dict, expected, f"official {title} checkpoint", strict, width, dim)
+        return convert_mil_checkpoint(state_dict, expected, f"official {title} checkpoint", strict, width, dim,
+                                      **keys)
 
     def load_official(model: nn.Module, state_dict: Mapping, strict: bool = False) -> ConversionReport:
         ours, report = convert_official_state_dict(state_dict, strict=strict, width=model.config.width,

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from avssl.augment.crop import random_crop_flip
@@ -40,8 +38,8 @@ from avssl.data.audio import (
     tukey_window,
 )
 from avssl.data.batch import batch_rate
-from avssl.data.datasets import AVFrameAudioDataset, resize_short
 from avssl.data.manifest import Record
+from avssl.models.mil import MILDataset, mil_dataset, square_frame
 
 __all__ = ["EZVSLDataset", "EZVSLBatchTransform", "ezvsl_dataset", "ezvsl_infer", "ezvsl_logspec",
            "centre_cut", "tukey_window", "square_frame", "random_crop_flip"]
@@ -55,58 +53,18 @@ ezvsl_logspec = scipy_logspec
 
 
 # ----------------------------------------------------------------------------- data set
-def square_frame(frame: np.ndarray, size: int) -> Tensor:
-    """uint8 ``(H, W, 3)`` -> uint8 ``(3, size, size)``: the test transform's ``Resize((size, size),
-    BICUBIC)`` (PIL, antialiased, aspect ratio not kept); ToTensor + ImageNet normalisation
-    (:class:`EZVSLBatchTransform`) then give the authors' tensor."""
-    frame = np.ascontiguousarray(frame)
-    if frame.shape[:2] != (size, size):
-        frame = np.asarray(Image.fromarray(frame).resize((size, size), Image.BICUBIC))
-    return torch.from_numpy(np.array(frame, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+#: EZ-VSL's data set: the EZ-VSL family's (:class:`avssl.models.mil.MILDataset`, shared with FNAC
+#: and SLAVC): ``image`` the (S, S) PIL-bicubic square, ``full`` the short side resized to
+#: ``train_resize`` for training sets, ``wave`` the centre ``seconds`` (:func:`centre_cut`).
+EZVSLDataset = MILDataset
 
 
-class EZVSLDataset(AVFrameAudioDataset):
-    """:class:`~avssl.data.datasets.AVFrameAudioDataset` with EZ-VSL's frames and audio.
-
-    ``image``: the original frame resized to ``(S, S)`` (PIL bicubic, both sides) - the test
-    transform. With ``train_resize`` (training sets) also ``full``: the frame with its short side
-    resized to ``train_resize`` (PIL bicubic), where the transform draws the random crop.
-    ``wave``: the centre ``seconds`` of the recording (:func:`centre_cut`).
-    """
-
-    def __init__(self, records: Sequence[Record], *args, train_resize: int | None = None, **kwargs) -> None:
-        self.train_resize = train_resize
-        super().__init__(records, *args, **kwargs)
-
-    def sample(self, r: Record, frame: np.ndarray, wave: np.ndarray, sr: int) -> dict:
-        out = {"id": r.id, "image": square_frame(frame, self.image_size),
-               **self.audio_fields(wave, sr), "label": self.label_of(r), "target": self.target_of(r),
-               "frame_hw": (int(frame.shape[0]), int(frame.shape[1]))}
-        if self.train_resize is not None:
-            out["full"] = resize_short(frame, self.train_resize, "pil_bicubic")
-        return out
-
-    def audio_fields(self, wave: np.ndarray, sr: int) -> dict:
-        w = centre_cut(torch.from_numpy(np.asarray(wave, dtype=np.float32)), sr, self.seconds)
-        return {"wave": w.contiguous(), "num_samples": int(w.shape[-1]), "sample_rate": int(sr)}
-
-
-def _train_resize(cfg) -> int:
-    c = cfg.ezvsl
-    return int(c.train_resize * c.image_size / 224)
-
-
-def ezvsl_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequence[str] | None = None) -> EZVSLDataset:
+def ezvsl_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequence[str] | None = None) -> MILDataset:
     """The data set of a :class:`avssl.train_config.TrainConfig` ``cfg`` (its ``data`` and ``ezvsl`` parts).
 
     The audio length is ``data.seconds`` (3 s: the authors'); frames are ``ezvsl.image_size`` squares (and the
     short-side ``train_resize`` frame for training sets)."""
-    d, c = cfg.data, cfg.ezvsl
-    return EZVSLDataset(
-        records, image_size=c.image_size, seconds=d.seconds, sample_rate=d.sample_rate,
-        frame_time=d.frame_time, frame_index=d.frame_index, classes=classes,
-        cache_in_memory=d.cache_in_memory, on_error=d.on_error, workers=max(1, d.num_workers),
-        random_frames=d.random_frames(train), train_resize=_train_resize(cfg) if train else None)
+    return mil_dataset(records, cfg, "ezvsl", train, classes)
 
 
 # ----------------------------------------------------------------------------- transform

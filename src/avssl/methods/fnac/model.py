@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avssl.methods.fnac import losses
-from avssl.models.mil import MILLocaliser, paired_maps
+from avssl.models.mil import MILLocaliser, paired_maps, seeded_dropout
 
 __all__ = ["FNACConfig", "FNAC", "SCORES"]
 
@@ -85,14 +85,6 @@ class FNACConfig:
             raise ValueError(f"fnac.score must be one of {sorted(SCORES)}, got {self.score!r}")
 
 
-def _dropout(module: nn.Module, x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """``module(x)``; an active ``nn.Dropout`` draws its mask from ``generator`` when one is given."""
-    if not (isinstance(module, nn.Dropout) and module.training and module.p > 0 and generator is not None):
-        return module(x)
-    keep = torch.rand(x.shape, generator=generator, device=generator.device).to(x.device) >= module.p
-    return x * keep.to(x.dtype) / (1.0 - module.p)
-
-
 class FNAC(MILLocaliser):
     """FNAC model + losses. Frames (B, 3, S, S) ImageNet-normalised; spectrograms (B, 1, 257, T)
     (``log(PSD + 1e-7) / 12``, :func:`avssl.data.audio.scipy_logspec`).
@@ -118,11 +110,11 @@ class FNAC(MILLocaliser):
 
     def encode_image(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, 3, S, S) -> L2-normalised visual map (B, dim, S/32, S/32), dropout in training."""
-        return F.normalize(self.img_proj(_dropout(self.img_dropout, self.visual(image), generator)), dim=1)
+        return F.normalize(self.img_proj(seeded_dropout(self.img_dropout, self.visual(image), generator)), dim=1)
 
     def encode_audio(self, spec: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, 1, F, T) -> L2-normalised audio embedding (B, dim), dropout in training."""
-        return F.normalize(self.aud_proj(_dropout(self.aud_dropout, self.audio(spec), generator)), dim=1)
+        return F.normalize(self.aud_proj(seeded_dropout(self.aud_dropout, self.audio(spec), generator)), dim=1)
 
     def step_outputs(self, image: Tensor, spec: Tensor, generator: torch.Generator | None = None
                      ) -> dict[str, Tensor]:

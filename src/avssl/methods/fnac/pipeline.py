@@ -15,18 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from avssl.augment.crop import random_crop_flip
 from avssl.augment.image import normalize, to_float
-from avssl.data.audio import centre_cut, scipy_logspec
+from avssl.data.audio import scipy_logspec
 from avssl.data.batch import batch_rate
-from avssl.data.datasets import AVFrameAudioDataset, resize_short
 from avssl.data.manifest import Record
 from avssl.distributed import shard_rows
+from avssl.models.mil import MILDataset, mil_dataset
 
 __all__ = ["FNACDataset", "FNACBatchTransform", "fnac_dataset", "fnac_infer", "fnac_on_epoch_end",
            "spec_masks_fnac", "SPEC_SCALE"]
@@ -35,43 +33,12 @@ SPEC_SCALE = 12.0
 
 
 # ----------------------------------------------------------------------------- data set
-class FNACDataset(AVFrameAudioDataset):
-    """:class:`~avssl.data.datasets.AVFrameAudioDataset` with the EZ-VSL family's frames and audio.
-
-    ``image``: the original frame resized to ``(S, S)`` (PIL bicubic, both sides; the test
-    transform); with ``train_resize`` also ``full``, the short side resized to ``train_resize``
-    (PIL bicubic), where the transform draws the crop. ``wave``: the centre ``seconds``.
-    """
-
-    def __init__(self, records: Sequence[Record], *args, train_resize: int | None = None, **kwargs) -> None:
-        self.train_resize = train_resize
-        super().__init__(records, *args, **kwargs)
-
-    def sample(self, r: Record, frame: np.ndarray, wave: np.ndarray, sr: int) -> dict:
-        s = self.image_size
-        frame = np.ascontiguousarray(frame)
-        square = frame if frame.shape[:2] == (s, s) else np.asarray(Image.fromarray(frame).resize((s, s), Image.BICUBIC))
-        out = {"id": r.id, "image": torch.from_numpy(np.array(square, dtype=np.uint8)).permute(2, 0, 1).contiguous(),
-               **self.audio_fields(wave, sr), "label": self.label_of(r), "target": self.target_of(r),
-               "frame_hw": (int(frame.shape[0]), int(frame.shape[1]))}
-        if self.train_resize is not None:
-            out["full"] = resize_short(frame, self.train_resize, "pil_bicubic")
-        return out
-
-    def audio_fields(self, wave: np.ndarray, sr: int) -> dict:
-        w = centre_cut(torch.from_numpy(np.asarray(wave, dtype=np.float32)), sr, self.seconds)
-        return {"wave": w.contiguous(), "num_samples": int(w.shape[-1]), "sample_rate": int(sr)}
+FNACDataset = MILDataset  # the EZ-VSL family's data set (avssl.models.mil)
 
 
-def fnac_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequence[str] | None = None) -> FNACDataset:
+def fnac_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequence[str] | None = None) -> MILDataset:
     """The data set of a run config ``cfg`` (its ``data`` and ``fnac`` parts)."""
-    d, c = cfg.data, cfg.fnac
-    return FNACDataset(
-        records, image_size=c.image_size, seconds=d.seconds, sample_rate=d.sample_rate,
-        frame_time=d.frame_time, frame_index=d.frame_index, classes=classes,
-        cache_in_memory=d.cache_in_memory, on_error=d.on_error, workers=max(1, d.num_workers),
-        random_frames=d.random_frames(train),
-        train_resize=int(c.train_resize * c.image_size / 224) if train else None)
+    return mil_dataset(records, cfg, "fnac", train, classes)
 
 
 # ----------------------------------------------------------------------------- transform
