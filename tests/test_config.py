@@ -117,6 +117,10 @@ def test_a_preset_on_a_base_holds_only_its_differences(tmp_path):
     base, semireal = load_config(TrainConfig, ["synthetic/equiav"]), load_config(TrainConfig, ["semireal/equiav"])
     assert (semireal.train.epochs, semireal.train.val_audio_control) == (40, "swap")
     assert semireal.equiav == base.equiav and semireal.optim == base.optim and semireal.data == base.data
+    base, semireal = load_config(TrainConfig, ["synthetic/ssltie"]), load_config(TrainConfig, ["semireal/ssltie"])
+    assert (semireal.train.epochs, semireal.train.val_audio_control, semireal.train.select_on) == (
+        150, "swap", "swap_drop_pointing_accuracy")
+    assert semireal.ssltie == base.ssltie and semireal.optim == base.optim and semireal.data == base.data
     (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\ntrain:\n  epochs: 3\n")
     (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n")
     with pytest.raises(ConfigError, match="cycle"):
