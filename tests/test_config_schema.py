@@ -38,6 +38,17 @@ def test_a_checkpoint_from_before_frame_resize_keeps_the_bilinear_loader(caplog)
     named = _ckpt({"method": "ssltie", "data": {"frame_resize": "pil_bicubic"}})
     assert config_from_checkpoint(named).data.frame_resize == "pil_bicubic"
     assert old["config"] == {"method": "equiav", "data": {"seconds": 10.0}}  # not modified in place
+    # a config that never saved a data section (`avssl convert` of the authors' weights) takes today's
+    # defaults, whatever its schema; and every config save_checkpoint writes carries the schema
+    assert config_from_checkpoint(_ckpt({"method": "ssltie", "ssltie": {}})).data.frame_resize == "pil_bicubic"
+
+
+def test_save_checkpoint_writes_the_schema_with_a_config(tmp_path):
+    from avssl.checkpoint import save_checkpoint
+
+    with_config = load_checkpoint(save_checkpoint(tmp_path / "a.pt", model={}, config={"method": "ssltie"}))
+    assert with_config["config_schema"] == CONFIG_SCHEMA
+    assert "config_schema" not in load_checkpoint(save_checkpoint(tmp_path / "b.pt", model={}))
 
 
 def test_a_newer_schema_is_refused():

@@ -505,16 +505,19 @@ def test_localize_full_frame_with_equiav_is_refused_in_one_line(media, tmp_path,
 
 
 def test_localize_reads_the_config_as_eval_does(media, tmp_path, capsys):
-    """config_from_checkpoint, not from_dict: a schema-1 checkpoint (no data.frame_resize) was
-    trained with the torch resize, which localize must then use (as eval does)."""
+    """config_from_checkpoint, not from_dict: a schema-1 checkpoint whose saved data section has no
+    data.frame_resize was trained with the torch resize, which localize must then use (as eval does)."""
     from avssl.train_config import config_from_checkpoint
 
     video = make_video(tmp_path / "big.mp4", width=128, height=96)
-    rc = main(["localize", str(video), "--checkpoint", str(media["ckpt"]), "--frames", "2", "--out",
+    model, _ = load_method(media["ckpt"])
+    old = save_checkpoint(tmp_path / "old.pt", model=model.state_dict(), config_schema=1,  # a run's full data
+                          config={"method": "ssltie", "ssltie": TINY, "data": {"seconds": 10.0}})  # section, then
+    rc = main(["localize", str(video), "--checkpoint", str(old), "--frames", "2", "--out",
                str(tmp_path / "o"), "--no-video"])
     assert rc == 0
     capsys.readouterr()
-    model, ckpt = load_method(media["ckpt"])
+    model, ckpt = load_method(old)
     cfg = config_from_checkpoint(ckpt)
     assert cfg.data.frame_resize == "torch_bilinear"
     expected = infer.localise_video(model, video, num_frames=2, cfg=cfg)

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = "avssl-checkpoint"
 VERSION = 1
+#: The version of the meaning of a saved run config (``config_schema``, written with every config;
+#: :mod:`avssl.train_config` reads older ones: 1 = checkpoints without the key).
+CONFIG_SCHEMA = 2
 
 
 class CheckpointError(RuntimeError):
@@ -235,6 +238,8 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: str | os.PathLike, **fields: Any) -> Path:
     """Save a training state (see the module docstring for the fields) atomically."""
+    if "config" in fields:
+        fields.setdefault("config_schema", CONFIG_SCHEMA)
     payload = {"format": FORMAT, "version": VERSION, **_plain(fields)}
     return atomic_torch_save(payload, path)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, make_dataclass
 
+from avssl.checkpoint import CONFIG_SCHEMA
 from avssl.data.datasets import FRAME_RESIZE
 from avssl.precision import AMP_DTYPES
 from avssl.registry import METHODS
@@ -272,11 +273,11 @@ TrainConfig.__module__ = __name__
 # ---------------------------------------------------------------------------------------------
 # Checkpoints of older versions, and the audio a model was trained on
 
-#: The version of the saved run config's meaning, written into every checkpoint as
-#: ``config_schema``. 1: checkpoints without the key (written before it existed); 2: current.
-#: A field missing from a checkpoint takes the value the code that wrote it used, not today's
-#: default (:data:`_BEFORE_FIELD`); bump this when a default changes, and say what it was.
-CONFIG_SCHEMA = 2
+#: :data:`avssl.checkpoint.CONFIG_SCHEMA`, the version of the saved run config's meaning, written
+#: into every checkpoint with its config (``config_schema``). 1: checkpoints without the key (written
+#: before it existed); 2: current. A field missing from a checkpoint's saved section takes the value
+#: the code that wrote it used, not today's default (:data:`_BEFORE_FIELD`); bump it when a default
+#: changes, and say what it was.
 
 #: ``section.field -> (schema that added it, the behaviour before)``: a checkpoint of an older
 #: schema that lacks the field was trained and scored with that value.
@@ -305,8 +306,11 @@ def checkpoint_config_dict(ckpt: dict, source: str = "checkpoint") -> dict:
     data = copy.deepcopy(raw)
     for key, (added, before) in _BEFORE_FIELD.items():
         section, name = key.split(".")
-        if schema < added and name not in (data.get(section) or {}):
-            data.setdefault(section, {})[name] = before
+        # only where the section was saved without the field (a training run's full config from
+        # before the field existed); a section never saved (e.g. `avssl convert` of the authors'
+        # weights) takes today's defaults
+        if schema < added and isinstance(data.get(section), dict) and name not in data[section]:
+            data[section][name] = before
             log.info("%s: written by config schema %d, before %s existed: using %r, the value that "
                      "version used (the default now: %r)", source, schema, key, before,
                      getattr(_SECTIONS[section](), name))
