@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from avssl.augment.crop import random_crop_flip
+from avssl.augment.image import normalize, to_float
 from avssl.checkpoint import (
     ConversionReport,
     finish_conversion,
@@ -37,7 +39,8 @@ from avssl.checkpoint import (
     strip_prefixes,
     unwrap_state_dict,
 )
-from avssl.data.audio import centre_cut
+from avssl.data.audio import centre_cut, scipy_logspec
+from avssl.data.batch import batch_rate
 from avssl.data.datasets import AVFrameAudioDataset, resize_short
 from avssl.models.resnet import AudioResNet18, ResNet18Trunk, init_weights, load_imagenet_visual
 
@@ -362,3 +365,43 @@ def official_converters(model_cls: type, config_cls: type, title: str, **keys):
         f"without ``module.``) onto {model_cls.__name__} names: :func:`avssl.models.mil.convert_mil_checkpoint`.")
     load_official.__doc__ = f"Load an official {title} checkpoint into a {model_cls.__name__}; returns the report."
     return convert_official_state_dict, load_official
+
+
+#: The EZ-VSL family's spectrogram scale: the model sees ``log(PSD + 1e-7) / 12``.
+SPEC_SCALE = 12.0
+
+
+class MILBatchTransform:
+    """Collated batch -> ``{"image": (B, 3, S, S) normalised, "spec": (B, 1, 257, T) float32}`` on
+    ``device``, the EZ-VSL family's (subclasses name their config ``section``): training frames
+    are a random crop + horizontal flip of ``full`` (:func:`avssl.augment.crop.random_crop_flip`,
+    drawn for the global batch from the step's generator), evaluation frames the ``image`` square;
+    audio :func:`avssl.data.audio.scipy_logspec` at the batch's one rate, divided by :data:`SPEC_SCALE`."""
+
+    section = "ezvsl"
+
+    def __init__(self, image_size: int = 224, device: torch.device | str = "cpu") -> None:
+        self.image_size = image_size
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_config(cls, cfg, device: torch.device | str):
+        return cls(getattr(cfg, cls.section).image_size, device)
+
+    def frames(self, batch: Mapping, generator: torch.Generator | None, train: bool,
+               shard: tuple[int, int]) -> Tensor:
+        """The batch's uint8 frames as the model sees them (before normalisation)."""
+        if train and "full" in batch:
+            return random_crop_flip(batch["full"].to(self.device, non_blocking=True), batch["full_hw"],
+                                    self.image_size, generator, shard)
+        return batch["image"].to(self.device, non_blocking=True)
+
+    def spectrogram(self, batch: Mapping, generator: torch.Generator | None, train: bool) -> Tensor:
+        rate = batch_rate(batch, "a training batch" if train else "an evaluation batch")
+        logspec = scipy_logspec(batch["wave"].to(self.device, non_blocking=True), rate)
+        return (logspec / SPEC_SCALE).float().unsqueeze(1)
+
+    def __call__(self, batch: Mapping, generator: torch.Generator | None = None,
+                 train: bool = False, shard: tuple[int, int] = (0, 1)) -> dict[str, Tensor]:
+        image = normalize(to_float(self.frames(batch, generator, train, shard)))
+        return {"image": image.contiguous(), "spec": self.spectrogram(batch, generator, train).contiguous()}

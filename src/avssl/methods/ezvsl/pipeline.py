@@ -24,11 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from avssl.augment.crop import random_crop_flip
-from avssl.augment.image import normalize, to_float
 from avssl.data.audio import (
     LOGSPEC_EPS,
     SCIPY_NOVERLAP,
@@ -37,14 +35,13 @@ from avssl.data.audio import (
     scipy_logspec,
     tukey_window,
 )
-from avssl.data.batch import batch_rate
 from avssl.data.manifest import Record
-from avssl.models.mil import MILDataset, mil_dataset, square_frame
+from avssl.models.mil import MILBatchTransform, MILDataset, mil_dataset, square_frame
 
 __all__ = ["EZVSLDataset", "EZVSLBatchTransform", "ezvsl_dataset", "ezvsl_infer", "ezvsl_logspec",
            "centre_cut", "tukey_window", "square_frame", "random_crop_flip"]
 
-NPERSEG, NOVERLAP, LOG_EPS, SPEC_SCALE = SCIPY_NPERSEG, SCIPY_NOVERLAP, LOGSPEC_EPS, 12.0
+NPERSEG, NOVERLAP, LOG_EPS = SCIPY_NPERSEG, SCIPY_NOVERLAP, LOGSPEC_EPS
 
 
 # ----------------------------------------------------------------------------- audio
@@ -68,29 +65,10 @@ def ezvsl_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequence
 
 
 # ----------------------------------------------------------------------------- transform
-class EZVSLBatchTransform:
-    """Collated batch -> ``{"image": (B, 3, S, S) normalised, "spec": (B, 1, 257, T) float32}`` on ``device``."""
+class EZVSLBatchTransform(MILBatchTransform):
+    """EZ-VSL's batch transform: the family's (:class:`avssl.models.mil.MILBatchTransform`)."""
 
-    def __init__(self, image_size: int = 224, device: torch.device | str = "cpu") -> None:
-        self.image_size = image_size
-        self.device = torch.device(device)
-
-    @classmethod
-    def from_config(cls, cfg, device: torch.device | str) -> EZVSLBatchTransform:
-        return cls(cfg.ezvsl.image_size, device)
-
-    def __call__(self, batch: Mapping, generator: torch.Generator | None = None,
-                 train: bool = False, shard: tuple[int, int] = (0, 1)) -> dict[str, Tensor]:
-        if train and "full" in batch:
-            image = random_crop_flip(batch["full"].to(self.device, non_blocking=True), batch["full_hw"],
-                                     self.image_size, generator, shard)
-        else:
-            image = batch["image"].to(self.device, non_blocking=True)
-        image = normalize(to_float(image))
-        rate = batch_rate(batch, "a training batch" if train else "an evaluation batch")
-        wave = batch["wave"].to(self.device, non_blocking=True)
-        spec = (ezvsl_logspec(wave, rate) / SPEC_SCALE).float().unsqueeze(1)
-        return {"image": image.contiguous(), "spec": spec.contiguous()}
+    section = "ezvsl"
 
 
 def ezvsl_infer(model: nn.Module, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:

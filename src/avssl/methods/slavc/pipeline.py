@@ -18,19 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import torch
 from torch import Tensor, nn
 
-from avssl.augment.crop import random_crop_flip
-from avssl.augment.image import normalize, to_float
-from avssl.data.audio import scipy_logspec
-from avssl.data.batch import batch_rate
 from avssl.data.manifest import Record
-from avssl.models.mil import MILDataset, mil_dataset
+from avssl.models.mil import SPEC_SCALE, MILBatchTransform, MILDataset, mil_dataset
 
 __all__ = ["SLAVCBatchTransform", "slavc_dataset", "slavc_infer", "slavc_param_groups", "SPEC_SCALE"]
 
-SPEC_SCALE = 12.0
 
 
 def slavc_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequence[str] | None = None) -> MILDataset:
@@ -38,31 +32,10 @@ def slavc_dataset(records: Sequence[Record], cfg, train: bool, classes: Sequence
     return mil_dataset(records, cfg, "slavc", train, classes)
 
 
-class SLAVCBatchTransform:
-    """Collated batch -> ``{"image": (B, 3, S, S) normalised, "spec": (B, 1, 257, T) float32}`` on ``device``.
+class SLAVCBatchTransform(MILBatchTransform):
+    """SLAVC's batch transform: the family's (:class:`avssl.models.mil.MILBatchTransform`)."""
 
-    Training: a random crop and horizontal flip of ``full`` (the step's generator, global-batch draws)."""
-
-    def __init__(self, image_size: int = 224, device: torch.device | str = "cpu") -> None:
-        self.image_size = image_size
-        self.device = torch.device(device)
-
-    @classmethod
-    def from_config(cls, cfg, device: torch.device | str) -> SLAVCBatchTransform:
-        return cls(cfg.slavc.image_size, device)
-
-    def __call__(self, batch: Mapping, generator: torch.Generator | None = None,
-                 train: bool = False, shard: tuple[int, int] = (0, 1)) -> dict[str, Tensor]:
-        if train and "full" in batch:
-            image = random_crop_flip(batch["full"].to(self.device, non_blocking=True), batch["full_hw"],
-                                     self.image_size, generator, shard)
-        else:
-            image = batch["image"].to(self.device, non_blocking=True)
-        image = normalize(to_float(image))
-        rate = batch_rate(batch, "a training batch" if train else "an evaluation batch")
-        logspec = scipy_logspec(batch["wave"].to(self.device, non_blocking=True), rate)
-        spec = (logspec / SPEC_SCALE).float().unsqueeze(1)
-        return {"image": image.contiguous(), "spec": spec.contiguous()}
+    section = "slavc"
 
 
 def slavc_infer(model: nn.Module, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
