@@ -28,7 +28,7 @@ from avssl.methods.ezvsl.pipeline import (
     random_crop_flip,
     square_frame,
 )
-from golden_utils import dequantise_int8
+from golden_utils import dequantise_int8, peers_inputs, peers_loader
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = dict(rtol=1e-5, atol=1e-5)  # README: embeddings, maps and losses
@@ -38,15 +38,7 @@ GRAD_NAMES = ["imgnet.conv1.weight", "imgnet.layer4.1.bn2.weight", "audnet.conv1
 
 @pytest.fixture(scope="module")
 def peers(golden_dir):
-    d = golden_dir / "peers"
-    if not d.is_dir():
-        pytest.skip(f"EZ-VSL golden vectors not found at {d}")
-
-    def load(name: str) -> dict:
-        with np.load(d / name) as z:
-            return {k: z[k] for k in z.files}
-
-    return load
+    return peers_loader(golden_dir, "EZ-VSL")
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +56,7 @@ def io(peers):
 
 @pytest.fixture(scope="module")
 def inputs(peers):
-    z = peers("peers_inputs.npz")
-    return torch.from_numpy(z["image"]), torch.from_numpy(z["spec"])
+    return peers_inputs(peers)
 
 
 def _model(official_sd, **kw) -> EZVSL:

@@ -16,7 +16,7 @@ from avssl.methods.fnac import (
 )
 from avssl.methods.fnac.pipeline import fnac_on_epoch_end, spec_masks_fnac
 from avssl.models.mil import upsample
-from golden_utils import dequantise_int8
+from golden_utils import dequantise_int8, dropout_keeps, peers_inputs, peers_loader, resolve_same_as
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = dict(rtol=1e-5, atol=1e-5)  # README: embeddings, maps and losses
@@ -27,29 +27,13 @@ RUNS = {"train": (5, 0.0), "train_warmup": (0, 0.0), "train_dropout0.9": (5, 0.9
 
 @pytest.fixture(scope="module")
 def peers(golden_dir):
-    d = golden_dir / "peers"
-    if not d.is_dir():
-        pytest.skip(f"FNAC golden vectors not found at {d}")
-    cache: dict[str, dict] = {}
-
-    def load(name: str) -> dict:
-        if name not in cache:
-            with np.load(d / name) as z:
-                cache[name] = {k: z[k] for k in z.files}
-        return cache[name]
-
-    return load
+    return peers_loader(golden_dir, "FNAC")
 
 
 @pytest.fixture(scope="module")
 def io(peers):
     """fnac_io.npz with its ``<key>__same_as`` entries resolved (to itself or ezvsl_io.npz)."""
-    out = dict(peers("fnac_io.npz"))
-    for key in [k for k in out if k.endswith("__same_as")]:
-        ref = str(out.pop(key))
-        name, _, src = ref.rpartition(":")
-        out[key.removesuffix("__same_as")] = peers(name)[src] if name else out[src]
-    return out
+    return resolve_same_as(peers("fnac_io.npz"), peers)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +45,7 @@ def official_sd(peers):
 
 @pytest.fixture(scope="module")
 def inputs(peers):
-    z = peers("peers_inputs.npz")
-    return torch.from_numpy(z["image"]), torch.from_numpy(z["spec"])
+    return peers_inputs(peers)
 
 
 def _model(official_sd, **kw) -> FNAC:
@@ -88,9 +71,7 @@ class _FixedMask(torch.nn.Module):
 
 
 def _keep(io, run: str) -> torch.Tensor:
-    shape = tuple(int(v) for v in io[f"{run}_img_dropout_shape"])
-    bits = np.unpackbits(io[f"{run}_img_dropout_keep_packbits"][0])[: int(np.prod(shape))]
-    return torch.from_numpy(bits.reshape(shape).astype(np.float32))
+    return dropout_keeps(io, run)[0]
 
 
 # -- converter -----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from avssl.methods.slavc import (
     momentum_update_,
 )
 from avssl.methods.slavc.pipeline import slavc_param_groups
-from golden_utils import dequantise_int8
+from golden_utils import dequantise_int8, dropout_keeps, peers_inputs, peers_loader, resolve_same_as
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = dict(rtol=1e-5, atol=1e-5)  # README: embeddings, maps and losses
@@ -48,29 +48,13 @@ def _ours(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def peers(golden_dir):
-    d = golden_dir / "peers"
-    if not d.is_dir():
-        pytest.skip(f"SLAVC golden vectors not found at {d}")
-    cache: dict[str, dict] = {}
-
-    def load(name: str) -> dict:
-        if name not in cache:
-            with np.load(d / name) as z:
-                cache[name] = {k: z[k] for k in z.files}
-        return cache[name]
-
-    return load
+    return peers_loader(golden_dir, "SLAVC")
 
 
 @pytest.fixture(scope="module")
 def io(peers):
     """slavc_io.npz with its ``<key>__same_as`` entries resolved (to itself or ezvsl_io.npz)."""
-    out = dict(peers("slavc_io.npz"))
-    for key in [k for k in out if k.endswith("__same_as")]:
-        ref = str(out.pop(key))
-        name, sep, src = ref.partition(".npz:")  # a key itself may hold "::"
-        out[key.removesuffix("__same_as")] = peers(name + ".npz")[src] if sep else out[ref]
-    return out
+    return resolve_same_as(peers("slavc_io.npz"), peers)
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +70,7 @@ def official_sd(peers):
 
 @pytest.fixture(scope="module")
 def inputs(peers):
-    z = peers("peers_inputs.npz")
-    return torch.from_numpy(z["image"]), torch.from_numpy(z["spec"])
+    return peers_inputs(peers)
 
 
 def _model(official_sd, **kw) -> SLAVC:
@@ -116,13 +99,6 @@ class _FixedMasks(torch.nn.Module):
         keep = self.keeps[self.calls]
         self.calls += 1
         return x * keep.to(x.dtype) * self.scale
-
-
-def _keeps(io, run: str) -> list[torch.Tensor]:
-    shape = tuple(int(v) for v in io[f"{run}_img_dropout_shape"])
-    n = int(np.prod(shape))
-    return [torch.from_numpy(np.unpackbits(row)[:n].reshape(shape).astype(np.float32))
-            for row in io[f"{run}_img_dropout_keep_packbits"]]
 
 
 # -- converter -----------------------------------------------------------------------------
@@ -176,7 +152,7 @@ def test_train_step_matches_golden_loss_gradients_and_ema(official_sd, io, input
     image, spec = inputs
     model = _model(official_sd, dropout_img=p, **TRAIN).train()
     if p:
-        model.img_dropout = _FixedMasks(_keeps(io, run), p)
+        model.img_dropout = _FixedMasks(dropout_keeps(io, run), p)
     out = model.step_outputs(image, spec)
     if p:
         assert model.img_dropout.calls == 2  # online, then the momentum targets

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from avssl.methods.ezvsl import losses
-from avssl.models.mil import MILLocaliser, minmax, upsample
+from avssl.models.mil import MILLocaliser, check_mil_config, minmax, upsample
 
 __all__ = ["EZVSLConfig", "EZVSL", "minmax", "upsample"]
 
@@ -58,13 +58,7 @@ class EZVSLConfig:
     ogl_alpha: float = 0.4
 
     def __post_init__(self) -> None:
-        if self.tau <= 0 or self.dim <= 0 or self.width <= 0:
-            raise ValueError("tau, dim and width must be positive")
-        if self.image_size < 32 or self.train_resize < 224:
-            raise ValueError(f"image_size must be >= 32 and train_resize >= 224, got {self.image_size}, "
-                             f"{self.train_resize}")
-        if not 0.0 <= self.ogl_alpha <= 1.0:
-            raise ValueError(f"ogl_alpha must be in [0, 1], got {self.ogl_alpha}")
+        check_mil_config(self, "ezvsl")
 
 
 class EZVSL(MILLocaliser):

@@ -36,7 +36,7 @@ from avssl.data.audio import (
     tukey_window,
 )
 from avssl.data.manifest import Record
-from avssl.models.mil import MILBatchTransform, MILDataset, mil_dataset, square_frame
+from avssl.models.mil_pipeline import MILBatchTransform, MILDataset, mil_dataset, square_frame
 
 __all__ = ["EZVSLDataset", "EZVSLBatchTransform", "ezvsl_dataset", "ezvsl_infer", "ezvsl_logspec",
            "centre_cut", "tukey_window", "square_frame", "random_crop_flip"]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avssl.methods.fnac import losses
-from avssl.models.mil import MILLocaliser, paired_maps, seeded_dropout
+from avssl.models.mil import MILLocaliser, check_mil_config, paired_maps, seeded_dropout
 
 __all__ = ["FNACConfig", "FNAC", "SCORES"]
 
@@ -70,15 +70,7 @@ class FNACConfig:
     score: str = "validate"
 
     def __post_init__(self) -> None:
-        if self.tau <= 0 or self.dim <= 0 or self.width <= 0:
-            raise ValueError("tau, dim and width must be positive")
-        if self.image_size < 32 or self.train_resize < 224:
-            raise ValueError(f"image_size must be >= 32 and train_resize >= 224, got {self.image_size}, "
-                             f"{self.train_resize}")
-        if not (0.0 <= self.dropout_img < 1.0 and 0.0 <= self.dropout_aud < 1.0):
-            raise ValueError(f"dropouts must be in [0, 1), got {self.dropout_img}, {self.dropout_aud}")
-        if not 0.0 <= self.ogl_alpha <= 1.0:
-            raise ValueError(f"ogl_alpha must be in [0, 1], got {self.ogl_alpha}")
+        check_mil_config(self, "fnac")
         if self.warmup_epochs < 0 or self.freq_mask_width < 0 or self.time_mask_width < 0:
             raise ValueError("warmup_epochs and the mask widths must be >= 0")
         if self.score not in SCORES:

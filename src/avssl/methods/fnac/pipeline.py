@@ -24,7 +24,7 @@ from avssl.data.audio import scipy_logspec
 from avssl.data.batch import batch_rate
 from avssl.data.manifest import Record
 from avssl.distributed import shard_rows
-from avssl.models.mil import SPEC_SCALE, MILDataset, mil_dataset
+from avssl.models.mil_pipeline import SPEC_SCALE, MILDataset, mil_dataset
 
 __all__ = ["FNACDataset", "FNACBatchTransform", "fnac_dataset", "fnac_infer", "fnac_on_epoch_end",
            "spec_masks_fnac", "SPEC_SCALE"]

@@ -30,7 +30,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avssl.methods.slavc import losses
-from avssl.models.mil import MILLocaliser, init_projection, minmax, seeded_dropout, upsample
+from avssl.models.mil import (
+    MILLocaliser,
+    check_mil_config,
+    init_projection,
+    minmax,
+    seeded_dropout,
+    upsample,
+)
 from avssl.models.resnet import AudioResNet18, ResNet18Trunk, init_weights, load_imagenet_visual
 
 __all__ = ["SLAVCConfig", "SLAVC", "VISUAL_PARTS", "AUDIO_PARTS", "momentum_update_", "confidence"]
@@ -78,18 +85,11 @@ class SLAVCConfig:
     ogl_alpha: float = 0.9
 
     def __post_init__(self) -> None:
-        if self.tau <= 0 or self.dim <= 0 or self.width <= 0:
-            raise ValueError("tau, dim and width must be positive")
-        if self.image_size < 32 or self.train_resize < 224:
-            raise ValueError(f"image_size must be >= 32 and train_resize >= 224, got {self.image_size}, "
-                             f"{self.train_resize}")
-        if not (0.0 <= self.dropout_img < 1.0 and 0.0 <= self.dropout_aud < 1.0):
-            raise ValueError(f"dropouts must be in [0, 1), got {self.dropout_img}, {self.dropout_aud}")
+        check_mil_config(self, "slavc")
         if not (0.0 <= self.momentum_img <= 1.0 and 0.0 <= self.momentum_aud <= 1.0):
             raise ValueError(f"momenta must be in [0, 1], got {self.momentum_img}, {self.momentum_aud}")
-        if not (0.0 <= self.ogl_alpha <= 1.0 and 0.0 <= self.pred_size < 1.0):
-            raise ValueError(f"ogl_alpha must be in [0, 1] and pred_size in [0, 1), got {self.ogl_alpha}, "
-                             f"{self.pred_size}")
+        if not 0.0 <= self.pred_size < 1.0:  # (ogl_alpha: check_mil_config)
+            raise ValueError(f"pred_size must be in [0, 1), got {self.pred_size}")
 
 
 @torch.no_grad()

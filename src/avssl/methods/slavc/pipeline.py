@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from torch import Tensor, nn
 
 from avssl.data.manifest import Record
-from avssl.models.mil import SPEC_SCALE, MILBatchTransform, MILDataset, mil_dataset
+from avssl.models.mil_pipeline import SPEC_SCALE, MILBatchTransform, MILDataset, mil_dataset
 
 __all__ = ["SLAVCBatchTransform", "slavc_dataset", "slavc_infer", "slavc_param_groups", "SPEC_SCALE"]
 
