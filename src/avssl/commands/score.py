@@ -144,10 +144,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _boxes(gt: dict, ids: set, fmt: str, args: argparse.Namespace) -> tuple[dict, dict]:
-    """The boxes as scored under ``--boxes`` with ``--frame-sizes`` (:func:`avssl.eval.boxes.map_boxes`
-    on the ids that have a heatmap; the others are reported missing as they are), and its report
-    (warned when boxes lie mostly outside the crop)."""
-    from avssl.eval.boxes import map_boxes
+    """The boxes as scored under ``--boxes`` with ``--frame-sizes`` (:func:`avssl.eval.boxes.boxes_for_scoring`
+    on the ids that have a heatmap), and its report (warned when boxes lie mostly outside the crop)."""
+    from avssl.eval.boxes import boxes_for_scoring, outside_warning
 
     if fmt != "vggss":
         raise ValueError("--boxes/--frame-sizes apply to VGG-SS boxes (normalised to the full frame); "
@@ -159,12 +158,11 @@ def _boxes(gt: dict, ids: set, fmt: str, args: argparse.Namespace) -> tuple[dict
         sizes = {str(k): (int(v[0]), int(v[1])) for k, v in raw.items()}
     except (OSError, ValueError, TypeError, IndexError, AttributeError) as e:
         raise ValueError(f"{args.frame_sizes}: not a {{id: [width, height]}} JSON object ({e})") from e
-    mapped, report = map_boxes({k: v for k, v in gt.items() if k in ids}, sizes, args.boxes, size=args.size)
-    if report["mostly_outside"]:
-        log.warning("%d of %d clips have boxes mostly outside the centre crop (mean share outside %.2f)%s",
-                    report["mostly_outside"], report["n_sized"], report["outside_share"],
-                    "; --boxes full-frame maps them into it" if args.boxes == "crop" else "; clipped to the crop")
-    return {**gt, **mapped}, report
+    scored, report = boxes_for_scoring(gt, ids, sizes, fmt, args.boxes, size=args.size)
+    warning = outside_warning(report)
+    if warning:
+        log.warning("%s", warning)
+    return scored, report
 
 
 def _mask_section(manifest: Path, pred: dict, protocol) -> dict:

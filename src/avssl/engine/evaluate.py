@@ -249,27 +249,15 @@ def evaluate_localisation(model: nn.Module, records, cfg, annotations: str | os.
 
 
 def _boxes_as_scored(boxes, out: InferenceOutput, fmt: str, mode: str, size: int) -> tuple[dict, dict]:
-    """The evaluated clips' boxes under ``mode`` (:func:`avssl.eval.boxes.map_boxes`) and its report;
-    warns when boxes lie mostly outside the centre crop the model saw."""
-    from avssl.eval.boxes import BOX_MODES, map_boxes
+    """The boxes under ``mode`` (:func:`avssl.eval.boxes.boxes_for_scoring` on the evaluated clips)
+    and its report; warns when boxes lie mostly outside the centre crop the model saw."""
+    from avssl.eval.boxes import boxes_for_scoring, outside_warning
 
-    if mode not in BOX_MODES:
-        raise ValueError(f"boxes must be one of {BOX_MODES}, got {mode!r}")
-    if fmt != "vggss":
-        if mode != "crop":
-            raise ValueError("--boxes full-frame maps VGG-SS boxes (normalised to the full frame); Flickr-SoundNet "
-                             "boxes are pixels of the shipped 256x256 frame and are scored as they are")
-        return boxes, {"mode": mode}
-    sizes = out.frame_sizes or {}
-    mine = {k: v for k, v in boxes.items() if k in out.heatmaps}
-    mapped, report = map_boxes(mine, sizes, mode, size=size)
-    if report["mostly_outside"]:
-        logger.warning("%d of %d clips have boxes mostly outside the centre crop the model sees (wide or tall "
-                       "frames; mean share outside %.2f)%s", report["mostly_outside"], report["n_sized"],
-                       report["outside_share"],
-                       ": the protocol lays them on the crop unchanged; --boxes full-frame maps them into it"
-                       if mode == "crop" else ": they were clipped to the crop")
-    return {**boxes, **mapped}, report
+    scored, report = boxes_for_scoring(boxes, out.heatmaps, out.frame_sizes or {}, fmt, mode, size)
+    warning = outside_warning(report)
+    if warning:
+        logger.warning("%s", warning)
+    return scored, report
 
 
 def save_frame_sizes(path: str | os.PathLike, sizes: Mapping[str, tuple[int, int]]) -> Path:

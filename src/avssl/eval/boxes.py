@@ -13,7 +13,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["BOX_MODES", "crop_window", "boxes_to_crop", "outside_share", "map_boxes"]
+__all__ = ["BOX_MODES", "crop_window", "boxes_to_crop", "outside_share", "map_boxes", "boxes_for_scoring",
+           "outside_warning"]
 
 BOX_MODES = ("crop", "full-frame")
 
@@ -75,3 +76,31 @@ def map_boxes(boxes: Mapping[str, np.ndarray], sizes: Mapping[str, tuple[int, in
               "outside_share": float(np.mean(list(shares.values()))) if shares else 0.0,
               "unsized": len(unsized)}
     return out, report
+
+
+def boxes_for_scoring(boxes: Mapping[str, np.ndarray], ids, sizes: Mapping[str, tuple[int, int]], fmt: str,
+                      mode: str = "crop", size: int = 224) -> tuple[dict[str, np.ndarray], dict]:
+    """All ``boxes`` as the scorer gets them under ``mode``: :func:`map_boxes` on the ``ids`` that
+    were evaluated (the others unchanged; they are reported missing as they are) and its report.
+    VGG-SS boxes only (``fmt="vggss"``): Flickr-SoundNet boxes are pixels of the shipped 256x256
+    frame, scored as they are under "crop" (report ``{"mode": "crop"}``); "full-frame" refuses them."""
+    if mode not in BOX_MODES:
+        raise ValueError(f"boxes must be one of {BOX_MODES}, got {mode!r}")
+    if fmt != "vggss":
+        if mode != "crop":
+            raise ValueError("--boxes full-frame maps VGG-SS boxes (normalised to the full frame); Flickr-SoundNet "
+                             "boxes are pixels of the shipped 256x256 frame and are scored as they are")
+        return dict(boxes), {"mode": mode}
+    ids = set(ids)
+    mapped, report = map_boxes({k: v for k, v in boxes.items() if k in ids}, sizes, mode, size=size)
+    return {**boxes, **mapped}, report
+
+
+def outside_warning(report: Mapping) -> str | None:
+    """The warning for a :func:`map_boxes` report whose boxes lie mostly outside the crop, or None."""
+    if not report.get("mostly_outside"):
+        return None
+    then = (": the protocol lays them on the crop unchanged; --boxes full-frame maps them into it"
+            if report["mode"] == "crop" else ": they were clipped to the crop")
+    return (f"{report['mostly_outside']} of {report['n_sized']} clips have boxes mostly outside the centre crop "
+            f"the model sees (wide or tall frames; mean share outside {report['outside_share']:.2f}){then}")
